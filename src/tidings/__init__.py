@@ -1,0 +1,62 @@
+"""tidings: event-driven services in Python on a durable message bus.
+
+Publish/subscribe with consumer groups, work queues with priority and delay,
+request/reply, retries with backoff and dead letters, over an embedded SQLite log,
+an in-memory log for tests, or Kafka, with one API.
+"""
+
+from __future__ import annotations
+
+from ._app import DEFAULT_BROKER, App
+from ._dlq import DeadLetter, DeadLetters
+from ._errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    DecodeError,
+    FencedError,
+    MessageTooLargeError,
+    MissingDependencyError,
+    NotRunningError,
+    RemoteError,
+    RequestTimeoutError,
+    SerializationError,
+    TidingsError,
+    TransportError,
+    UnknownTopicError,
+)
+from ._message import Headers, Message, Published
+from ._records import GroupInfo, MemberInfo, Record, Start, TopicInfo, TopicPartition
+from ._retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BROKER",
+    "App",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "DeadLetter",
+    "DeadLetters",
+    "DecodeError",
+    "FencedError",
+    "GroupInfo",
+    "Headers",
+    "MemberInfo",
+    "Message",
+    "MessageTooLargeError",
+    "MissingDependencyError",
+    "NotRunningError",
+    "Published",
+    "Record",
+    "RemoteError",
+    "RequestTimeoutError",
+    "RetryPolicy",
+    "SerializationError",
+    "Start",
+    "TidingsError",
+    "TopicInfo",
+    "TopicPartition",
+    "TransportError",
+    "UnknownTopicError",
+    "__version__",
+]

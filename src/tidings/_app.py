@@ -1,0 +1,392 @@
+"""``App``: one service's connection to the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+from ._backends import load_transport
+from ._codec import decoder_for, encode
+from ._consumer import Consumer, Process
+from ._dlq import DeadLetters, dead_letter_record
+from ._errors import ConfigurationError, NotRunningError, RemoteError
+from ._handler import Handler, inspect_handler
+from ._message import Headers, Message, Published, current_message
+from ._records import OutRecord, Record, Start
+from ._reply import REPLIES_TOPIC, ReplyListener
+from ._retry import Retry, RetryPolicy
+from ._subscriber import Role, SubscriberSpec
+from ._workqueue import PRIORITIES, queue_group, queue_topics
+from .ports import Transport
+
+__all__ = ["DEFAULT_BROKER", "App"]
+
+DEFAULT_BROKER = "sqlite:///.tidings/bus.db"
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+Delay = float | timedelta | datetime | None
+
+log = logging.getLogger("tidings")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"invalid {kind} name {name!r}: use 1-200 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+class App:
+    """One service's connection to the bus.
+
+    ``broker`` is a URL (``sqlite:///path``, ``memory://name``, ``kafka://host:port``)
+    or a :class:`~tidings.ports.Transport`; it defaults to ``$TIDINGS_BROKER``, else
+    ``sqlite:///.tidings/bus.db``. Subscribers run, and the app can publish, inside
+    ``async with app:``. Subscribers join the consumer group named after the app
+    unless they name another.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        broker: str | Transport | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        self.name = _check_name("app", name)
+        if isinstance(broker, Transport):
+            self._transport: Transport = broker
+            self.broker = type(broker).__name__
+        else:
+            self.broker = broker or os.environ.get("TIDINGS_BROKER") or DEFAULT_BROKER
+            self._transport = load_transport(self.broker)
+        self.retry = retry or RetryPolicy()
+        self.shutdown_timeout = shutdown_timeout
+        self.instance_id = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._subscribers: list[SubscriberSpec] = []
+        self._consumers: list[Consumer] = []
+        self._replies = ReplyListener(self._transport, self.instance_id)
+        self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._shutdown: list[Callable[[], Awaitable[None]]] = []
+        self._running = False
+
+    @property
+    def transport(self) -> Transport:
+        """The backend this app talks to (for admin calls)."""
+        return self._transport
+
+    # -- declarations ----------------------------------------------------------------
+
+    def subscriber(
+        self,
+        topic: str | Sequence[str],
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        retry: RetryPolicy | None = None,
+        max_in_flight: int | None = None,
+        start: str | Start = Start.EARLIEST,
+        partitions: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register a handler for ``topic`` in consumer group ``group`` (default: the app's
+        name). Every group gets every message; members of a group share the partitions.
+        Up to ``concurrency`` messages run at once, one at a time per key; at most
+        ``max_in_flight`` are fetched and unfinished (backpressure). Returns the function
+        unchanged."""
+        topics = (topic,) if isinstance(topic, str) else tuple(topic)
+        return self._register(
+            Role.SUBSCRIBER, topics, group=group, concurrency=concurrency, retry=retry,
+            max_in_flight=max_in_flight, start=start, partitions=partitions,
+        )
+
+    def responder(
+        self, topic: str, *, group: str | None = None, concurrency: int = 1,
+        partitions: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register a handler that answers ``app.request(topic, ...)``: its return value
+        is the reply; an exception it raises reaches the caller as :class:`RemoteError`."""
+        return self._register(
+            Role.RESPONDER, (topic,), group=group, concurrency=concurrency,
+            retry=RetryPolicy.never(), partitions=partitions,
+        )
+
+    def worker(
+        self, queue: str, *, concurrency: int = 1, retry: RetryPolicy | None = None,
+        partitions: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register a competing consumer of work queue ``queue``: each item goes to exactly
+        one worker of any app; higher priority items are taken first."""
+        _check_name("queue", queue)
+        return self._register(
+            Role.WORKER, queue_topics(queue), group=queue_group(queue),
+            concurrency=concurrency, retry=retry, max_in_flight=max(2 * concurrency, 2),
+            partitions=partitions,
+        )
+
+    def _register(self, role: Role, topics: tuple[str, ...], **options: Any) -> Callable[[F], F]:
+        for topic in topics:
+            _check_name("topic", topic)
+
+        def register(func: F) -> F:
+            spec = SubscriberSpec.build(role, topics, inspect_handler(func), self, **options)
+            if self._running:
+                raise ConfigurationError("register subscribers before the app starts")
+            for other in self._subscribers:
+                shared = set(other.topics) & set(spec.topics)
+                if shared and other.group == spec.group:
+                    raise ConfigurationError(
+                        f"{func.__qualname__} and {other.handler.func.__qualname__} both consume "
+                        f"{sorted(shared)} in group {spec.group!r}: they would split its "
+                        "messages; give one of them another group="
+                    )
+            self._subscribers.append(spec)
+            return func
+
+        return register
+
+    def on_startup(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run ``func`` after the app connected, before its subscribers start."""
+        self._startup.append(func)
+        return func
+
+    def on_shutdown(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run ``func`` after the subscribers stopped, before the app disconnects."""
+        self._shutdown.append(func)
+        return func
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect, create the subscribed topics, and start every subscriber."""
+        await self._transport.start()
+        self._running = True
+        try:
+            for hook in self._startup:
+                await hook()
+            for spec in self._subscribers:
+                for topic in spec.topics:
+                    await self._transport.ensure_topic(topic, spec.partitions)
+                process = self._process_for(spec)
+                consumer = Consumer(self._transport, spec.consumer_spec(self), process)
+                await consumer.start()
+                self._consumers.append(consumer)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop fetching, finish in-flight work, commit, leave the groups, disconnect."""
+        if not self._running:
+            return
+        self._running = False
+        await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
+        self._consumers.clear()
+        await self._replies.close()
+        for hook in self._shutdown:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook %r failed", hook)
+        await self._transport.close()
+
+    async def wait_until_assigned(self, timeout: float = 10.0) -> None:
+        """Wait until every subscriber has joined its group and fetched once."""
+        await asyncio.wait_for(
+            asyncio.gather(*(c.started.wait() for c in self._consumers)), timeout
+        )
+
+    def run(self) -> None:
+        """Run this app until SIGTERM or SIGINT, then shut down gracefully."""
+        from ._runner import run_app
+
+        run_app(self)
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay: Delay = None,
+        partition: int | None = None,
+    ) -> Published:
+        """Append one message; it is durable when this returns. ``delay`` (seconds, a
+        timedelta, or an absolute datetime) holds it back durably until then."""
+        out = self._out(topic, payload, key, headers, delay, partition)
+        position = (await self._append([out]))[0]
+        return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
+
+    async def publish_many(
+        self,
+        topic: str,
+        payloads: Iterable[Any],
+        *,
+        key: Callable[[Any], str | None] | None = None,
+    ) -> list[Published]:
+        """Append many messages in one durable batch; ``key(payload)`` picks each key."""
+        outs = [self._out(topic, p, key(p) if key else None, None, None, None) for p in payloads]
+        positions = await self._append(outs)
+        return [
+            Published(o.headers[Headers.ID], topic, pos.partition, pos.offset)
+            for o, pos in zip(outs, positions, strict=True)
+        ]
+
+    async def enqueue(
+        self, queue: str, payload: Any, *, priority: int = 0, delay: Delay = None,
+        key: str | None = None, headers: Mapping[str, str] | None = None,
+    ) -> Published:
+        """Add an item to work queue ``queue`` with ``priority`` 0 (lowest) to 9."""
+        if priority not in PRIORITIES:
+            raise ConfigurationError(f"priority must be an int from 0 to 9, not {priority!r}")
+        merged = {**(headers or {}), Headers.PRIORITY: str(priority)}
+        return await self.publish(queue_topics(queue)[priority], payload, key=key,
+                                  headers=merged, delay=delay)
+
+    @overload
+    async def request(self, topic: str, payload: Any, *, timeout: float = ...,
+                      key: str | None = ..., headers: Mapping[str, str] | None = ...,
+                      response_type: None = ...) -> Any: ...
+    @overload
+    async def request(self, topic: str, payload: Any, *, timeout: float = ...,
+                      key: str | None = ..., headers: Mapping[str, str] | None = ...,
+                      response_type: type[T]) -> T: ...
+
+    async def request(
+        self, topic: str, payload: Any, *, timeout: float = 10.0, key: str | None = None,
+        headers: Mapping[str, str] | None = None, response_type: type[Any] | None = None,
+    ) -> Any:
+        """Send ``payload`` to the responder of ``topic`` and return its decoded reply.
+        Raises :class:`RequestTimeoutError` after ``timeout`` seconds without one, and
+        :class:`RemoteError` if the responder failed."""
+        out = self._out(topic, payload, key, {**(headers or {}), Headers.REPLY_TO: REPLIES_TOPIC},
+                        None, None)
+        self._require_running()
+        reply = await self._replies.request(out, out.headers[Headers.ID], timeout)
+        if reply.headers.get(Headers.REPLY_STATUS) == "error":
+            body = decoder_for(dict[str, str])(reply.value)
+            raise RemoteError(body.get("error_type", "Exception"), body.get("message", ""))
+        return decoder_for(response_type if response_type is not None else Any)(reply.value)
+
+    def dead_letters(self, topic: str) -> DeadLetters:
+        """Inspect, re-drive and purge the dead letters of ``topic``."""
+        return DeadLetters(self._transport, topic)
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise NotRunningError(f"app {self.name!r} is not running: use 'async with app:'")
+
+    async def _append(self, outs: list[OutRecord]) -> list[Any]:
+        self._require_running()
+        return await self._transport.append(outs)
+
+    def _out(
+        self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
+        delay: Delay, partition: int | None,
+    ) -> OutRecord:
+        _check_name("topic", topic)
+        if key is not None and not isinstance(key, str):
+            raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
+        value, content_type = encode(payload)
+        merged = {Headers.CONTENT_TYPE: content_type, **(headers or {})}
+        message_id = uuid.uuid4().hex
+        merged[Headers.ID] = message_id
+        parent = current_message.get()
+        if parent is not None:
+            merged.setdefault(Headers.CORRELATION_ID, parent.correlation_id or parent.id)
+            merged.setdefault(Headers.CAUSATION_ID, parent.id)
+        else:
+            merged.setdefault(Headers.CORRELATION_ID, message_id)
+        return OutRecord(topic, value, key, merged, partition, _deliver_at(delay))
+
+    # -- consuming -------------------------------------------------------------------
+
+    def _process_for(self, spec: SubscriberSpec) -> Process:
+        handler, policy, group = spec.handler, spec.retry, spec.group
+        replies = spec.role is Role.RESPONDER
+
+        async def process(record: Record, attempt: int) -> float | None:
+            headers = record.headers
+            if Headers.DLQ_RESOLVES in headers:
+                return None
+            redrive = headers.get(Headers.REDRIVE_GROUP)
+            if redrive is not None and redrive != group:
+                return None
+            message = Message.from_record(record, attempt)
+            token = current_message.set(message)
+            try:
+                payload = handler.decode(record.value) if handler.takes_payload else None
+                result = await handler.call(payload, message)
+            except Exception as exc:
+                if replies:
+                    await self._reply(record, exc)
+                    return None
+                return await self._failed(record, group, policy, attempt, exc, handler)
+            finally:
+                current_message.reset(token)
+            if replies:
+                await self._reply(record, result)
+            return None
+
+        return process
+
+    async def _failed(self, record: Record, group: str | None, policy: RetryPolicy,
+                      attempt: int, exc: Exception, handler: Handler) -> float | None:
+        decision = policy.decide(attempt, exc)
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        if isinstance(decision, Retry):
+            log.warning("%s failed on %s (attempt %d), retrying in %.2f s: %r",
+                        handler.func.__qualname__, where, attempt, decision.delay, exc)
+            return decision.delay
+        log.error("%s failed on %s (attempt %d), dead-lettered: %s: %r",
+                  handler.func.__qualname__, where, attempt, decision.reason, exc)
+        await self._transport.append([dead_letter_record(record, group, exc, attempt)])
+        return None
+
+    async def _reply(self, request: Record, result: Any) -> None:
+        reply_to = request.headers.get(Headers.REPLY_TO)
+        if reply_to is None:
+            return
+        headers = {Headers.CORRELATION_ID: request.headers.get(Headers.ID, "")}
+        if isinstance(result, Exception):
+            headers[Headers.REPLY_STATUS] = "error"
+            result = {"error_type": type(result).__name__, "message": str(result)}
+        try:
+            value, content_type = encode(result)
+        except Exception as exc:
+            headers[Headers.REPLY_STATUS] = "error"
+            value, content_type = encode({"error_type": type(exc).__name__, "message": str(exc)})
+        headers[Headers.CONTENT_TYPE] = content_type
+        await self._transport.append([OutRecord(reply_to, value, headers=headers)])
+
+
+def _deliver_at(delay: Delay) -> float | None:
+    if delay is None:
+        return None
+    if isinstance(delay, datetime):
+        if delay.tzinfo is None:
+            raise ConfigurationError("an absolute delivery time needs a timezone (aware datetime)")
+        return delay.timestamp()
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if seconds < 0:
+        raise ConfigurationError(f"delay must be >= 0 seconds, not {seconds}")
+    return time.time() + seconds if seconds > 0 else None

@@ -1,0 +1,173 @@
+"""Dead letters: what a failed message becomes, and how to inspect and re-drive them.
+
+A message that exhausts its retries (or cannot be decoded) is appended to
+``<topic>.dlq`` with its original key, value and headers, plus headers naming the
+group, the error and the attempt count. Re-driving appends it to its original topic
+again, marked for the failed group only, and appends a small *resolution* record to the
+dead-letter topic so the entry no longer shows as pending. Purging resolves every entry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ._errors import UnknownTopicError
+from ._message import Headers
+from ._records import OutRecord, Record
+from .ports import Transport
+
+__all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dlq_topic"]
+
+_RESOLVES = Headers.DLQ_RESOLVES  # a resolution record: "partition:offset,..."
+_PAGE = 1000
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return f"{topic}.dlq"
+
+
+def dead_letter_record(
+    record: Record, group: str | None, exc: BaseException, attempts: int
+) -> OutRecord:
+    """The dead-letter record for ``record`` that failed in ``group`` with ``exc``."""
+    headers = dict(record.headers)
+    headers.pop(Headers.REDRIVE_GROUP, None)
+    headers.update({
+        Headers.DLQ_TOPIC: record.topic,
+        Headers.DLQ_PARTITION: str(record.partition),
+        Headers.DLQ_OFFSET: str(record.offset),
+        Headers.DLQ_GROUP: group or "",
+        Headers.DLQ_ERROR_TYPE: f"{type(exc).__module__}.{type(exc).__qualname__}",
+        Headers.DLQ_ERROR_MESSAGE: str(exc)[:4000],
+        Headers.DLQ_ATTEMPTS: str(attempts),
+        Headers.DLQ_FAILED_AT: f"{time.time():.6f}",
+    })
+    return OutRecord(dlq_topic(record.topic), record.value, key=record.key, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One pending dead letter, as listed by :meth:`DeadLetters.pending`."""
+
+    partition: int
+    offset: int
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    group: str
+    error_type: str
+    error_message: str
+    attempts: int
+    failed_at: float
+    record: Record
+
+    @classmethod
+    def from_record(cls, record: Record) -> DeadLetter:
+        """Read the dead-letter headers of ``record``."""
+        h = record.headers
+        return cls(
+            partition=record.partition,
+            offset=record.offset,
+            original_topic=h.get(Headers.DLQ_TOPIC, ""),
+            original_partition=int(h.get(Headers.DLQ_PARTITION, "-1")),
+            original_offset=int(h.get(Headers.DLQ_OFFSET, "-1")),
+            group=h.get(Headers.DLQ_GROUP, ""),
+            error_type=h.get(Headers.DLQ_ERROR_TYPE, ""),
+            error_message=h.get(Headers.DLQ_ERROR_MESSAGE, ""),
+            attempts=int(h.get(Headers.DLQ_ATTEMPTS, "0")),
+            failed_at=float(h.get(Headers.DLQ_FAILED_AT, "0")),
+            record=record,
+        )
+
+
+class DeadLetters:
+    """Inspect, re-drive and purge the dead letters of one topic."""
+
+    def __init__(self, transport: Transport, topic: str) -> None:
+        self._transport = transport
+        self.topic = topic
+        self.dlq = topic if topic.endswith(".dlq") else dlq_topic(topic)
+
+    async def pending(self) -> list[DeadLetter]:
+        """Every pending (not re-driven, not purged) dead letter, oldest first per partition."""
+        entries: dict[tuple[int, int], DeadLetter] = {}
+        resolved: set[tuple[int, int]] = set()
+        for record in await self._records():
+            marks = record.headers.get(_RESOLVES)
+            if marks is None:
+                entries[(record.partition, record.offset)] = DeadLetter.from_record(record)
+            else:
+                resolved.update(_parse_marks(marks))
+        return [entry for pos, entry in sorted(entries.items()) if pos not in resolved]
+
+    async def get(self, partition: int, offset: int) -> DeadLetter:
+        """One pending dead letter; LookupError if there is none at that position."""
+        for entry in await self.pending():
+            if (entry.partition, entry.offset) == (partition, offset):
+                return entry
+        raise LookupError(f"no pending dead letter at {self.dlq}[{partition}]@{offset}")
+
+    async def redrive(self, entries: Iterable[DeadLetter] | None = None) -> int:
+        """Append entries (default: all pending) to their original topics for their group
+        only; then mark them resolved. Returns how many were re-driven."""
+        chosen = list(await self.pending() if entries is None else entries)
+        if not chosen:
+            return 0
+        await self._transport.append([_redriven(entry) for entry in chosen])
+        await self._resolve(chosen)
+        return len(chosen)
+
+    async def purge(self) -> int:
+        """Mark every pending entry resolved without re-driving it. Returns the count."""
+        chosen = await self.pending()
+        await self._resolve(chosen)
+        return len(chosen)
+
+    async def _records(self) -> list[Record]:
+        infos = {info.name: info for info in await self._transport.describe_topics()}
+        info = infos.get(self.dlq)
+        if info is None:
+            raise UnknownTopicError(
+                f"no dead-letter topic {self.dlq!r} (nothing failed on {self.topic!r})"
+            )
+        out: list[Record] = []
+        for partition in range(info.partitions):
+            offset = info.start_offsets.get(partition, 0)
+            while True:
+                page = await self._transport.read(self.dlq, partition, offset, _PAGE)
+                out.extend(page)
+                if len(page) < _PAGE:
+                    break
+                offset = page[-1].offset + 1
+        return out
+
+    async def _resolve(self, entries: list[DeadLetter]) -> None:
+        if not entries:
+            return
+        by_partition: dict[int, list[str]] = {}
+        for entry in entries:
+            mark = f"{entry.partition}:{entry.offset}"
+            by_partition.setdefault(entry.partition, []).append(mark)
+        await self._transport.append([
+            OutRecord(self.dlq, b"", headers={_RESOLVES: ",".join(marks)}, partition=partition)
+            for partition, marks in by_partition.items()
+        ])
+
+
+def _parse_marks(marks: str) -> set[tuple[int, int]]:
+    out = set()
+    for mark in marks.split(","):
+        partition, _, offset = mark.partition(":")
+        out.add((int(partition), int(offset)))
+    return out
+
+
+def _redriven(entry: DeadLetter) -> OutRecord:
+    headers = {k: v for k, v in entry.record.headers.items() if not k.startswith("tidings-dlq-")}
+    if entry.group:
+        headers[Headers.REDRIVE_GROUP] = entry.group
+    record = entry.record
+    return OutRecord(entry.original_topic, record.value, key=record.key, headers=headers)

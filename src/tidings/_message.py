@@ -1,0 +1,92 @@
+"""The envelope handlers see, and the header names tidings reserves."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._records import Record
+
+__all__ = ["Headers", "Message", "Published", "current_message"]
+
+
+class Headers:
+    """Header names tidings writes. Everything with the ``tidings-`` prefix is reserved."""
+
+    ID = "tidings-id"
+    CORRELATION_ID = "tidings-correlation-id"
+    CAUSATION_ID = "tidings-causation-id"
+    CONTENT_TYPE = "content-type"
+    REPLY_TO = "tidings-reply-to"
+    REPLY_STATUS = "tidings-reply-status"
+    REDRIVE_GROUP = "tidings-redrive-group"
+    PRIORITY = "tidings-priority"
+    DLQ_TOPIC = "tidings-dlq-topic"
+    DLQ_PARTITION = "tidings-dlq-partition"
+    DLQ_OFFSET = "tidings-dlq-offset"
+    DLQ_KEY_NULL = "tidings-dlq-key-null"
+    DLQ_GROUP = "tidings-dlq-group"
+    DLQ_ERROR_TYPE = "tidings-dlq-error-type"
+    DLQ_ERROR_MESSAGE = "tidings-dlq-error-message"
+    DLQ_ATTEMPTS = "tidings-dlq-attempts"
+    DLQ_FAILED_AT = "tidings-dlq-failed-at"
+    DLQ_RESOLVES = "tidings-dlq-resolves"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message: the record plus what tidings knows about this delivery.
+
+    ``attempt`` counts deliveries to this handler in this process, starting at 1; a
+    message redelivered after a crash starts again at 1.
+    """
+
+    id: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    headers: Mapping[str, str]
+    timestamp: float
+    attempt: int
+    correlation_id: str | None
+    causation_id: str | None
+    body: bytes
+
+    @classmethod
+    def from_record(cls, record: Record, attempt: int) -> Message:
+        """Build the envelope of ``record`` for delivery number ``attempt``."""
+        headers = record.headers
+        return cls(
+            id=headers.get(Headers.ID) or f"{record.topic}-{record.partition}-{record.offset}",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            headers=headers,
+            timestamp=record.timestamp,
+            attempt=attempt,
+            correlation_id=headers.get(Headers.CORRELATION_ID),
+            causation_id=headers.get(Headers.CAUSATION_ID),
+            body=record.value,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What ``App.publish`` returns: the message id and where it landed.
+
+    ``partition`` and ``offset`` are None for a delayed message not yet in the log.
+    """
+
+    id: str
+    topic: str
+    partition: int | None
+    offset: int | None
+
+
+#: The message whose handler is running in this task (for correlation and causation).
+current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
+    "tidings_current_message", default=None
+)

@@ -1,0 +1,46 @@
+"""Which offsets of a partition may be committed: the contiguous prefix of finished ones."""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["OffsetTracker"]
+
+
+class OffsetTracker:
+    """Tracks dispatched offsets of one partition, in order, and which have finished.
+
+    ``commit_point`` is the offset after the last record of the finished prefix: it is
+    what the group may commit without skipping unfinished work.
+    """
+
+    __slots__ = ("_done", "_pending", "commit_point", "committed")
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self.commit_point = -1
+        self.committed = -1
+
+    def add(self, offset: int) -> None:
+        """A record at ``offset`` was dispatched (offsets arrive in increasing order)."""
+        self._pending.append(offset)
+
+    def finish(self, offset: int) -> None:
+        """The record at ``offset`` is done (handled or dead-lettered)."""
+        pending = self._pending
+        if pending and pending[0] == offset:
+            pending.popleft()
+            self.commit_point = offset + 1
+            done = self._done
+            while pending and pending[0] in done:
+                head = pending.popleft()
+                done.discard(head)
+                self.commit_point = head + 1
+        else:
+            self._done.add(offset)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether there is progress that has not been committed."""
+        return self.commit_point > self.committed

@@ -1,0 +1,70 @@
+"""Request/reply over the bus: a shared replies topic and correlation ids.
+
+Every App instance reads the replies topic from its end (without a group) and completes
+the future whose correlation id a reply carries; replies for other instances are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from ._consumer import Consumer, ConsumerSpec
+from ._errors import RequestTimeoutError
+from ._message import Headers
+from ._records import OutRecord, Record, Start
+from .ports import Transport
+
+__all__ = ["REPLIES_TOPIC", "ReplyListener"]
+
+REPLIES_TOPIC = "tidings.replies"
+
+
+class ReplyListener:
+    """Waits for replies to this instance's requests."""
+
+    def __init__(self, transport: Transport, client: str) -> None:
+        self._transport = transport
+        self._waiting: dict[str, asyncio.Future[Record]] = {}
+        spec = ConsumerSpec(group=None, topics=(REPLIES_TOPIC,), start=Start.LATEST,
+                            client=client, commit_interval=0.05, shutdown_timeout=1.0)
+        self._consumer = Consumer(transport, spec, self._on_reply)
+        self._lock = asyncio.Lock()
+        self._running = False
+
+    async def ensure_started(self) -> None:
+        """Start reading replies (once), and wait until the read position is pinned."""
+        async with self._lock:
+            if not self._running:
+                await self._transport.ensure_topic(REPLIES_TOPIC)
+                await self._consumer.start()
+                self._running = True
+                await self._consumer.started.wait()
+
+    async def _on_reply(self, record: Record, attempt: int) -> float | None:
+        future = self._waiting.get(record.headers.get(Headers.CORRELATION_ID, ""))
+        if future is not None and not future.done():
+            future.set_result(record)
+        return None
+
+    async def request(self, record: OutRecord, correlation_id: str, timeout: float) -> Record:
+        """Append ``record`` and wait for the reply carrying ``correlation_id``."""
+        await self.ensure_started()
+        future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = future
+        try:
+            await self._transport.append([record])
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no reply to a request on {record.topic!r} within {timeout:g} s"
+            ) from None
+        finally:
+            self._waiting.pop(correlation_id, None)
+
+    async def close(self) -> None:
+        """Stop reading replies; pending requests time out."""
+        if self._running:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._running = False

@@ -1,0 +1,85 @@
+"""What a subscriber, responder or worker declaration holds, validated when declared."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._consumer import ConsumerSpec
+from ._errors import ConfigurationError
+from ._handler import Handler
+from ._records import Start
+from ._retry import RetryPolicy
+from ._workqueue import queue_priority
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["Role", "SubscriberSpec"]
+
+
+class Role(enum.Enum):
+    """What a registered handler is for."""
+
+    SUBSCRIBER = "subscriber"
+    RESPONDER = "responder"
+    WORKER = "worker"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberSpec:
+    """One registered handler and how it consumes."""
+
+    role: Role
+    topics: tuple[str, ...]
+    handler: Handler
+    group: str
+    concurrency: int
+    retry: RetryPolicy
+    max_in_flight: int
+    start: Start
+    partitions: int | None
+
+    @classmethod
+    def build(
+        cls, role: Role, topics: tuple[str, ...], handler: Handler, app: App, *,
+        group: str | None = None, concurrency: int = 1, retry: RetryPolicy | None = None,
+        max_in_flight: int | None = None, start: str | Start = Start.EARLIEST,
+        partitions: int | None = None,
+    ) -> SubscriberSpec:
+        """Validate a declaration; every mistake is a ConfigurationError here, not later."""
+        if not topics:
+            raise ConfigurationError("a subscriber needs at least one topic")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ConfigurationError(f"max_in_flight must be >= 1, not {max_in_flight!r}")
+        if partitions is not None and partitions < 1:
+            raise ConfigurationError(f"partitions must be >= 1, not {partitions!r}")
+        try:
+            start = Start(start)
+        except ValueError:
+            raise ConfigurationError(
+                f"start must be 'earliest' or 'latest', not {start!r}"
+            ) from None
+        return cls(
+            role=role, topics=topics, handler=handler, group=group or app.name,
+            concurrency=concurrency, retry=retry or app.retry,
+            max_in_flight=max_in_flight or max(1000, 2 * concurrency), start=start,
+            partitions=partitions,
+        )
+
+    def consumer_spec(self, app: App) -> ConsumerSpec:
+        """The runtime settings for this declaration in ``app``."""
+        return ConsumerSpec(
+            group=self.group,
+            topics=self.topics,
+            concurrency=self.concurrency,
+            max_in_flight=self.max_in_flight,
+            fetch_batch=min(500, self.max_in_flight),
+            start=self.start,
+            shutdown_timeout=app.shutdown_timeout,
+            client=app.instance_id,
+            priority_of=queue_priority if self.role is Role.WORKER else None,
+        )

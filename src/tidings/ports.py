@@ -1,0 +1,132 @@
+"""The backend port: what a transport must do, and nothing more.
+
+A transport is a partitioned, durable log with consumer groups (Kafka's model).
+Everything else tidings offers (typed handlers, retries with backoff, dead letters,
+request/reply, work queues, outbox relays) is built once, above this port, for every
+backend. Each backend lives in ``tidings.backends.<scheme>`` and is loaded by name.
+
+Semantics every transport must honour (the conformance suite checks them):
+
+* ``append`` returns only once the records are durable. Records with the same key go
+  to the same partition and keep their order. ``deliver_at`` in the future keeps a
+  record out of the log until then (durably), after which it is appended normally.
+* ``subscribe(group=...)`` joins a consumer group: the group's live members split the
+  partitions of the topics; each partition is owned by at most one member at a time.
+  A member that stops heartbeating loses its partitions to the others.
+* Before a member gives a partition up it awaits ``listener.on_revoked`` so the runtime
+  can finish in-flight work and commit; ``on_lost`` is called instead when ownership
+  was already lost (no commit is possible). ``commit`` of a partition the member no
+  longer owns raises :class:`~tidings.FencedError`.
+* ``subscribe(group=None)`` reads every partition without a group (tail, replies).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
+
+from ._records import (
+    GroupInfo,
+    OutRecord,
+    Position,
+    Record,
+    Start,
+    TopicInfo,
+    TopicPartition,
+)
+
+__all__ = ["RebalanceListener", "Subscription", "Transport"]
+
+
+class RebalanceListener(Protocol):
+    """Callbacks a subscription awaits when its assignment changes."""
+
+    async def on_assigned(self, partitions: Collection[TopicPartition]) -> None:
+        """Partitions were given to this member."""
+
+    async def on_revoked(self, partitions: Collection[TopicPartition]) -> None:
+        """Partitions are about to be given up: finish and commit their work now."""
+
+    async def on_lost(self, partitions: Collection[TopicPartition]) -> None:
+        """Partitions were lost without notice: drop their work, do not commit."""
+
+
+class Subscription(abc.ABC):
+    """A consumer's view of its assigned partitions."""
+
+    @abc.abstractmethod
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+        """Return up to ``max_records`` new records, waiting up to ``timeout`` seconds.
+
+        Records of one partition come in offset order. Rebalance callbacks run inside
+        this call. An empty list means nothing arrived in time.
+        """
+
+    @abc.abstractmethod
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Durably record, per partition, the next offset this group should read."""
+
+    @abc.abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns now."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Leave the group (after revoking, so the runtime can commit)."""
+
+
+class Transport(abc.ABC):
+    """A backend: one connection to one broker or log."""
+
+    #: Whether several OS processes can share this broker (the memory backend cannot).
+    shared_between_processes: bool = True
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect; raise :class:`~tidings.BrokerUnavailableError` if that fails."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every resource. Idempotent."""
+
+    @abc.abstractmethod
+    async def ensure_topic(self, topic: str, partitions: int | None = None) -> int:
+        """Create the topic if missing; return its partition count."""
+
+    @abc.abstractmethod
+    async def append(self, records: Sequence[OutRecord]) -> list[Position]:
+        """Append records durably; creates missing topics with the default partitions."""
+
+    @abc.abstractmethod
+    def subscribe(
+        self,
+        group: str | None,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        start: Start = Start.EARLIEST,
+        client: str = "",
+    ) -> Subscription:
+        """Join ``group`` on ``topics`` (or read them group-less when ``group`` is None)."""
+
+    @abc.abstractmethod
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
+        """Random access: records of one partition from ``offset`` on."""
+
+    @abc.abstractmethod
+    async def describe_topics(self) -> list[TopicInfo]:
+        """Every topic with its partitions and offsets."""
+
+    @abc.abstractmethod
+    async def describe_groups(self) -> list[GroupInfo]:
+        """Every group that has members or committed offsets."""
+
+    @abc.abstractmethod
+    async def set_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Overwrite a group's committed offsets (replay). Live members pick it up on
+        their next assignment; reset a group while it has no members for exact results."""
+
+    @abc.abstractmethod
+    async def offsets_for_time(self, topic: str, timestamp: float) -> dict[int, int]:
+        """Per partition, the first offset whose record is at or after ``timestamp``."""
