@@ -125,12 +125,12 @@ class App:
         partitions: int | None = None,
     ) -> Callable[[F], F]:
         """Register a competing consumer of work queue ``queue``: each item goes to exactly
-        one worker of any app; higher priority items are taken first."""
+        one worker of any app. Among the items a worker holds (it prefetches up to
+        ``max_in_flight``), the highest priority runs first."""
         _check_name("queue", queue)
         return self._register(
             Role.WORKER, queue_topics(queue), group=queue_group(queue),
-            concurrency=concurrency, retry=retry, max_in_flight=max(2 * concurrency, 2),
-            partitions=partitions,
+            concurrency=concurrency, retry=retry, partitions=partitions,
         )
 
     def _register(self, role: Role, topics: tuple[str, ...], **options: Any) -> Callable[[F], F]:
@@ -205,6 +205,13 @@ class App:
             except Exception:
                 log.exception("shutdown hook %r failed", hook)
         await self._transport.close()
+
+    def _abandon(self) -> None:
+        """Stop abruptly, as a killed process would (see :func:`tidings.testing.crash`)."""
+        self._running = False
+        for consumer in self._consumers:
+            consumer.abandon()
+        self._consumers.clear()
 
     async def wait_until_assigned(self, timeout: float = 10.0) -> None:
         """Wait until every subscriber has joined its group and fetched once."""

@@ -37,5 +37,8 @@ def load_transport(url: str) -> Transport:
         if extra is None:
             raise
         raise MissingDependencyError(f"the {scheme}:// backend", extra) from exc
-    transport: Transport = module.from_url(url)
+    factory = getattr(module, "from_url", None)
+    if factory is None:
+        raise ConfigurationError(f"the {scheme}:// backend is not available in this install")
+    transport: Transport = factory(url)
     return transport

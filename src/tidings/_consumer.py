@@ -96,6 +96,11 @@ class Consumer:
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
+    @property
+    def in_flight(self) -> int:
+        """Records fetched and not yet finished (bounded by ``max_in_flight``)."""
+        return self._inflight
+
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:

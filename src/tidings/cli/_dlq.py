@@ -1,0 +1,126 @@
+"""``tidings dlq``: list, show, re-drive and purge dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+
+from .._app import App
+from .._dlq import DeadLetter
+from .._errors import TidingsError
+from ._output import emit
+
+__all__ = ["dlq"]
+
+
+def _run(ctx: click.Context, work: Any) -> Any:
+    async def go() -> Any:
+        app = App("tidings-cli", broker=ctx.obj["broker"], shutdown_timeout=5)
+        async with app:
+            return await work(app)
+
+    try:
+        return asyncio.run(go())
+    except (TidingsError, LookupError) as exc:
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
+        raise click.ClickException(str(message)) from None
+    except Exception as exc:
+        raise click.ClickException(f"unexpected {type(exc).__name__}: {exc}") from None
+
+
+def _position(text: str) -> tuple[int, int]:
+    partition, sep, offset = text.partition(":")
+    if not sep or not partition.isdigit() or not offset.isdigit():
+        raise click.BadParameter(f"expected PARTITION:OFFSET, got {text!r}")
+    return int(partition), int(offset)
+
+
+def _summary(entry: DeadLetter) -> dict[str, Any]:
+    return {
+        "position": f"{entry.partition}:{entry.offset}",
+        "original": f"{entry.original_topic}[{entry.original_partition}]@{entry.original_offset}",
+        "group": entry.group,
+        "error_type": entry.error_type,
+        "error_message": entry.error_message,
+        "attempts": entry.attempts,
+        "failed_at": datetime.fromtimestamp(entry.failed_at).isoformat(timespec="seconds"),
+    }
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: messages that failed for good, kept on TOPIC.dlq."""
+
+
+@dlq.command("list")
+@click.argument("topic")
+@click.pass_context
+def list_(ctx: click.Context, topic: str) -> None:
+    """List pending dead letters of TOPIC."""
+    entries = _run(ctx, lambda app: app.dead_letters(topic).pending())
+    data = [_summary(e) for e in entries]
+    rows = [[d["position"], d["original"], d["group"], d["error_type"].rsplit(".", 1)[-1],
+             d["error_message"][:60], d["attempts"], d["failed_at"]] for d in data]
+    emit(ctx.obj["json"], data,
+         ["POSITION", "ORIGINAL", "GROUP", "ERROR", "MESSAGE", "ATTEMPTS", "FAILED AT"],
+         rows, f"no pending dead letters for {topic}")
+
+
+@dlq.command()
+@click.argument("topic")
+@click.argument("position", metavar="PARTITION:OFFSET")
+@click.pass_context
+def show(ctx: click.Context, topic: str, position: str) -> None:
+    """Show one dead letter in full: headers, value and error."""
+    partition, offset = _position(position)
+    entry: DeadLetter = _run(ctx, lambda app: app.dead_letters(topic).get(partition, offset))
+    data = _summary(entry) | {
+        "key": entry.record.key,
+        "headers": dict(entry.record.headers),
+        "value": entry.record.value.decode("utf-8", "replace"),
+    }
+    if ctx.obj["json"]:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for name, value in data.items():
+        if name == "headers":
+            for header, text in value.items():
+                click.echo(f"  {header}: {text}")
+        else:
+            click.echo(f"{name}: {value}")
+
+
+@dlq.command()
+@click.argument("topic")
+@click.option("--entry", "entries", multiple=True, metavar="PARTITION:OFFSET",
+              help="Re-drive only these (default: every pending one).")
+@click.pass_context
+def redrive(ctx: click.Context, topic: str, entries: tuple[str, ...]) -> None:
+    """Send dead letters of TOPIC back to their topic, for the group that failed them."""
+    wanted = {_position(e) for e in entries}
+
+    async def work(app: App) -> int:
+        queue = app.dead_letters(topic)
+        if not wanted:
+            return await queue.redrive()
+        chosen = [await queue.get(p, o) for p, o in sorted(wanted)]
+        return await queue.redrive(chosen)
+
+    count = _run(ctx, work)
+    click.echo(json.dumps({"redriven": count}) if ctx.obj["json"] else f"re-drove {count}")
+
+
+@dlq.command()
+@click.argument("topic")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def purge(ctx: click.Context, topic: str, yes: bool) -> None:
+    """Drop every pending dead letter of TOPIC (they stay in the log, marked resolved)."""
+    if not yes:
+        click.confirm(f"purge every pending dead letter of {topic}?", abort=True)
+    count = _run(ctx, lambda app: app.dead_letters(topic).purge())
+    click.echo(json.dumps({"purged": count}) if ctx.obj["json"] else f"purged {count}")

@@ -1,0 +1,192 @@
+"""Retries with backoff, dead letters with the error attached, poison messages, re-drive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tidings import DecodeError, Headers, Message, RetryPolicy
+
+from .util import eventually
+
+FAST = RetryPolicy(max_attempts=3, backoff=0.02, jitter=0)
+
+
+def test_retry_until_success(backend, names) -> None:
+    topic = names("flaky")
+
+    async def main() -> None:
+        app = backend.app("svc")
+        attempts: list[tuple[int, float]] = []
+
+        @app.subscriber(topic, retry=FAST)
+        async def flaky(payload: dict, message: Message) -> None:
+            attempts.append((message.attempt, time.monotonic()))
+            if message.attempt < 3:
+                raise ConnectionError("try again")
+
+        async with app:
+            await app.publish(topic, {"a": 1})
+            await eventually(lambda: len(attempts) == 3)
+            await asyncio.sleep(0.2)
+            infos = {t.name for t in await app.transport.describe_topics()}
+        assert [a for a, _ in attempts] == [1, 2, 3]
+        gaps = [b - a for (_, a), (_, b) in zip(attempts, attempts[1:], strict=False)]
+        assert gaps[0] >= 0.015 and gaps[1] >= 0.035, gaps  # exponential backoff
+        assert f"{topic}.dlq" not in infos or not await _pending(backend, topic)
+
+    asyncio.run(main())
+
+
+async def _pending(backend, topic: str) -> list:
+    app = backend.app("admin")
+    async with app:
+        return await app.dead_letters(topic).pending()
+
+
+def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(backend, names) -> None:
+    topic = names("poison")
+
+    async def main() -> None:
+        app = backend.app("svc")
+        good: list[int] = []
+
+        @app.subscriber(topic, retry=FAST)
+        async def handle(payload: dict) -> None:
+            if payload["n"] == 3:
+                raise ValueError("cannot handle 3")
+            good.append(payload["n"])
+
+        async with app:
+            for n in range(6):
+                await app.publish(topic, {"n": n}, key="same-key", headers={"h": "v"})
+            await eventually(lambda: len(good) == 5)
+            letters = await app.dead_letters(topic).pending()
+        assert good == [0, 1, 2, 4, 5], "the poison message did not block its key for good"
+        assert len(letters) == 1
+        letter = letters[0]
+        assert letter.error_type == "builtins.ValueError"
+        assert letter.error_message == "cannot handle 3"
+        assert letter.attempts == 3
+        assert letter.group == "svc"
+        assert letter.original_topic == topic
+        assert letter.record.key == "same-key"
+        assert letter.record.headers["h"] == "v"
+        assert letter.record.value == b'{"n":3}'
+
+    asyncio.run(main())
+
+
+def test_undecodable_message_is_dead_lettered_at_once(backend, names) -> None:
+    topic = names("typed")
+
+    async def main() -> None:
+        app = backend.app("svc")
+        ok: list[dict] = []
+
+        @app.subscriber(topic, retry=RetryPolicy(max_attempts=5, backoff=1))
+        async def handle(payload: dict) -> None:
+            ok.append(payload)
+
+        async with app:
+            await app.publish(topic, b"{not json")
+            await app.publish(topic, [1, 2])
+            await app.publish(topic, {"fine": True})
+            await eventually(lambda: ok)
+            letters = await _wait_letters(app, topic, 2)
+        assert ok == [{"fine": True}]
+        assert {d.error_type for d in letters} == {f"{DecodeError.__module__}.DecodeError"}
+        assert all(d.attempts == 1 for d in letters)
+
+    asyncio.run(main())
+
+
+async def _wait_letters(app, topic: str, count: int) -> list:
+    for _ in range(200):
+        try:
+            letters = await app.dead_letters(topic).pending()
+        except LookupError:
+            letters = []
+        if len(letters) >= count:
+            return letters
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"expected {count} dead letters")
+
+
+def test_give_up_on_skips_retries(backend, names) -> None:
+    topic = names("fatal")
+
+    async def main() -> None:
+        app = backend.app("svc")
+        calls: list[int] = []
+
+        @app.subscriber(topic, retry=RetryPolicy(max_attempts=5, give_up_on=(KeyError,)))
+        async def handle(payload: dict, message: Message) -> None:
+            calls.append(message.attempt)
+            raise KeyError("missing")
+
+        async with app:
+            await app.publish(topic, {})
+            letters = await _wait_letters(app, topic, 1)
+        assert calls == [1]
+        assert letters[0].attempts == 1
+
+    asyncio.run(main())
+
+
+def test_redrive_goes_to_the_failed_group_only(backend, names) -> None:
+    topic = names("redrive")
+
+    async def main() -> None:
+        broken, healthy = backend.app("broken"), backend.app("healthy")
+        state = {"fixed": False}
+        broken_seen: list[int] = []
+        healthy_seen: list[int] = []
+
+        @broken.subscriber(topic, retry=RetryPolicy.never())
+        async def fails_until_fixed(payload: dict) -> None:
+            if not state["fixed"]:
+                raise RuntimeError("bug")
+            broken_seen.append(payload["n"])
+
+        healthy.subscriber(topic)(_collect(healthy_seen))
+        async with broken, healthy:
+            await broken.publish(topic, {"n": 1})
+            await _wait_letters(broken, topic, 1)
+            await eventually(lambda: healthy_seen == [1])
+            state["fixed"] = True
+            dlq = broken.dead_letters(topic)
+            assert await dlq.redrive() == 1
+            await eventually(lambda: broken_seen == [1])
+            await asyncio.sleep(0.3)
+            assert await dlq.pending() == []
+        assert healthy_seen == [1], "the healthy group did not get the re-driven copy"
+
+    asyncio.run(main())
+
+
+def test_purge_resolves_pending_dead_letters(backend, names) -> None:
+    topic = names("purge")
+
+    async def main() -> None:
+        app = backend.app("svc")
+
+        @app.subscriber(topic, retry=RetryPolicy.never())
+        async def fails(payload: dict) -> None:
+            raise RuntimeError("nope")
+
+        async with app:
+            for n in range(3):
+                await app.publish(topic, {"n": n})
+            await _wait_letters(app, topic, 3)
+            assert await app.dead_letters(topic).purge() == 3
+            assert await app.dead_letters(topic).pending() == []
+            assert Headers.DLQ_RESOLVES
+
+    asyncio.run(main())
+
+
+def _collect(out: list[int]):
+    async def handle(payload: dict) -> None:
+        out.append(payload["n"])
+    return handle
