@@ -40,8 +40,10 @@ async def group_rows(transport: Transport) -> tuple[list[dict[str, Any]], list[l
         })
         for topic in sorted({tp.topic for tp in g.committed} |
                             {tp.topic for m in g.members for tp in m.assignment}):
-            owners = [_owned(m.member_id, [tp.partition for tp in m.assignment if tp.topic == topic])
-                      for m in g.members]
+            owners = [
+                _owned(m.member_id, [tp.partition for tp in m.assignment if tp.topic == topic])
+                for m in g.members
+            ]
             shown = " ".join(o for o in owners if o) or None
             rows.append([g.name, topic, len(g.members), shown, lag.get(topic)])
     return data, rows
