@@ -315,8 +315,8 @@ class App:
             raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
         value, content_type = encode(payload)
         merged = {Headers.CONTENT_TYPE: content_type, **(headers or {})}
-        message_id = uuid.uuid4().hex
-        merged[Headers.ID] = message_id
+        # A caller may fix the id (an outbox does, so a re-published event keeps it).
+        message_id = merged.setdefault(Headers.ID, uuid.uuid4().hex)
         parent = current_message.get()
         if parent is not None:
             merged.setdefault(Headers.CORRELATION_ID, parent.correlation_id or parent.id)
