@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MEMBER = ROOT / "tests" / "conformance" / "member.py"
 
 BACKENDS = ["memory", "sqlite"]
-if (ROOT / "src" / "tidings" / "backends" / "kafka" / "__init__.py").exists():
+if (ROOT / "tests" / "kafka_broker.py").exists():
     from kafka_broker import kafka_url  # noqa: F401  (a session fixture: a tansu broker)
 
     BACKENDS.append("kafka")
@@ -132,7 +131,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 @pytest.fixture
-def names() -> Iterator[Any]:
+def names() -> Any:
     """Unique topic and group names, so tests never see each other's data on a shared broker."""
     suffix = uuid.uuid4().hex[:8]
-    yield lambda base: f"{base}-{suffix}"
+    return lambda base: f"{base}-{suffix}"

@@ -30,7 +30,8 @@ def test_delayed_messages_arrive_not_before_their_time(backend, names) -> None:
             await app.publish(topic, {"id": "now"})
             await app.publish(topic, {"id": "rel"}, delay=0.8)
             await app.publish(topic, {"id": "td"}, delay=timedelta(seconds=0.4))
-            await app.publish(topic, {"id": "abs"}, delay=datetime.now(UTC) + timedelta(seconds=1.2))
+            at = datetime.now(UTC) + timedelta(seconds=1.2)
+            await app.publish(topic, {"id": "abs"}, delay=at)
             await eventually(lambda: len(got) == 4, 15)
         when = {i: t - sent for i, t in got}
         assert [i for i, _ in got] == ["now", "td", "rel", "abs"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from tidings import DecodeError, Headers, Message, RetryPolicy
@@ -31,7 +32,7 @@ def test_retry_until_success(backend, names) -> None:
             await asyncio.sleep(0.2)
             infos = {t.name for t in await app.transport.describe_topics()}
         assert [a for a, _ in attempts] == [1, 2, 3]
-        gaps = [b - a for (_, a), (_, b) in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(attempts)]
         assert gaps[0] >= 0.015 and gaps[1] >= 0.035, gaps  # exponential backoff
         assert f"{topic}.dlq" not in infos or not await _pending(backend, topic)
 
