@@ -155,6 +155,7 @@ class Consumer:
         """Drop queued work of these partitions, let running handlers finish, commit."""
         for tp in partitions:
             self._epochs[tp] = self._epochs.get(tp, 0) + 1  # queued and retrying items go stale
+        self._drop_lanes(set(partitions))  # so a finishing handler starts no successor
         while any(self._active.get(tp, 0) for tp in partitions):
             self._progress.clear()
             await self._progress.wait()
@@ -173,9 +174,12 @@ class Consumer:
         for tp in gone:
             self._trackers.pop(tp, None)
             self._inflight -= self._owned_inflight.pop(tp, 0)
-        for lane in [lane for lane in self._lanes if lane[0] in gone]:
-            del self._lanes[lane]
+        self._drop_lanes(gone)
         self._progress.set()
+
+    def _drop_lanes(self, partitions: set[TopicPartition]) -> None:
+        for lane in [lane for lane in self._lanes if lane[0] in partitions]:
+            del self._lanes[lane]
 
     # -- fetching and dispatch -----------------------------------------------------
 
