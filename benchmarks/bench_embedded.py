@@ -5,8 +5,7 @@ Prints one JSON document. Figures:
   decode and the same pydantic validation) of the same rows, WAL + synchronous=NORMAL.
 - ``throughput``: N events of ~200 B published with ``publish_many`` (durable batches),
   then consumed by a typed (pydantic) handler with commits; ``end_to_end_msg_per_s`` is
-  N over publish time + consume time. ``pipelined`` runs producer and consumer as two
-  processes at once.
+  N over publish time + consume time.
 - ``cpu``: consumer-process CPU per consumed message, total and minus the baseline's
   per-row read+validate cost (the framework's share).
 - ``latency``: publish-to-handler p50/p99 across two processes at a paced rate.

@@ -39,6 +39,8 @@ async def publish_users() -> None:
 
 
 def main() -> None:
+    for stale in (ROOT / ".tidings").glob("demo.db*"):
+        stale.unlink()  # each demo starts from an empty bus
     env = {**os.environ, "TIDINGS_BROKER": BROKER, "PYTHONPATH": str(ROOT)}
     banner(f"starting the notifications service on {BROKER}")
     listener = subprocess.Popen(

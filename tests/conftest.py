@@ -74,12 +74,14 @@ class Member:
 
     async def start(self) -> None:
         if self.backend.multiprocess:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(MEMBER), *self.args],
-                stdout=subprocess.PIPE, stderr=open(self.backend.tmp / "members.log", "ab"),  # noqa: SIM115
-            )
+            with open(self.backend.tmp / "members.log", "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, str(MEMBER), *self.args],
+                    stdout=subprocess.PIPE, stderr=log,
+                )
             assert self.proc.stdout is not None
             line = await asyncio.to_thread(self.proc.stdout.readline)
+            self.proc.stdout.close()
             assert line.strip() == b"ready", line
         else:
             sys.path.insert(0, str(MEMBER.parent))

@@ -264,7 +264,3 @@ cli.add_command(dlq)
 def main() -> None:
     """Entry point of the ``tidings`` console script."""
     cli(prog_name="tidings")
-
-
-if __name__ == "__main__":
-    main()
