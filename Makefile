@@ -4,29 +4,39 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup system-deps demo demo-check test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,kafka]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# Debian's chromium for the browser test (Playwright's own download fails here).
+system-deps:
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q \
+	  --no-install-recommends -o DPkg::Lock::Timeout=300 chromium; }
+
+# The shop: every service its own process under a supervisor; Ctrl-C stops all.
 demo: setup
-	$(BIN)/python examples/demo.py
+	$(BIN)/python -m reference.supervisor --fresh
+
+# The same, scripted: runs the article's scenario and three orders, then exits.
+demo-check: setup
+	$(BIN)/python -m reference.supervisor --once --fresh
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples reference
 	$(BIN)/mypy
 
-test: setup lint
+test: setup system-deps lint
 	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/bench_embedded.py
 
 clean:
-	rm -rf $(VENV) .tidings .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tidings .reference .artifacts .pytest_cache .mypy_cache .ruff_cache

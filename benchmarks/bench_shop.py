@@ -1,0 +1,212 @@
+"""The reference shop end to end on the embedded bus; prints JSON.
+
+Starts every service as its own process (``reference.supervisor``, free ports, a temp
+directory), then measures:
+
+* throughput: ``--orders`` orders posted by ``--clients`` concurrent clients, counted
+  from the first POST to the last ``ORDER_CONFIRMED`` seen on the bus;
+* latency: orders paced at ``--rate`` per second for ``--seconds``, from the start of
+  each POST /orders to its ``ORDER_CONFIRMED`` (p50, p99, max).
+
+The benchmark hears outcomes as a bus subscriber in its own consumer group, so it adds no
+polling load to the services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reference.client import APPROVE, ShopClient  # noqa: E402
+from reference.common.settings import Settings  # noqa: E402
+from reference.inventory.catalog import CATALOG  # noqa: E402
+
+from tidings import App, Message, Start  # noqa: E402
+
+
+def free_base_port() -> int:
+    """A base port with the six service ports free."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + 6 < 65000 and all(_free(base + i) for i in range(6)):
+            return base
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def running_shop(data_dir: Path, mode: str) -> Iterator[Settings]:
+    """Start the supervisor with every service; stop it afterwards."""
+    settings = Settings(base_port=free_base_port(), data_dir=data_dir)
+    log = (data_dir / "supervisor.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reference.supervisor", "--base-port", str(settings.base_port),
+         "--data-dir", str(data_dir), "--mode", mode],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        yield settings
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        log.close()
+
+
+class Outcomes:
+    """Hears ``ORDER_CONFIRMED`` / ``ORDER_CANCELLED`` on the bus, with arrival times."""
+
+    def __init__(self, broker: str) -> None:
+        self.app = App(f"bench-{os.getpid()}", broker=broker)
+        self.done: dict[str, float] = {}
+        self.cancelled = 0
+        self.changed = asyncio.Event()
+
+        @self.app.subscriber("orders", start=Start.LATEST, concurrency=16)
+        async def on_order(event: dict[str, Any], message: Message) -> None:
+            if event.get("type") in ("ORDER_CONFIRMED", "ORDER_CANCELLED"):
+                self.done.setdefault(event["order_id"], time.perf_counter())
+                self.cancelled += event["type"] == "ORDER_CANCELLED"
+                self.changed.set()
+
+    async def wait_for(self, order_ids: list[str], timeout: float) -> None:
+        """Wait until every order in ``order_ids`` is final."""
+        deadline = time.monotonic() + timeout
+        while not all(o in self.done for o in order_ids):
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{sum(o not in self.done for o in order_ids)} orders "
+                                   "never became final")
+            await asyncio.wait_for(self.changed.wait(), left)
+
+
+async def wait_healthy(shop: ShopClient, timeout: float = 60) -> None:
+    """Until every service answers /health."""
+    deadline = time.monotonic() + timeout
+    for name in ("frontend", "users", "orders", "inventory", "payments", "notifications"):
+        while True:
+            try:
+                await shop.get(name, "/health")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+async def prepare(shop: ShopClient, users: int) -> list[int]:
+    """Users to order for, and stock that never runs out."""
+    ids = [(await shop.register(f"bench user {i}"))["id"] for i in range(users)]
+    for product in CATALOG:
+        await shop.set_stock(product.sku, 1_000_000_000)
+    return ids
+
+
+async def post(shop: ShopClient, user_id: int, n: int) -> tuple[str, float]:
+    """Place one order; its id and when the POST started."""
+    started = time.perf_counter()
+    sku = CATALOG[n % len(CATALOG)].sku
+    return await shop.order(user_id, [(sku, 1 + n % 3)], APPROVE), started
+
+
+async def throughput(shop: ShopClient, outcomes: Outcomes, users: list[int], orders: int,
+                     clients: int) -> dict[str, Any]:
+    """Orders per second through the four services, with ``clients`` posting at once."""
+    queue = iter(range(orders))
+    placed: list[str] = []
+
+    async def client() -> None:
+        for n in queue:
+            placed.append((await post(shop, users[n % len(users)], n))[0])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    posted = time.perf_counter()
+    await outcomes.wait_for(placed, 300)
+    finished = max(outcomes.done[o] for o in placed)
+    return {"orders": orders, "clients": clients,
+            "post_rate": round(orders / (posted - started), 1),
+            "orders_per_s": round(orders / (finished - started), 1),
+            "seconds": round(finished - started, 2)}
+
+
+async def latency(shop: ShopClient, outcomes: Outcomes, users: list[int], rate: float,
+                  seconds: float) -> dict[str, Any]:
+    """POST-to-CONFIRMED latency at a paced rate."""
+    count = int(rate * seconds)
+    tasks: list[asyncio.Task[tuple[str, float]]] = []
+    origin = time.perf_counter()
+    for n in range(count):
+        await asyncio.sleep(max(0.0, origin + n / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(post(shop, users[n % len(users)], n)))
+    results = await asyncio.gather(*tasks)
+    await outcomes.wait_for([order_id for order_id, _ in results], 120)
+    samples = sorted((outcomes.done[o] - t) * 1000 for o, t in results)
+    return {"orders": count, "rate": rate, "p50_ms": round(_pct(samples, 50), 1),
+            "p99_ms": round(_pct(samples, 99), 1), "max_ms": round(samples[-1], 1)}
+
+
+def _pct(samples: list[float], pct: float) -> float:
+    return samples[min(len(samples) - 1, int(len(samples) * pct / 100))]
+
+
+async def bench(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    """Run both measurements against a fresh shop."""
+    with running_shop(data_dir, args.mode) as settings:
+        async with ShopClient(settings) as shop:
+            await wait_healthy(shop)
+            users = await prepare(shop, 20)
+            outcomes = Outcomes(settings.broker_url)
+            async with outcomes.app:
+                await outcomes.app.wait_until_assigned()
+                await throughput(shop, outcomes, users, 200, args.clients)  # warm-up
+                result = await throughput(shop, outcomes, users, args.orders, args.clients)
+                paced = await latency(shop, outcomes, users, args.rate, args.seconds)
+    return {"benchmark": "reference shop, end to end", "bus": "embedded sqlite",
+            "mode": args.mode, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "throughput": result, "latency": paced,
+            "targets": {"orders_per_s": 300, "p99_ms": 500},
+            "met": result["orders_per_s"] >= 300 and paced["p99_ms"] <= 500}
+
+
+def main() -> None:
+    """Parse options, run, print JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--orders", type=int, default=3000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--mode", default="choreography")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-shop-") as tmp:
+        print(json.dumps(asyncio.run(bench(args, Path(tmp))), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""What every service shares: settings, the database, the outbox and inbox, the HTTP basics."""

@@ -1,0 +1,76 @@
+"""Exactly-once effects with the consistency toolkit (``tidings.sqlalchemy``).
+
+A handler's domain writes, the inbox row of the message it handles and the outbox rows
+of the messages it emits commit in one SQLite transaction. A redelivered message is
+skipped by the :class:`~tidings.sqlalchemy.Inbox`; an emitted message reaches the bus
+through the :class:`~tidings.sqlalchemy.Outbox` relay only once its transaction has
+committed, under an id fixed when it was recorded, so a relay that dies between publish
+and delete re-publishes a copy the consumer's inbox drops.
+
+SQLite has one writer. Our own write transactions take an in-process lock first, so
+they queue in asyncio instead of spinning in SQLite's busy handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+
+from tidings import App, Message
+from tidings.sqlalchemy import Inbox, Outbox, create_tables
+
+from .db import Database
+
+__all__ = ["Tx", "UnitOfWork"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    """One unit of work: its connection, and the outbox its messages go to."""
+
+    conn: AsyncConnection
+    outbox: Outbox
+
+    async def emit(self, topic: str, event: BaseModel, *, key: str | None) -> None:
+        """Publish ``event`` if, and only if, this transaction commits."""
+        await self.outbox.publish(self.conn, topic, event, key=key)
+
+
+class UnitOfWork:
+    """Transactions with the toolkit's outbox and inboxes, on one service database."""
+
+    def __init__(self, db: Database, bus: App) -> None:
+        self.db = db
+        self.outbox = Outbox(db.engine)
+        self.outbox.relay(bus, interval=0.2, batch=500)
+        self._sessions = async_sessionmaker(db.engine, expire_on_commit=False)
+        self._inboxes: dict[str, Inbox] = {}
+        db.on_create(create_tables)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """A write transaction whose emitted messages join the outbox in the same commit."""
+        async with self.db.write() as conn:
+            yield Tx(conn, self.outbox)
+
+    async def handle(self, message: Message, consumer: str,
+                     work: Callable[[Tx], Awaitable[T]]) -> T | None:
+        """Run ``work`` for ``message`` once per ``consumer``, in one transaction with the
+        inbox row; return its result, or None if ``consumer`` handled it before."""
+        inbox = self._inboxes.get(consumer)
+        if inbox is None:
+            inbox = self._inboxes[consumer] = Inbox(self.db.engine, consumer,
+                                                    sessions=self._sessions)
+
+        async def in_session(session: AsyncSession) -> T:
+            return await work(Tx(await session.connection(), self.outbox))
+
+        async with self.db.write_lock:
+            return await inbox.process(message, in_session)

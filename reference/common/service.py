@@ -1,0 +1,85 @@
+"""One service process: its database, its bus connection with the outbox relay, its API.
+
+The HTTP server (uvicorn) owns the process; FastAPI's lifespan opens the database, starts
+the tidings app (its subscribers) and the outbox relay before the first request, and
+stops them, gracefully, after the last.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import MetaData
+
+from tidings import App, RetryPolicy
+
+from .db import Database
+from .messaging import UnitOfWork
+from .settings import Settings
+from .web import build_api
+
+__all__ = ["HANDLER_RETRY", "Service", "configure_logging", "run", "serve"]
+
+#: Handlers retry transient failures (a locked database, a message that arrived before
+#: the one it depends on) for about a minute before dead-lettering.
+HANDLER_RETRY = RetryPolicy(max_attempts=30, backoff=0.05, multiplier=1.5, max_backoff=3.0)
+
+
+class Service:
+    """A service's parts; its module adds routes to ``api`` and handlers to ``bus``."""
+
+    def __init__(self, name: str, settings: Settings, metadata: MetaData) -> None:
+        self.name = name
+        self.settings = settings
+        self.db = Database(settings.database(name), metadata)
+        self.bus = App(name, broker=settings.broker_url, retry=HANDLER_RETRY,
+                       shutdown_timeout=10)
+        self.uow = UnitOfWork(self.db, self.bus)
+        self.api: FastAPI = build_api(name, self._lifespan)
+        self._startup: list[Callable[[], Awaitable[None]]] = []
+
+    def on_startup(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` once the database is ready, before the bus and the API start."""
+        self._startup.append(hook)
+
+    @asynccontextmanager
+    async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        await self.db.create()
+        for hook in self._startup:
+            await hook()
+        async with self.bus:  # starts the subscribers and the outbox relay
+            yield
+        await self.db.close()
+
+
+def configure_logging() -> None:
+    """Plain lines on stdout (the supervisor prefixes them with the service name)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s",
+                        force=True)
+    logging.getLogger("tidings").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+def serve(name: str, api: FastAPI, settings: Settings) -> None:
+    """Serve ``api`` on ``name``'s port until SIGTERM/SIGINT."""
+    config = uvicorn.Config(
+        api, host=settings.host, port=settings.port(name), access_log=False,
+        log_config=None, lifespan="on", timeout_graceful_shutdown=5,
+    )
+    logging.getLogger("reference").info(
+        "%s listening on %s (bus %s, mode %s)", name, settings.url(name),
+        settings.broker_url, settings.mode.value,
+    )
+    uvicorn.Server(config).run()
+
+
+def run(build: Callable[[Settings], Service]) -> None:
+    """Build the service from the environment's settings and serve it."""
+    configure_logging()
+    service = build(Settings.from_env())
+    serve(service.name, service.api, service.settings)

@@ -1,0 +1,89 @@
+"""Typed settings every service reads from its environment (the supervisor sets them)."""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["PORT_OFFSETS", "SERVICES", "Mode", "Settings", "SettingsError"]
+
+#: Each service listens on the base port plus its offset (frontend 8000, users 8001, ...).
+PORT_OFFSETS: dict[str, int] = {
+    "frontend": 0,
+    "users": 1,
+    "orders": 2,
+    "inventory": 3,
+    "payments": 4,
+    "notifications": 5,
+}
+SERVICES = tuple(PORT_OFFSETS)
+DEFAULT_BASE_PORT = 8000
+DEFAULT_DATA_DIR = ".reference"
+
+
+class Mode(enum.StrEnum):
+    """How the order flow is coordinated."""
+
+    CHOREOGRAPHY = "choreography"
+    ORCHESTRATION = "orchestration"
+
+
+class SettingsError(Exception):
+    """The environment holds an invalid setting."""
+
+
+class Settings(BaseModel):
+    """Where a service listens, keeps its data and finds the bus; validated when built."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_port: int = Field(DEFAULT_BASE_PORT, ge=1024, le=65000)
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    broker: str | None = None
+    mode: Mode = Mode.CHOREOGRAPHY
+    host: str = "127.0.0.1"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read ``REFERENCE_BASE_PORT``, ``REFERENCE_DATA_DIR``, ``REFERENCE_MODE`` and
+        ``TIDINGS_BROKER``."""
+        env = dict(os.environ) if env is None else env
+        raw = {
+            "base_port": env.get("REFERENCE_BASE_PORT", DEFAULT_BASE_PORT),
+            "data_dir": env.get("REFERENCE_DATA_DIR", DEFAULT_DATA_DIR),
+            "broker": env.get("TIDINGS_BROKER") or None,
+            "mode": env.get("REFERENCE_MODE", Mode.CHOREOGRAPHY.value),
+        }
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that rebuild these settings in a child process."""
+        return {
+            "REFERENCE_BASE_PORT": str(self.base_port),
+            "REFERENCE_DATA_DIR": str(self.data_dir),
+            "REFERENCE_MODE": self.mode.value,
+            "TIDINGS_BROKER": self.broker_url,
+        }
+
+    @property
+    def broker_url(self) -> str:
+        """The bus: the given URL, else an embedded SQLite log in the data directory."""
+        return self.broker or f"sqlite:///{self.data_dir.resolve()}/bus.db"
+
+    def port(self, service: str) -> int:
+        """The HTTP port of ``service``."""
+        return self.base_port + PORT_OFFSETS[service]
+
+    def url(self, service: str) -> str:
+        """The base URL of ``service``'s HTTP API."""
+        return f"http://{self.host}:{self.port(service)}"
+
+    def database(self, service: str) -> Path:
+        """The SQLite file that only ``service`` opens."""
+        return self.data_dir.resolve() / f"{service}.db"

@@ -1,0 +1,5 @@
+"""``python -m reference.frontend``."""
+
+from reference.frontend.service import main
+
+main()

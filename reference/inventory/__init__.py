@@ -1,0 +1,1 @@
+"""inventory: the catalog and its stock; reserves, sells and releases stock for orders."""

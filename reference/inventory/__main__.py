@@ -1,0 +1,6 @@
+"""``python -m reference.inventory``."""
+
+from reference.common.service import run
+from reference.inventory.service import build
+
+run(build)

@@ -1,0 +1,1 @@
+"""notifications: hears every registration once, in its own consumer group on ``users``."""

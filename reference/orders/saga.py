@@ -1,0 +1,141 @@
+"""Orchestration (``--mode orchestration``): the order flow as a saga in the orders service.
+
+The saga engine of :mod:`tidings.saga` drives inventory and payments with commands
+(request/reply on ``inventory-commands`` and ``payments-commands``) and persists every
+step in the orders database, so a killed orders process resumes its sagas. The saga
+starts in the same transaction that inserts the order.
+
+Steps, and what undoes them when a later step fails::
+
+    open-order      -                   | cancel the order (with the reason)
+    reserve-stock   ReserveStock        | ReleaseStock
+    check-stock     fail if rejected    | -
+    charge-payment  ChargePayment       | RefundPayment
+    check-payment   fail if declined    |
+    commit-stock    CommitStock         (retried, never undone: past the point of no return)
+    confirm-order   order CONFIRMED     (retried)
+
+A rejection or a decline is recorded in the saga's state by the reply, then the check
+step after it fails, so the compensations run and the cancellation knows its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from tidings import RetryPolicy
+from tidings.saga import Command, Saga, SagaEngine, Step
+from tidings.sqlalchemy import SqlSagaStore
+
+from ..common.events import (
+    INVENTORY_COMMANDS,
+    PAYMENTS_COMMANDS,
+    ChargePayment,
+    CommitStock,
+    Line,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+)
+from ..common.messaging import Tx
+from ..common.service import Service
+from .api import NewOrder, Starter
+from .store import CANCELLED, CONFIRMED, OrderStore
+
+__all__ = ["OrderFailedError", "OrderState", "orchestrate"]
+
+#: Participants may be restarting (a crash, a deploy): keep asking for a while.
+REQUEST_RETRY = RetryPolicy(max_attempts=12, backoff=0.5, max_backoff=5.0)
+
+
+class OrderState(BaseModel):
+    """What the saga knows about its order."""
+
+    order_id: str
+    items: list[Line]
+    total_cents: int
+    card_number: str
+    failure: str | None = None
+
+
+class OrderFailedError(Exception):
+    """Stock was rejected or the card declined: the order is cancelled."""
+
+
+#: A check fails for good on a rejection, but an attempt cut short by a crash (the engine
+#: counts it as used) is simply made again.
+CHECK_RETRY = RetryPolicy(max_attempts=5, backoff=0.05, give_up_on=(OrderFailedError,))
+
+
+def _note_failure(state: OrderState, reply: Any) -> OrderState:
+    if isinstance(reply, dict) and reply.get("type") in ("STOCK_REJECTED", "PAYMENT_DECLINED"):
+        state.failure = str(reply.get("reason", "failed"))
+    return state
+
+
+async def _check(state: OrderState) -> OrderState:
+    if state.failure is not None:
+        raise OrderFailedError(state.failure)
+    return state
+
+
+async def _nothing(state: OrderState) -> OrderState:
+    return state
+
+
+def _command(topic: str, build: Any, on_reply: Any = None) -> Command[OrderState]:
+    return Command(topic, build, on_reply=on_reply)
+
+
+def order_saga(service: Service, store: OrderStore) -> Saga[OrderState]:
+    """The saga definition, with the local steps bound to this service's database."""
+
+    async def finish(state: OrderState, status: str, reason: str | None) -> OrderState:
+        async with service.uow.transaction() as tx:
+            await store.finish(tx, state.order_id, status, reason)
+        return state
+
+    async def cancel(state: OrderState) -> OrderState:
+        return await finish(state, CANCELLED, state.failure or "could not be completed")
+
+    async def confirm(state: OrderState) -> OrderState:
+        return await finish(state, CONFIRMED, None)
+
+    def oid(state: OrderState) -> str:
+        return state.order_id
+
+    return Saga("place-order", OrderState, [
+        Step("open-order", _nothing, compensation=cancel, retry=CHECK_RETRY,
+             compensation_retry=REQUEST_RETRY),
+        Step("reserve-stock", _command(INVENTORY_COMMANDS, lambda s: ReserveStock(
+                 order_id=oid(s), items=tuple(s.items)), _note_failure),
+             compensation=_command(INVENTORY_COMMANDS, lambda s: ReleaseStock(order_id=oid(s))),
+             timeout=10, retry=REQUEST_RETRY, compensation_retry=REQUEST_RETRY),
+        Step("check-stock", _check, compensation=_nothing, retry=CHECK_RETRY),
+        Step("charge-payment", _command(PAYMENTS_COMMANDS, lambda s: ChargePayment(
+                 order_id=oid(s), amount_cents=s.total_cents, card_number=s.card_number),
+                 _note_failure),
+             compensation=_command(PAYMENTS_COMMANDS, lambda s: RefundPayment(order_id=oid(s))),
+             timeout=10, retry=REQUEST_RETRY, compensation_retry=REQUEST_RETRY),
+        Step("check-payment", _check, retry=CHECK_RETRY),
+        Step("commit-stock", _command(INVENTORY_COMMANDS, lambda s: CommitStock(order_id=oid(s))),
+             timeout=10, retry=REQUEST_RETRY, retriable=True),
+        Step("confirm-order", confirm, retry=REQUEST_RETRY, retriable=True),
+    ])
+
+
+def orchestrate(service: Service, store: OrderStore) -> Starter:
+    """Set up the saga engine on the orders service; return what starts an order's saga."""
+    saga = order_saga(service, store)
+    engine = SagaEngine(service.bus, SqlSagaStore(service.db.engine), [saga], lease=10.0)
+
+    async def start(tx: Tx, order_id: str, order: NewOrder, total_cents: int) -> None:
+        state = OrderState(
+            order_id=order_id, items=[Line(sku=i.sku, qty=i.qty) for i in order.items],
+            total_cents=total_cents, card_number=order.card_number,
+        )
+        await engine.start(saga, state, saga_id=order_id, within=tx.conn)
+
+    return start

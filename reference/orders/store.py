@@ -1,0 +1,126 @@
+"""The orders database: orders, plus local replicas of the users and the catalog.
+
+The replicas are fed from the bus (``users`` and ``products``): orders validates a new
+order against them without asking another service over HTTP. An order moves only from
+PENDING to CONFIRMED or CANCELLED, once; a repeated transition is a no-op, so handlers
+are idempotent by the order id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..common.events import Line, OrderCancelled, OrderConfirmed, Topics
+from ..common.messaging import Tx
+
+__all__ = ["CANCELLED", "CONFIRMED", "PENDING", "OrderStore"]
+
+PENDING, CONFIRMED, CANCELLED = "PENDING", "CONFIRMED", "CANCELLED"
+
+
+class OrderStore:
+    """The orders service's tables and their operations."""
+
+    def __init__(self, metadata: MetaData) -> None:
+        self.orders = Table(
+            "orders", metadata,
+            Column("order_id", String, primary_key=True),
+            Column("user_id", Integer, nullable=False, index=True),
+            Column("status", String, nullable=False),
+            Column("reason", String),
+            Column("total_cents", Integer, nullable=False),
+            Column("items", String, nullable=False),
+            Column("created_at", Float, nullable=False),
+            Column("finished_at", Float),
+        )
+        self.users = Table("known_users", metadata,
+                           Column("user_id", Integer, primary_key=True))
+        self.catalog = Table(
+            "catalog", metadata,
+            Column("sku", String, primary_key=True),
+            Column("name", String, nullable=False),
+            Column("price_cents", Integer, nullable=False),
+        )
+        #: The replicas in memory too (loaded at start, kept current by the handlers),
+        #: so taking an order reads nothing.
+        self.known_users: set[int] = set()
+        self.known_prices: dict[str, int] = {}
+        o = self.orders.c
+        # Built once, reused with new parameters (SQLAlchemy caches their compiled form).
+        self._insert = insert(self.orders)
+        self._finish = update(self.orders).where(
+            o.order_id == bindparam("oid"), o.status == PENDING,
+        ).values(status=bindparam("new_status"), reason=bindparam("new_reason"),
+                 finished_at=bindparam("at"))
+        self._know_user = insert(self.users).on_conflict_do_nothing()
+
+    async def load(self, conn: AsyncConnection) -> None:
+        """Fill the in-memory replicas from the database."""
+        self.known_users = set((await conn.execute(select(self.users.c.user_id))).scalars())
+        rows = await conn.execute(select(self.catalog.c.sku, self.catalog.c.price_cents))
+        self.known_prices = {row.sku: row.price_cents for row in rows}
+
+    async def insert(self, tx: Tx, order_id: str, user_id: int, items: tuple[Line, ...],
+                     total_cents: int) -> None:
+        """A new PENDING order."""
+        await tx.conn.execute(self._insert, {
+            "order_id": order_id, "user_id": user_id, "status": PENDING,
+            "total_cents": total_cents, "reason": None, "finished_at": None,
+            "items": json.dumps([line.model_dump() for line in items]),
+            "created_at": time.time(),
+        })
+
+    async def finish(self, tx: Tx, order_id: str, status: str, reason: str | None = None
+                     ) -> bool:
+        """Move a PENDING order to ``status`` and announce it; False if it was final."""
+        result = await tx.conn.execute(self._finish, {
+            "oid": order_id, "new_status": status, "new_reason": reason, "at": time.time()})
+        if result.rowcount == 0:
+            return False
+        if status == CONFIRMED:
+            await tx.emit(Topics.ORDERS, OrderConfirmed(order_id=order_id), key=order_id)
+        else:
+            await tx.emit(Topics.ORDERS, OrderCancelled(order_id=order_id, reason=reason or ""),
+                          key=order_id)
+        return True
+
+    async def get(self, conn: AsyncConnection, order_id: str) -> dict[str, Any] | None:
+        """One order as a dict, or None."""
+        row = (await conn.execute(
+            select(self.orders).where(self.orders.c.order_id == order_id))).first()
+        return None if row is None else row._asdict()
+
+    async def by_user(self, conn: AsyncConnection, user_id: int) -> list[dict[str, Any]]:
+        """A user's orders, newest first."""
+        o = self.orders.c
+        rows = await conn.execute(
+            select(self.orders).where(o.user_id == user_id).order_by(o.created_at.desc()))
+        return [row._asdict() for row in rows]
+
+    async def know_user(self, tx: Tx, user_id: int) -> None:
+        """Record that a user exists (from ``USER_REGISTERED``)."""
+        await tx.conn.execute(self._know_user, {"user_id": user_id})
+        self.known_users.add(user_id)
+
+    async def list_product(self, tx: Tx, sku: str, name: str, price_cents: int) -> None:
+        """Add or update a catalog entry (from ``PRODUCT_LISTED``)."""
+        row = {"sku": sku, "name": name, "price_cents": price_cents}
+        await tx.conn.execute(insert(self.catalog).values(row).on_conflict_do_update(
+            index_elements=["sku"], set_={"name": name, "price_cents": price_cents}))
+        self.known_prices[sku] = price_cents

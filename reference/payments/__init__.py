@@ -1,0 +1,1 @@
+"""payments: a simulated card gateway that charges, declines and refunds orders."""

@@ -1,0 +1,1 @@
+"""users: registers users and announces each on topic ``users`` (via the outbox)."""

@@ -1,0 +1,87 @@
+"""users: ``POST /register``, ``GET /users/{id}``; each new user is announced on ``users``.
+
+The user row and the outbox row of its ``USER_REGISTERED`` event commit together: a user
+exists if and only if the event will be published.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import Column, Integer, MetaData, String, Table, select
+
+from ..common.events import Topics, UserRegistered
+from ..common.service import Service
+from ..common.settings import Settings
+from ..common.web import ApiError, error_responses
+
+__all__ = ["NewUser", "User", "build"]
+
+log = logging.getLogger("reference.users")
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class NewUser(BaseModel):
+    """``POST /register`` body (the article's form)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    username: Text
+    age: int = Field(ge=0, le=150)
+    address: Text
+
+
+class User(BaseModel):
+    """A registered user."""
+
+    id: int
+    username: str
+    age: int
+    address: str
+
+
+def _schema() -> tuple[MetaData, Table]:
+    metadata = MetaData()
+    users = Table(
+        "users", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("username", String, nullable=False),
+        Column("age", Integer, nullable=False),
+        Column("address", String, nullable=False),
+    )
+    return metadata, users
+
+
+def build(settings: Settings) -> Service:
+    """The users service."""
+    metadata, users = _schema()
+    service = Service("users", settings, metadata)
+    api, uow, db = service.api, service.uow, service.db
+
+    @api.post("/register", status_code=201, response_model=User,
+              responses=error_responses(413, 422), tags=["users"])
+    async def register(new: NewUser) -> User:
+        """Create a user; its id is assigned in the transaction that stages the event."""
+        async with uow.transaction() as tx:
+            result = await tx.conn.execute(users.insert().values(**new.model_dump()))
+            user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            event = UserRegistered(userId=user_id, username=new.username)
+            await tx.emit(Topics.USERS, event, key=str(uuid.uuid4()))
+        log.info("New user created with ID %s", user_id)
+        return User(id=user_id, **new.model_dump())
+
+    @api.get("/users/{user_id}", response_model=User, responses=error_responses(404, 422),
+             tags=["users"])
+    async def get_user(user_id: int) -> User:
+        """One user by id."""
+        async with db.read() as conn:
+            row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+        if row is None:
+            raise ApiError(404, f"no user with id {user_id}")
+        return User.model_validate(row._asdict())
+
+    return service

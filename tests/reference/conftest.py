@@ -1,0 +1,44 @@
+"""Fixtures of the reference-system tests: whole shops, every service its own process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the reference package lives at the repository root
+
+from shop import Shop, running_shop  # noqa: E402
+
+from kafka_broker import running_tansu  # noqa: E402
+
+#: (mode, bus): every flow test runs on each.
+SETUPS = [
+    ("choreography", "sqlite"),
+    ("orchestration", "sqlite"),
+    ("choreography", "kafka"),
+    ("orchestration", "kafka"),
+]
+
+
+@pytest.fixture(scope="module", params=SETUPS, ids=[f"{m}-{b}" for m, b in SETUPS])
+def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Shop]:
+    """A shop in one mode on one bus, shared by the tests of a module."""
+    mode, bus = request.param
+    with ExitStack() as stack:
+        # Each Kafka shop gets its own broker: the services use fixed topic and group names.
+        broker = stack.enter_context(running_tansu()) if bus == "kafka" else None
+        tmp = tmp_path_factory.mktemp(f"shop-{mode}-{bus}")
+        yield stack.enter_context(running_shop(tmp, mode, broker))
+
+
+@pytest.fixture(scope="module")
+def sqlite_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    """One shop (choreography, embedded bus) for tests that need any shop."""
+    with running_shop(tmp_path_factory.mktemp("shop")) as shop:
+        yield shop

@@ -1,0 +1,117 @@
+"""Running the reference shop for tests: the supervisor on free ports in a temp directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from reference.common.settings import SERVICES, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_base_port() -> int:
+    """A base port whose six service ports are all free."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + 6 < 65000 and all(_port_free(base + i) for i in range(6)):
+            return base
+    raise RuntimeError("no free block of six ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Shop:
+    """A running shop: its settings, its supervisor and the combined log."""
+
+    def __init__(self, settings: Settings, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.settings = settings
+        self.process = process
+        self.log = log
+        self.http = httpx.Client(timeout=10)
+
+    def url(self, service: str, path: str = "") -> str:
+        """The URL of ``path`` on ``service``."""
+        return f"{self.settings.url(service)}{path}"
+
+    def lines(self, service: str) -> list[str]:
+        """Every line ``service`` logged so far (prefix removed)."""
+        prefix = re.compile(rf"^{re.escape(service)}\s*\| (.*)$")
+        text = self.log.read_text(errors="replace")
+        return [m.group(1) for line in text.splitlines() if (m := prefix.match(line))]
+
+    def wait_for_line(self, service: str, text: str, timeout: float = 20.0) -> None:
+        """Wait until ``service`` logged ``text``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.lines(service):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{service} never logged {text!r}")
+            time.sleep(0.1)
+
+    def pid(self, service: str) -> int:
+        """The current process id of ``service`` (from its /health)."""
+        pid: int = self.http.get(self.url(service, "/health")).json()["pid"]
+        return pid
+
+    def wait_healthy(self, timeout: float = 60.0, exclude: int | None = None) -> None:
+        """Until every service answers /health (with a pid other than ``exclude``)."""
+        deadline = time.monotonic() + timeout
+        for service in SERVICES:
+            while True:
+                try:
+                    body: dict[str, Any] = self.http.get(self.url(service, "/health")).json()
+                    if body["pid"] != exclude:
+                        break
+                except (httpx.HTTPError, ValueError):
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{service} did not come up:\n{self.log.read_text()}")
+                time.sleep(0.1)
+
+
+@contextmanager
+def running_shop(tmp: Path, mode: str = "choreography", broker: str | None = None
+                 ) -> Iterator[Shop]:
+    """Start every service under the supervisor; stop them all afterwards."""
+    settings = Settings(base_port=free_base_port(), data_dir=tmp / "data", broker=broker)
+    log = tmp / "shop.log"
+    command = [sys.executable, "-m", "reference.supervisor", "--base-port",
+               str(settings.base_port), "--data-dir", str(settings.data_dir), "--mode", mode]
+    if broker:
+        command += ["--broker", broker]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TIDINGS_BROKER", None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    shop = Shop(settings, process, log)
+    try:
+        shop.wait_healthy()
+        yield shop
+    finally:
+        shop.http.close()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
