@@ -51,8 +51,9 @@ class App:
     ``broker`` is a URL (``sqlite:///path``, ``memory://name``, ``kafka://host:port``)
     or a :class:`~tidings.ports.Transport`; it defaults to ``$TIDINGS_BROKER``, else
     ``sqlite:///.tidings/bus.db``. Subscribers run, and the app can publish, inside
-    ``async with app:``. Subscribers join the consumer group named after the app
-    unless they name another.
+    ``async with app:``, which returns once every subscriber has joined its group (at
+    most ``join_timeout`` seconds). Subscribers join the consumer group named after the
+    app unless they name another.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class App:
         *,
         retry: RetryPolicy | None = None,
         shutdown_timeout: float = 30.0,
+        join_timeout: float = 30.0,
     ) -> None:
         self.name = _check_name("app", name)
         if isinstance(broker, Transport):
@@ -72,6 +74,7 @@ class App:
             self._transport = load_transport(self.broker)
         self.retry = retry or RetryPolicy()
         self.shutdown_timeout = shutdown_timeout
+        self.join_timeout = join_timeout
         self.instance_id = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._subscribers: list[SubscriberSpec] = []
         self._consumers: list[Consumer] = []
@@ -187,9 +190,19 @@ class App:
                 consumer = Consumer(self._transport, spec.consumer_spec(self), process)
                 await consumer.start()
                 self._consumers.append(consumer)
+            await self._wait_joined()
         except BaseException:
             await self.stop()
             raise
+
+    async def _wait_joined(self) -> None:
+        # A service is up once its subscribers are in their groups, so a message published
+        # right after start is not left for a member that joins later (Kafka joins take ~1 s).
+        try:
+            await self.wait_until_assigned(self.join_timeout)
+        except TimeoutError:
+            log.warning("%s: subscribers not all assigned after %.0f s; going on",
+                        self.instance_id, self.join_timeout)
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight work, commit, leave the groups, disconnect."""

