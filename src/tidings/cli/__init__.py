@@ -26,6 +26,7 @@ from .._records import Start, TopicPartition
 from ._admin import group_rows, topic_rows
 from ._dlq import dlq
 from ._output import emit
+from ._projections import projections
 
 __all__ = ["main"]
 
@@ -259,6 +260,7 @@ async def _target_offsets(transport: Any, info: Any, to: str) -> dict[int, int]:
 
 
 cli.add_command(dlq)
+cli.add_command(projections)
 
 
 def main() -> None:
