@@ -8,6 +8,7 @@ an in-memory log for tests, or Kafka, with one API.
 from __future__ import annotations
 
 from ._app import DEFAULT_BROKER, App
+from ._cron import CatchUp, CronError, cron
 from ._dlq import DeadLetter, DeadLetters
 from ._errors import (
     BrokerUnavailableError,
@@ -34,6 +35,8 @@ __all__ = [
     "DEFAULT_BROKER",
     "App",
     "BrokerUnavailableError",
+    "CatchUp",
+    "CronError",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetters",
@@ -59,4 +62,5 @@ __all__ = [
     "TransportError",
     "UnknownTopicError",
     "__version__",
+    "cron",
 ]

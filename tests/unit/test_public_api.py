@@ -8,12 +8,13 @@ from tidings import App, Message, testing
 
 def test_exported_members() -> None:
     assert sorted(tidings.__all__) == sorted([
-        "DEFAULT_BROKER", "App", "BrokerUnavailableError", "ConfigurationError", "DeadLetter",
+        "DEFAULT_BROKER", "App", "BrokerUnavailableError", "CatchUp", "ConfigurationError",
+        "CronError", "DeadLetter",
         "DeadLetters", "DecodeError", "FencedError", "GroupInfo", "Headers", "MemberInfo",
         "Message", "MessageTooLargeError", "MissingDependencyError", "NotRunningError",
         "Published", "Record", "RemoteError", "RequestTimeoutError", "RetryPolicy",
         "SerializationError", "Start", "TidingsError", "TopicInfo", "TopicPartition",
-        "TransportError", "UnknownTopicError", "__version__",
+        "TransportError", "UnknownTopicError", "__version__", "cron",
     ])
     for name in tidings.__all__:
         assert getattr(tidings, name) is not None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
 import itertools
 import time
 import uuid
@@ -22,6 +20,7 @@ from ..._records import (
     TopicInfo,
     TopicPartition,
 )
+from ..._waiting import wait_event
 from ...ports import RebalanceListener, Subscription, Transport
 from ._broker import Member, MemoryBroker
 
@@ -154,8 +153,7 @@ class MemorySubscription(Subscription):
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(remaining, self._heartbeat()))
+            await wait_event(self._wake, min(remaining, self._heartbeat()))
         return []
 
     def _heartbeat(self) -> float:

@@ -1,0 +1,256 @@
+"""What the saga engine persists, the storage port, and an in-memory store for tests.
+
+A store keeps one :class:`SagaRecord` per saga instance and its step history. Every
+write is conditional on the record's ``version`` and on the writer holding the lease,
+so two instances of a service never advance the same saga.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import SagaConflictError, SagaError, SagaNotFoundError
+
+__all__ = [
+    "ACTIVE",
+    "PARKED_STATES",
+    "Direction",
+    "MemorySagaStore",
+    "SagaRecord",
+    "SagaStatus",
+    "SagaStore",
+    "StepEvent",
+]
+
+
+class SagaStatus(enum.StrEnum):
+    """Where a saga instance is."""
+
+    RUNNING = "RUNNING"
+    COMPENSATING = "COMPENSATING"
+    COMPLETED = "COMPLETED"
+    COMPENSATED = "COMPENSATED"
+    FAILED_COMPENSATION = "FAILED_COMPENSATION"
+    PARKED = "PARKED"
+
+
+class Direction(enum.StrEnum):
+    """Whether the saga runs actions forward or compensations backward."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+#: Statuses an engine works on.
+ACTIVE = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+#: Statuses that wait for a person (``tidings sagas retry``).
+PARKED_STATES = frozenset({SagaStatus.FAILED_COMPENSATION, SagaStatus.PARKED})
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent:
+    """One line of a saga's history.
+
+    ``phase`` is ``action``, ``compensation`` or ``saga`` (a transition of the whole
+    saga); ``outcome`` is ``started``, ``succeeded``, ``failed``, ``timed_out``, or the
+    saga's new status for a ``saga`` event.
+    """
+
+    saga_id: str
+    step: str
+    phase: str
+    outcome: str
+    attempt: int = 0
+    error: str | None = None
+    at: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRecord:
+    """One persisted saga instance.
+
+    ``step`` is the index of the next action to run (forward) or of the next
+    compensation to run (backward); ``attempts`` counts attempts at that one, written
+    before each attempt starts, so a crash counts as a failed attempt.
+    """
+
+    id: str
+    name: str
+    status: SagaStatus
+    direction: Direction
+    state: str  # JSON of the state model
+    step: int = 0
+    attempts: int = 0
+    error: str | None = None
+    version: int = 0
+    owner: str | None = None
+    lease_until: float | None = None
+    created_at: float = dataclasses.field(default_factory=time.time)
+    updated_at: float = dataclasses.field(default_factory=time.time)
+
+    def replace(self, **changes: Any) -> SagaRecord:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+class SagaStore(abc.ABC):
+    """Where saga instances live: the service's database in production."""
+
+    @abc.abstractmethod
+    async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
+                     on_commit: Callable[[], None] | None = None) -> None:
+        """Insert a new saga. ``within`` is a transaction of the store's database (for a
+        SQL store, an ``AsyncSession`` or ``AsyncConnection``) so the saga starts iff the
+        caller's own writes commit; ``on_commit`` is called once it has."""
+
+    @abc.abstractmethod
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        """The saga with this id, or None."""
+
+    @abc.abstractmethod
+    async def find(self, *, statuses: Collection[SagaStatus] = (), name: str | None = None,
+                   limit: int = 100) -> list[SagaRecord]:
+        """Sagas, newest first, optionally filtered by status and name."""
+
+    @abc.abstractmethod
+    async def history(self, saga_id: str) -> list[StepEvent]:
+        """The saga's step history, oldest first."""
+
+    @abc.abstractmethod
+    async def claim(self, owner: str, names: Collection[str], lease: float, *,
+                    saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
+        """Take the lease of active sagas (of these definition names) that nobody holds or
+        whose lease expired; only ``saga_id`` if given. Returns the claimed records."""
+
+    @abc.abstractmethod
+    async def save(self, record: SagaRecord, events: Sequence[StepEvent],
+                   lease: float) -> SagaRecord:
+        """Write ``record`` (and append ``events``) if its stored version is
+        ``record.version`` and ``record.owner`` still holds the lease; return it with the
+        new version and lease. Raise :class:`SagaConflictError` otherwise."""
+
+    @abc.abstractmethod
+    async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
+        """Extend ``owner``'s leases; return the ids it still holds."""
+
+    @abc.abstractmethod
+    async def release(self, owner: str, saga_ids: Collection[str]) -> None:
+        """Give up ``owner``'s leases so another instance can take over at once."""
+
+    @abc.abstractmethod
+    async def request_retry(self, saga_id: str, note: str = "retry requested") -> SagaRecord:
+        """Put a parked saga back to work (RUNNING or COMPENSATING, attempts reset,
+        no owner); raise :class:`SagaError` if it is not parked."""
+
+
+def retried(record: SagaRecord) -> SagaRecord:
+    """What a parked saga becomes when a person asks to retry it."""
+    if record.status not in PARKED_STATES:
+        raise SagaError(f"saga {record.id} is {record.status}, not parked: nothing to retry")
+    status = SagaStatus.RUNNING if record.direction is Direction.FORWARD else \
+        SagaStatus.COMPENSATING
+    return record.replace(status=status, attempts=0, error=None, owner=None,
+                          lease_until=None, version=record.version + 1,
+                          updated_at=time.time())
+
+
+class MemorySagaStore(SagaStore):
+    """A store in process memory, with the same conditional writes as a database."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, SagaRecord] = {}
+        self._events: dict[str, list[StepEvent]] = {}
+
+    async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
+                     on_commit: Callable[[], None] | None = None) -> None:
+        """Insert a new saga (``within`` is not supported here)."""
+        if within is not None:
+            raise SagaError("MemorySagaStore has no transactions to join (within=)")
+        if record.id in self._records:
+            raise SagaError(f"a saga with id {record.id!r} exists already")
+        self._records[record.id] = record
+        self._events[record.id] = [event]
+        if on_commit is not None:
+            on_commit()
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        """The saga with this id, or None."""
+        return self._records.get(saga_id)
+
+    async def find(self, *, statuses: Collection[SagaStatus] = (), name: str | None = None,
+                   limit: int = 100) -> list[SagaRecord]:
+        """Sagas, newest first."""
+        found = [r for r in self._records.values()
+                 if (not statuses or r.status in statuses) and (name is None or r.name == name)]
+        return sorted(found, key=lambda r: r.created_at, reverse=True)[:limit]
+
+    async def history(self, saga_id: str) -> list[StepEvent]:
+        """The saga's step history."""
+        return list(self._events.get(saga_id, []))
+
+    async def claim(self, owner: str, names: Collection[str], lease: float, *,
+                    saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
+        """Take free or expired leases of active sagas."""
+        now = time.time()
+        claimed: list[SagaRecord] = []
+        for record in list(self._records.values()):
+            if len(claimed) >= limit:
+                break
+            if saga_id is not None and record.id != saga_id:
+                continue
+            free = record.owner is None or (record.lease_until or 0) < now
+            if record.status in ACTIVE and record.name in names and free:
+                record = record.replace(owner=owner, lease_until=now + lease,
+                                        version=record.version + 1)
+                self._records[record.id] = record
+                claimed.append(record)
+        return claimed
+
+    async def save(self, record: SagaRecord, events: Sequence[StepEvent],
+                   lease: float) -> SagaRecord:
+        """Conditional write: same version, lease still held."""
+        current = self._records.get(record.id)
+        if current is None:
+            raise SagaNotFoundError(record.id)
+        if current.version != record.version or current.owner != record.owner:
+            raise SagaConflictError(f"saga {record.id} changed hands or versions meanwhile")
+        now = time.time()
+        saved = record.replace(version=record.version + 1, lease_until=now + lease,
+                               updated_at=now)
+        self._records[record.id] = saved
+        self._events[record.id].extend(events)
+        return saved
+
+    async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
+        """Extend leases still held by ``owner``."""
+        held = set()
+        for saga_id in saga_ids:
+            record = self._records.get(saga_id)
+            if record is not None and record.owner == owner:
+                self._records[saga_id] = record.replace(lease_until=time.time() + lease)
+                held.add(saga_id)
+        return held
+
+    async def release(self, owner: str, saga_ids: Collection[str]) -> None:
+        """Drop ``owner``'s leases."""
+        for saga_id in saga_ids:
+            record = self._records.get(saga_id)
+            if record is not None and record.owner == owner:
+                self._records[saga_id] = record.replace(owner=None, lease_until=None)
+
+    async def request_retry(self, saga_id: str, note: str = "retry requested") -> SagaRecord:
+        """Put a parked saga back to work."""
+        record = self._records.get(saga_id)
+        if record is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id!r}")
+        updated = retried(record)
+        self._records[saga_id] = updated
+        self._events[saga_id].append(StepEvent(saga_id, "", "saga", str(updated.status),
+                                               error=note))
+        return updated

@@ -1,0 +1,132 @@
+"""The idempotent inbox: a handler's writes and "message X processed by consumer Y"
+commit in one transaction, so a redelivered message has no second effect."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import typing
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .._errors import ConfigurationError
+from .._message import Message
+from ._schema import inbox_table
+from ._sql import insert_if_absent
+
+__all__ = ["Inbox"]
+
+log = logging.getLogger("tidings.inbox")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_MESSAGE_PARAM = "tidings_message"
+
+
+class Inbox:
+    """Exactly-once effects for one consumer (a handler) on the service's database.
+
+    ``consumer`` names the handler; a message id is processed at most once per
+    consumer. ``sessions`` makes the sessions handlers get (default: an
+    ``async_sessionmaker`` on ``engine`` with ``expire_on_commit=False``).
+    """
+
+    def __init__(self, engine: AsyncEngine, consumer: str, *,
+                 sessions: async_sessionmaker[AsyncSession] | None = None) -> None:
+        if not isinstance(consumer, str) or not consumer or len(consumer) > 200:
+            raise ConfigurationError(
+                f"an inbox consumer is a name of 1-200 characters, not {consumer!r}")
+        self.engine = engine
+        self.consumer = consumer
+        self._sessions = sessions or async_sessionmaker(engine, expire_on_commit=False)
+
+    async def process(self, message: Message | str,
+                      work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+        """Run ``work(session)`` in a new transaction that also records ``message`` (or a
+        message id) as processed; commit both, or neither if ``work`` raises. A message
+        processed before is skipped: ``work`` is not called and None is returned."""
+        message_id = message if isinstance(message, str) else message.id
+        async with self._sessions() as session, session.begin():
+            row = {"consumer": self.consumer, "message_id": message_id,
+                   "processed_at": time.time()}
+            if not await insert_if_absent(session, inbox_table, row):
+                log.info("inbox %s: message %s was processed before; skipped",
+                         self.consumer, message_id)
+                return None
+            return await work(session)
+
+    @overload
+    def idempotent(
+        self, func: Callable[[T, AsyncSession], Awaitable[R]]
+    ) -> Callable[[T, Message], Awaitable[R | None]]: ...
+    @overload
+    def idempotent(
+        self, func: Callable[[T, AsyncSession, Message], Awaitable[R]]
+    ) -> Callable[[T, Message], Awaitable[R | None]]: ...
+
+    def idempotent(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """Turn ``async def f(payload, session[, message])`` into a tidings handler that
+        runs ``f`` through :meth:`process`; put ``@app.subscriber(...)`` above it::
+
+            @app.subscriber("orders")
+            @inbox.idempotent
+            async def on_order(order: OrderPlaced, session: AsyncSession) -> None: ...
+        """
+        payload, hint, takes_message = _inspect(func)
+
+        async def handler(payload: Any, tidings_message: Message) -> Any:
+            extra = (tidings_message,) if takes_message else ()
+            return await self.process(tidings_message,
+                                      lambda session: func(payload, session, *extra))
+
+        message = inspect.Parameter(_MESSAGE_PARAM, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                    annotation=Message)
+        handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [payload.replace(annotation=hint), message])
+        handler.__annotations__ = {payload.name: hint, _MESSAGE_PARAM: Message, "return": Any}
+        handler.__name__ = getattr(func, "__name__", "handler")
+        handler.__qualname__ = getattr(func, "__qualname__", handler.__name__)
+        handler.__doc__ = func.__doc__
+        return handler
+
+    async def seen(self, message_id: str) -> bool:
+        """Whether this consumer processed ``message_id``."""
+        table = inbox_table
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(sa.select(table.c.message_id).where(
+                table.c.consumer == self.consumer, table.c.message_id == message_id))
+        return found is not None
+
+    async def prune(self, older_than: float | timedelta) -> int:
+        """Forget messages processed more than ``older_than`` (seconds) ago; return how
+        many. Keep them longer than any redelivery can take (retention, retries)."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        table = inbox_table
+        async with self.engine.begin() as conn:
+            result = await conn.execute(sa.delete(table).where(
+                table.c.consumer == self.consumer,
+                table.c.processed_at < time.time() - seconds))
+        return int(result.rowcount)
+
+
+def _inspect(func: Callable[..., Any]) -> tuple[inspect.Parameter, Any, bool]:
+    """The payload parameter, its type hint, and whether ``func`` takes the Message."""
+    if not inspect.iscoroutinefunction(func):
+        raise ConfigurationError(f"inbox.idempotent needs an async function, not {func!r}")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as exc:
+        raise ConfigurationError(f"cannot resolve the annotations of {func!r}: {exc}") from exc
+    params = list(inspect.signature(func).parameters.values())
+    if len(params) not in (2, 3) or (len(params) == 3 and hints.get(params[2].name) is not Message):
+        raise ConfigurationError(
+            f"{func.__qualname__} must take (payload, session) or (payload, session, "
+            "message: Message) to be used with inbox.idempotent"
+        )
+    return params[0], hints.get(params[0].name, inspect.Parameter.empty), len(params) == 3

@@ -1,0 +1,141 @@
+"""The transactional outbox: events recorded in the service's own database transaction.
+
+``await outbox.publish(session, topic, payload)`` inserts a row into ``tidings_outbox``
+through the caller's open transaction, so the event exists iff the caller's writes
+commit. A relay (:meth:`Outbox.relay`) later appends the rows to the bus and deletes
+them: at least once, in order per key, each with the message id it got when recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from .._codec import encode
+from .._errors import ConfigurationError
+from .._message import Headers, current_message
+from ._schema import outbox_table
+from ._sql import Executor, in_transaction
+
+if TYPE_CHECKING:
+    from .._app import App
+    from ._relay import OutboxRelay
+
+__all__ = ["Outbox"]
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+Delay = float | timedelta | datetime | None
+
+
+class Outbox:
+    """Events to publish, recorded in the same transaction as the service's writes.
+
+    ``engine`` is the service's database; the ``tidings_outbox`` table must exist
+    (:func:`~tidings.sqlalchemy.create_tables` or your migrations).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._wake: asyncio.Event | None = None
+
+    async def publish(
+        self,
+        transaction: AsyncSession | Executor,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay: Delay = None,
+    ) -> str:
+        """Record an event in ``transaction`` (an ``AsyncSession`` or ``AsyncConnection``
+        inside a transaction on this outbox's database); return its message id.
+
+        Nothing is sent now: the relay publishes it after the transaction commits, and
+        never if it rolls back. Bad input (no open transaction, an invalid topic, a
+        payload JSON cannot hold) raises here, before anything is written.
+        """
+        executor = in_transaction(transaction, self.engine, "outbox.publish")
+        row = _row(topic, payload, key, headers, delay)
+        await executor.execute(sa.insert(outbox_table).values(**row))
+        self._wake_after_commit(executor)
+        return str(row["message_id"])
+
+    def relay(self, app: App, *, interval: float = 0.05, batch: int = 200,
+              lease: float = 5.0) -> OutboxRelay:
+        """Relay this outbox to the bus through ``app`` while ``app`` runs.
+
+        One relay per database is active at a time (it holds a lease of ``lease``
+        seconds); the others stand by and take over when it stops or dies. It looks for
+        new rows every ``interval`` seconds, at once after a commit in this process.
+        """
+        from ._relay import OutboxRelay
+
+        relay = OutboxRelay(self, app, interval=interval, batch=batch, lease=lease)
+        app.on_startup(relay.start)
+        app.on_shutdown(relay.stop)
+        return relay
+
+    async def pending(self) -> int:
+        """How many recorded events the relay has not published yet."""
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(outbox_table))
+        return int(count or 0)
+
+    def _wake_after_commit(self, executor: Executor) -> None:
+        if isinstance(executor, AsyncSession):
+            target: Any = executor.sync_session
+            name = "after_commit"
+        else:
+            target, name = executor.sync_connection, "commit"
+        if target is not None and not event.contains(target, name, self._committed):
+            event.listen(target, name, self._committed)
+
+    def _committed(self, *args: Any) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+
+def _row(topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
+         delay: Delay) -> dict[str, Any]:
+    if not isinstance(topic, str) or not _NAME.match(topic):
+        raise ConfigurationError(
+            f"invalid topic name {topic!r}: use 1-200 letters, digits, '.', '_' or '-'"
+        )
+    if key is not None and not isinstance(key, str):
+        raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
+    value, content_type = encode(payload)
+    merged = {Headers.CONTENT_TYPE: content_type, **(headers or {})}
+    message_id = merged.setdefault(Headers.ID, uuid.uuid4().hex)
+    # The relay publishes outside any handler: keep the handled message's ids now.
+    parent = current_message.get()
+    if parent is not None:
+        merged.setdefault(Headers.CORRELATION_ID, parent.correlation_id or parent.id)
+        merged.setdefault(Headers.CAUSATION_ID, parent.id)
+    now = time.time()
+    return {"message_id": message_id, "topic": topic, "key": key, "value": value,
+            "headers": json.dumps(merged), "deliver_at": _deliver_at(delay, now),
+            "created_at": now}
+
+
+def _deliver_at(delay: Delay, now: float) -> float | None:
+    if delay is None:
+        return None
+    if isinstance(delay, datetime):
+        if delay.tzinfo is None:
+            raise ConfigurationError("an absolute delivery time needs a timezone (aware datetime)")
+        return delay.timestamp()
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if seconds < 0:
+        raise ConfigurationError(f"delay must be >= 0 seconds, not {seconds}")
+    return now + seconds if seconds > 0 else None

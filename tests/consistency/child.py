@@ -1,0 +1,135 @@
+"""Child processes for the SIGKILL tests: each scenario dies at one dangerous point.
+
+Usage: python child.py SCENARIO DB_URL BUS_URL [ARGS...]; prints JSON lines
+(``{"event": ...}``) so the test knows how far it got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from services import (
+    Trip,
+    counting_consumer,
+    die,
+    effects,
+    flights_responder,
+    make_engine,
+    register_user,
+    trip_saga,
+)
+
+from tidings import App, RetryPolicy
+from tidings.saga import SagaEngine
+from tidings.sqlalchemy import Outbox, SqlSagaStore
+
+
+def say(event_name: str, **data: Any) -> None:
+    print(json.dumps({"event": event_name, **data}), flush=True)
+
+
+def engine_for(url: str) -> Any:
+    return make_engine(url)
+
+
+async def commit_then_die(db: str, bus: str, count: str) -> None:
+    """Record events, commit, and die inside the commit hook: after the DB commit, before
+    any relay could publish."""
+    engine = engine_for(db)
+    outbox = Outbox(engine)
+    for n in range(int(count) - 1):
+        await register_user(engine, outbox, f"user-{n}")
+    async with AsyncSession(engine) as session, session.begin():
+        await outbox.publish(session, "users", {"type": "LAST", "n": int(count) - 1}, key="k")
+        event.listen(session.sync_session, "after_commit", lambda _s: die())
+        say("committing")
+    say("unreachable")
+
+
+async def relay_dies_after_publish(db: str, bus: str, after: str) -> None:
+    """Run the relay; die right after the ``after``-th publish returned, before the relay
+    deleted the published rows."""
+    app = App("users-svc", broker=bus)
+    outbox = Outbox(engine_for(db))
+    outbox.relay(app, interval=0.01, batch=50, lease=1.0)
+    published = 0
+    real_publish = app.publish
+
+    async def publish(*args: Any, **kwargs: Any) -> Any:
+        nonlocal published
+        result = await real_publish(*args, **kwargs)
+        published += 1
+        if published == int(after):
+            die()
+        return result
+
+    app.publish = publish  # type: ignore[method-assign]
+    async with app:
+        say("relaying")
+        await asyncio.sleep(30)
+
+
+async def consumer(db: str, bus: str, topic: str, kill_at: str) -> None:
+    """Consume with the inbox; die after the handler's commit of message ``kill_at``,
+    before its offset is committed (-1: never)."""
+    engine = engine_for(db)
+    app = App("billing", broker=bus, shutdown_timeout=5)
+
+    async def after_commit(payload: dict[str, Any]) -> None:
+        say("handled", n=payload["n"])
+        if payload["n"] == int(kill_at):
+            die()
+
+    counting_consumer(app, engine, topic, "billing", after_commit)
+    async with app:
+        await app.wait_until_assigned(20)
+        say("ready")
+        await asyncio.sleep(60)
+
+
+async def saga_runner(db: str, bus: str, mode: str) -> None:
+    """Run the trip saga engine. ``start``: start a saga that fails at 'pay' and die
+    during the first compensation of 'car'; ``resume``: just run; ``always-die``: die in
+    every compensation of 'car'."""
+    engine = engine_for(db)
+    app = App("trips", broker=bus, shutdown_timeout=5)
+    flights_responder(app)
+
+    async def effect(name: str, trip: Trip) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(effects).values(source=name, n=0))
+        say("effect", name=name)
+        if name == "undo-car" and mode in ("start", "always-die"):
+            die()
+
+    saga = trip_saga(effect, RetryPolicy(max_attempts=2, backoff=0.01, jitter=0))
+    saga_engine = SagaEngine(app, SqlSagaStore(engine), [saga], lease=1.0, poll_interval=0.1)
+    async with app:
+        await app.wait_until_assigned(20)
+        if mode == "start":
+            saga_id = await saga_engine.start(saga, Trip(trip="t1", fail_at="pay"))
+            say("started", saga_id=saga_id)
+        say("ready")
+        await asyncio.sleep(60)
+
+
+SCENARIOS = {
+    "commit-then-die": commit_then_die,
+    "relay-dies-after-publish": relay_dies_after_publish,
+    "consumer": consumer,
+    "saga": saga_runner,
+}
+
+if __name__ == "__main__":
+    scenario, *args = sys.argv[1:]
+    asyncio.run(SCENARIOS[scenario](*args))  # type: ignore[operator]

@@ -1,0 +1,35 @@
+"""The public names of the consistency toolkit, pinned."""
+
+from __future__ import annotations
+
+import tidings.saga
+import tidings.sqlalchemy
+from tidings import ConfigurationError, TidingsError
+from tidings._cron import CronError
+from tidings.saga import SagaConflictError, SagaDefinitionError, SagaError, SagaNotFoundError
+from tidings.sqlalchemy import OutsideTransactionError
+
+
+def test_exported_members() -> None:
+    assert sorted(tidings.saga.__all__) == [
+        "ACTIVE", "Action", "Command", "Direction", "MemorySagaStore", "PARKED_STATES",
+        "SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Saga", "SagaConflictError",
+        "SagaDefinitionError", "SagaEngine", "SagaError", "SagaNotFoundError", "SagaRecord",
+        "SagaStatus", "SagaStore", "Step", "StepEvent",
+    ]
+    assert sorted(tidings.sqlalchemy.__all__) == [
+        "Inbox", "Lease", "Outbox", "OutboxRelay", "OutsideTransactionError", "SqlSagaStore",
+        "create_tables", "inbox_table", "leases_table", "metadata", "outbox_table",
+        "saga_events_table", "sagas_table",
+    ]
+    for module in (tidings.saga, tidings.sqlalchemy):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, name
+
+
+def test_errors_live_in_the_one_tree() -> None:
+    for error in (SagaDefinitionError, OutsideTransactionError, CronError):
+        assert issubclass(error, ConfigurationError)
+    for error in (SagaError, SagaConflictError, SagaNotFoundError):
+        assert issubclass(error, TidingsError)
+    assert issubclass(SagaNotFoundError, LookupError)
