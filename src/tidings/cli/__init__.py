@@ -27,6 +27,7 @@ from ._admin import group_rows, topic_rows
 from ._dlq import dlq
 from ._output import emit
 from ._projections import projections
+from ._sagas import sagas
 
 __all__ = ["main"]
 
@@ -260,6 +261,7 @@ async def _target_offsets(transport: Any, info: Any, to: str) -> dict[int, int]:
 
 
 cli.add_command(dlq)
+cli.add_command(sagas)
 cli.add_command(projections)
 
 
