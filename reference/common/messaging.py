@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings import App, Message
 from tidings.sqlalchemy import Inbox, Outbox, create_tables
@@ -50,7 +50,6 @@ class UnitOfWork:
         self.db = db
         self.outbox = Outbox(db.engine)
         self.outbox.relay(bus, interval=0.2, batch=500)
-        self._sessions = async_sessionmaker(db.engine, expire_on_commit=False)
         self._inboxes: dict[str, Inbox] = {}
         db.on_create(create_tables)
 
@@ -66,11 +65,9 @@ class UnitOfWork:
         inbox row; return its result, or None if ``consumer`` handled it before."""
         inbox = self._inboxes.get(consumer)
         if inbox is None:
-            inbox = self._inboxes[consumer] = Inbox(self.db.engine, consumer,
-                                                    sessions=self._sessions)
-
-        async def in_session(session: AsyncSession) -> T:
-            return await work(Tx(await session.connection(), self.outbox))
-
-        async with self.db.write_lock:
-            return await inbox.process(message, in_session)
+            inbox = self._inboxes[consumer] = Inbox(self.db.engine, consumer)
+        # A plain connection, not an ORM session per message: far less CPU.
+        async with self.db.write() as conn:
+            if not await inbox.claim(conn, message):
+                return None
+            return await work(Tx(conn, self.outbox))

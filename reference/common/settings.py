@@ -45,17 +45,20 @@ class Settings(BaseModel):
     broker: str | None = None
     mode: Mode = Mode.CHOREOGRAPHY
     host: str = "127.0.0.1"
+    #: The orders service's fraud rule file (default: ``reference/orders/fraud.yaml``).
+    fraud_rules: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Read ``REFERENCE_BASE_PORT``, ``REFERENCE_DATA_DIR``, ``REFERENCE_MODE`` and
-        ``TIDINGS_BROKER``."""
+        """Read ``REFERENCE_BASE_PORT``, ``REFERENCE_DATA_DIR``, ``REFERENCE_MODE``,
+        ``REFERENCE_FRAUD_RULES`` and ``TIDINGS_BROKER``."""
         env = dict(os.environ) if env is None else env
         raw = {
             "base_port": env.get("REFERENCE_BASE_PORT", DEFAULT_BASE_PORT),
             "data_dir": env.get("REFERENCE_DATA_DIR", DEFAULT_DATA_DIR),
             "broker": env.get("TIDINGS_BROKER") or None,
             "mode": env.get("REFERENCE_MODE", Mode.CHOREOGRAPHY.value),
+            "fraud_rules": env.get("REFERENCE_FRAUD_RULES") or None,
         }
         try:
             return cls.model_validate(raw)
@@ -69,6 +72,7 @@ class Settings(BaseModel):
             "REFERENCE_DATA_DIR": str(self.data_dir),
             "REFERENCE_MODE": self.mode.value,
             "TIDINGS_BROKER": self.broker_url,
+            **({"REFERENCE_FRAUD_RULES": str(self.fraud_rules)} if self.fraud_rules else {}),
         }
 
     @property

@@ -1,4 +1,5 @@
-"""The orders HTTP API: ``POST /orders``, ``GET /orders/{order_id}``, ``GET /orders``."""
+"""The orders HTTP API: ``POST /orders``, ``GET /orders/{order_id}``,
+``GET /orders/{order_id}/history``, ``GET /orders``."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..common.cards import luhn_valid
-from ..common.events import Line
+from ..common.events import Line, OrderCreated
 from ..common.messaging import Tx
 from ..common.service import Service
 from ..common.web import ApiError, error_responses
-from .store import OrderStore
+from .fraud import FraudCheck, OrderCheck
+from .store import CANCELLED, PENDING, OrderStore
 
-__all__ = ["Accepted", "NewOrder", "OrderView", "add_routes"]
+__all__ = ["Accepted", "FraudRules", "HistoryEntry", "NewOrder", "OrderView", "add_routes"]
 
 #: How long a new order waits for the bus to bring a just-registered user (or a just
 #: listed product) into this service's replica before calling it unknown.
@@ -66,6 +68,23 @@ class OrderView(BaseModel):
     created_at: float
 
 
+class FraudRules(BaseModel):
+    """``GET /fraud-rules``: the rule file, its active rules, and why it did not load."""
+
+    path: str
+    rules: list[str]
+    error: str | None
+
+
+class HistoryEntry(BaseModel):
+    """One event of an order's history."""
+
+    version: int
+    type: str
+    at: float
+    data: dict[str, Any]
+
+
 #: Starts the order's flow inside the transaction that inserts it.
 Starter = Callable[[Tx, str, NewOrder, int], Awaitable[None]]
 
@@ -96,23 +115,32 @@ async def _total(store: OrderStore, order: NewOrder) -> int:
     return sum(store.known_prices[line.sku] * line.qty for line in order.items)
 
 
-def add_routes(service: Service, store: OrderStore, start: Starter) -> None:
+def add_routes(service: Service, store: OrderStore, fraud: FraudCheck, start: Starter) -> None:
     """Add the order routes; ``start`` begins a new order's flow in its transaction."""
     api = service.api
 
     @api.post("/orders", status_code=202, response_model=Accepted,
               responses=error_responses(413, 422), tags=["orders"])
     async def place_order(order: NewOrder) -> Accepted:
-        """Accept an order (PENDING); stock, payment and the outcome follow on the bus."""
+        """Accept an order (PENDING); stock, payment and the outcome follow on the bus.
+        An order a fraud rule stops is CANCELLED at once (reason ``fraud: <rule>``)."""
         if not luhn_valid(order.card_number):
             raise ApiError(422, "invalid card number")
         total = await _total(store, order)
-        order_id = uuid.uuid4().hex
+        created = OrderCreated(
+            order_id=uuid.uuid4().hex, user_id=order.user_id, total_cents=total,
+            items=tuple(Line(sku=i.sku, qty=i.qty) for i in order.items),
+            card_number=order.card_number)
+        cancel = await fraud.verdict(OrderCheck(
+            order_id=created.order_id, user_id=order.user_id, total_cents=total,
+            lines=len(order.items),
+            account_age_s=time.time() - store.known_users[order.user_id]))
         async with service.uow.transaction() as tx:
-            lines = tuple(Line(sku=i.sku, qty=i.qty) for i in order.items)
-            await store.insert(tx, order_id, order.user_id, lines, total)
-            await start(tx, order_id, order, total)
-        return Accepted(order_id=order_id, status="PENDING")
+            await store.insert(tx, created, cancel)
+            if cancel is None:
+                await start(tx, created.order_id, order, total)
+        return Accepted(order_id=created.order_id,
+                        status=PENDING if cancel is None else CANCELLED)
 
     @api.get("/orders/{order_id}", response_model=OrderView,
              responses=error_responses(404), tags=["orders"])
@@ -123,6 +151,22 @@ def add_routes(service: Service, store: OrderStore, start: Starter) -> None:
         if row is None:
             raise ApiError(404, f"no order {order_id!r}")
         return _view(row)
+
+    @api.get("/orders/{order_id}/history", response_model=list[HistoryEntry],
+             responses=error_responses(404), tags=["orders"])
+    async def order_history(order_id: str) -> list[dict[str, Any]]:
+        """The order's events, oldest first (event-sourced)."""
+        history = await store.history.read(order_id)
+        if not history:
+            raise ApiError(404, f"no order {order_id!r}")
+        return history
+
+    @api.get("/fraud-rules", response_model=FraudRules, tags=["ops"])
+    async def fraud_rules() -> FraudRules:
+        """The fraud rules in force, and the rule file's error if it does not load."""
+        error = fraud.status_error()
+        return FraudRules(path=str(fraud.path), error=error,
+                          rules=fraud.engine.rule_names if fraud.engine else [])
 
     @api.get("/orders", response_model=list[OrderView], responses=error_responses(422),
              tags=["orders"])

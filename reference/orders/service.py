@@ -4,7 +4,9 @@ Choreography (default): a new order is announced as ``ORDER_CREATED``; the outco
 arrives as events: ``STOCK_REJECTED`` on ``inventory`` cancels it (out of stock),
 ``PAYMENT_SUCCEEDED`` on ``payments`` confirms it, ``PAYMENT_DECLINED`` cancels it.
 Orchestration: a saga in this service drives inventory and payments with commands
-(:mod:`reference.orders.saga`). In both modes the order's fate is announced on ``orders``.
+(:mod:`reference.orders.saga`). In both modes the order's fate is announced on ``orders``,
+its events are kept as its history (:mod:`reference.orders.history`), and the fraud rules
+(:mod:`reference.orders.fraud`) may cancel a new order before its flow starts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 from tidings import Message
+from tidings.eventsourcing.sqlalchemy import create_tables
 
 from ..common.events import (
     InventoryEvent,
@@ -29,6 +32,8 @@ from ..common.messaging import Tx
 from ..common.service import Service
 from ..common.settings import Mode, Settings
 from .api import NewOrder, add_routes
+from .fraud import RULES, FraudCheck
+from .history import History
 from .store import CANCELLED, CONFIRMED, OrderStore
 
 __all__ = ["build"]
@@ -39,8 +44,10 @@ CONCURRENCY = 32
 def build(settings: Settings) -> Service:
     """The orders service."""
     metadata = MetaData()
-    store = OrderStore(metadata)
     service = Service("orders", settings, metadata)
+    service.db.on_create(create_tables)
+    store = OrderStore(metadata, History(service.db.engine))
+    fraud = FraudCheck(settings.fraud_rules or RULES)
 
     async def load_replicas() -> None:
         async with service.db.read() as conn:
@@ -51,10 +58,10 @@ def build(settings: Settings) -> Service:
     if settings.mode is Mode.ORCHESTRATION:
         from .saga import orchestrate
 
-        add_routes(service, store, orchestrate(service, store))
+        add_routes(service, store, fraud, orchestrate(service, store))
     else:
         _outcome_handlers(service, store)
-        add_routes(service, store, _announce)
+        add_routes(service, store, fraud, _announce)
     return service
 
 
@@ -72,7 +79,8 @@ def _replica_handlers(service: Service, store: OrderStore) -> None:
 
     @service.bus.subscriber(Topics.USERS, concurrency=CONCURRENCY)
     async def on_user(event: UserRegistered, message: Message) -> None:
-        await uow.handle(message, Topics.USERS, lambda tx: store.know_user(tx, event.userId))
+        await uow.handle(message, Topics.USERS, lambda tx: store.know_user(
+            tx, event.userId, message.timestamp))
 
     @service.bus.subscriber(Topics.PRODUCTS)
     async def on_product(event: ProductListed, message: Message) -> None:

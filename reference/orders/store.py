@@ -3,7 +3,8 @@
 The replicas are fed from the bus (``users`` and ``products``): orders validates a new
 order against them without asking another service over HTTP. An order moves only from
 PENDING to CONFIRMED or CANCELLED, once; a repeated transition is a no-op, so handlers
-are idempotent by the order id.
+are idempotent by the order id. Each order's events are also kept, event-sourced, as its
+history (:mod:`reference.orders.history`), in the same transactions.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..common.events import Line, OrderCancelled, OrderConfirmed, Topics
+from ..common.events import OrderCancelled, OrderConfirmed, OrderCreated, Topics
 from ..common.messaging import Tx
+from .history import History
 
 __all__ = ["CANCELLED", "CONFIRMED", "PENDING", "OrderStore"]
 
@@ -37,7 +39,8 @@ PENDING, CONFIRMED, CANCELLED = "PENDING", "CONFIRMED", "CANCELLED"
 class OrderStore:
     """The orders service's tables and their operations."""
 
-    def __init__(self, metadata: MetaData) -> None:
+    def __init__(self, metadata: MetaData, history: History) -> None:
+        self.history = history
         self.orders = Table(
             "orders", metadata,
             Column("order_id", String, primary_key=True),
@@ -50,7 +53,8 @@ class OrderStore:
             Column("finished_at", Float),
         )
         self.users = Table("known_users", metadata,
-                           Column("user_id", Integer, primary_key=True))
+                           Column("user_id", Integer, primary_key=True),
+                           Column("registered_at", Float))
         self.catalog = Table(
             "catalog", metadata,
             Column("sku", String, primary_key=True),
@@ -59,7 +63,8 @@ class OrderStore:
         )
         #: The replicas in memory too (loaded at start, kept current by the handlers),
         #: so taking an order reads nothing.
-        self.known_users: set[int] = set()
+        #: user id -> when the registration reached the bus (the fraud rules' account age).
+        self.known_users: dict[int, float] = {}
         self.known_prices: dict[str, int] = {}
         o = self.orders.c
         # Built once, reused with new parameters (SQLAlchemy caches their compiled form).
@@ -72,19 +77,27 @@ class OrderStore:
 
     async def load(self, conn: AsyncConnection) -> None:
         """Fill the in-memory replicas from the database."""
-        self.known_users = set((await conn.execute(select(self.users.c.user_id))).scalars())
+        users = await conn.execute(select(self.users.c.user_id, self.users.c.registered_at))
+        self.known_users = {row.user_id: row.registered_at or 0.0 for row in users}
         rows = await conn.execute(select(self.catalog.c.sku, self.catalog.c.price_cents))
         self.known_prices = {row.sku: row.price_cents for row in rows}
 
-    async def insert(self, tx: Tx, order_id: str, user_id: int, items: tuple[Line, ...],
-                     total_cents: int) -> None:
-        """A new PENDING order."""
+    async def insert(self, tx: Tx, order: OrderCreated, cancel: str | None = None) -> None:
+        """A new PENDING order, or one CANCELLED at once for ``cancel`` (announced)."""
+        now = time.time()
         await tx.conn.execute(self._insert, {
-            "order_id": order_id, "user_id": user_id, "status": PENDING,
-            "total_cents": total_cents, "reason": None, "finished_at": None,
-            "items": json.dumps([line.model_dump() for line in items]),
-            "created_at": time.time(),
+            "order_id": order.order_id, "user_id": order.user_id,
+            "status": PENDING if cancel is None else CANCELLED,
+            "total_cents": order.total_cents, "reason": cancel,
+            "finished_at": None if cancel is None else now,
+            "items": json.dumps([line.model_dump() for line in order.items]),
+            "created_at": now,
         })
+        cancelled = None
+        if cancel is not None:
+            cancelled = OrderCancelled(order_id=order.order_id, reason=cancel)
+            await tx.emit(Topics.ORDERS, cancelled, key=order.order_id)
+        await self.history.opened(tx, order, cancelled)
 
     async def finish(self, tx: Tx, order_id: str, status: str, reason: str | None = None
                      ) -> bool:
@@ -93,11 +106,13 @@ class OrderStore:
             "oid": order_id, "new_status": status, "new_reason": reason, "at": time.time()})
         if result.rowcount == 0:
             return False
+        event: OrderConfirmed | OrderCancelled
         if status == CONFIRMED:
-            await tx.emit(Topics.ORDERS, OrderConfirmed(order_id=order_id), key=order_id)
+            event = OrderConfirmed(order_id=order_id)
         else:
-            await tx.emit(Topics.ORDERS, OrderCancelled(order_id=order_id, reason=reason or ""),
-                          key=order_id)
+            event = OrderCancelled(order_id=order_id, reason=reason or "")
+        await tx.emit(Topics.ORDERS, event, key=order_id)
+        await self.history.closed(tx, event)
         return True
 
     async def get(self, conn: AsyncConnection, order_id: str) -> dict[str, Any] | None:
@@ -113,10 +128,12 @@ class OrderStore:
             select(self.orders).where(o.user_id == user_id).order_by(o.created_at.desc()))
         return [row._asdict() for row in rows]
 
-    async def know_user(self, tx: Tx, user_id: int) -> None:
-        """Record that a user exists (from ``USER_REGISTERED``)."""
-        await tx.conn.execute(self._know_user, {"user_id": user_id})
-        self.known_users.add(user_id)
+    async def know_user(self, tx: Tx, user_id: int, registered_at: float) -> None:
+        """Record that a user exists (from ``USER_REGISTERED``, published at
+        ``registered_at``)."""
+        await tx.conn.execute(self._know_user, {"user_id": user_id,
+                                                "registered_at": registered_at})
+        self.known_users.setdefault(user_id, registered_at)
 
     async def list_product(self, tx: Tx, sku: str, name: str, price_cents: int) -> None:
         """Add or update a catalog entry (from ``PRODUCT_LISTED``)."""

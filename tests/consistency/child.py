@@ -57,23 +57,23 @@ async def commit_then_die(db: str, bus: str, count: str) -> None:
 
 
 async def relay_dies_after_publish(db: str, bus: str, after: str) -> None:
-    """Run the relay; die right after the ``after``-th publish returned, before the relay
-    deleted the published rows."""
+    """Run the relay in batches of ``after`` events; die right after the first batch
+    was appended to the bus, before the relay deleted its rows."""
     app = App("users-svc", broker=bus)
     outbox = Outbox(engine_for(db))
-    outbox.relay(app, interval=0.01, batch=50, lease=1.0)
+    outbox.relay(app, interval=0.01, batch=int(after), lease=1.0)
     published = 0
-    real_publish = app.publish
+    real_append = app._append
 
-    async def publish(*args: Any, **kwargs: Any) -> Any:
+    async def append(outs: list[Any]) -> Any:
         nonlocal published
-        result = await real_publish(*args, **kwargs)
-        published += 1
-        if published == int(after):
+        result = await real_append(outs)
+        published += len(outs)
+        if published >= int(after):
             die()
         return result
 
-    app.publish = publish  # type: ignore[method-assign]
+    app._append = append  # type: ignore[method-assign]
     async with app:
         say("relaying")
         await asyncio.sleep(30)

@@ -163,3 +163,28 @@ def test_sigkill_after_handler_commit_before_offset_commit(shared_stack: Stack,
             assert await count_effects(engine) == dict.fromkeys(range(8), 1)
 
     asyncio.run(main())
+
+
+def test_claim_in_the_callers_transaction(db_url: str) -> None:
+    """``claim`` records the message in a transaction the caller holds: once per
+    consumer, and forgotten when that transaction rolls back."""
+    async def main() -> None:
+        async with database(db_url) as engine:
+            await create_test_tables(engine)
+            inbox, other = Inbox(engine, "billing"), Inbox(engine, "shipping")
+            async with engine.begin() as conn:
+                assert await inbox.claim(conn, "m-1")
+                assert not await inbox.claim(conn, "m-1")
+                assert await other.claim(conn, "m-1")
+            async with engine.begin() as conn:
+                assert not await inbox.claim(conn, "m-1")
+            async with engine.connect() as conn:
+                await conn.begin()
+                assert await inbox.claim(conn, "m-2")
+                await conn.rollback()  # the handler failed
+            assert not await inbox.seen("m-2")
+            async with engine.connect() as conn:
+                with pytest.raises(ConfigurationError, match="inside a transaction"):
+                    await inbox.claim(conn, "m-3")
+
+    asyncio.run(main())

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from .._errors import ConfigurationError
 from .._message import Message
 from ._schema import inbox_table
-from ._sql import insert_if_absent
+from ._sql import Executor, in_transaction, insert_if_absent
 
 __all__ = ["Inbox"]
 
@@ -51,15 +51,26 @@ class Inbox:
         """Run ``work(session)`` in a new transaction that also records ``message`` (or a
         message id) as processed; commit both, or neither if ``work`` raises. A message
         processed before is skipped: ``work`` is not called and None is returned."""
-        message_id = message if isinstance(message, str) else message.id
         async with self._sessions() as session, session.begin():
-            row = {"consumer": self.consumer, "message_id": message_id,
-                   "processed_at": time.time()}
-            if not await insert_if_absent(session, inbox_table, row):
-                log.info("inbox %s: message %s was processed before; skipped",
-                         self.consumer, message_id)
+            if not await self.claim(session, message):
                 return None
             return await work(session)
+
+    async def claim(self, transaction: Executor, message: Message | str) -> bool:
+        """Record ``message`` (or a message id) as processed in ``transaction`` (an
+        ``AsyncSession`` or ``AsyncConnection`` inside a transaction on this inbox's
+        database, holding the handler's writes); False if it was processed before, and
+        then the caller does nothing. The lighter form of :meth:`process` for callers
+        that already hold a transaction (no ORM session is made)."""
+        executor = in_transaction(transaction, self.engine, "inbox.claim")
+        message_id = message if isinstance(message, str) else message.id
+        row = {"consumer": self.consumer, "message_id": message_id,
+               "processed_at": time.time()}
+        if await insert_if_absent(executor, inbox_table, row):
+            return True
+        log.info("inbox %s: message %s was processed before; skipped",
+                 self.consumer, message_id)
+        return False
 
     @overload
     def idempotent(

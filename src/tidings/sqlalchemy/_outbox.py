@@ -47,6 +47,11 @@ class Outbox:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._wake: asyncio.Event | None = None
+        # Once per engine, not per transaction: adding a listener is costly. A commit on
+        # a connection that recorded an event wakes the relay; a rollback forgets it.
+        self._flag = f"tidings.outbox.{id(self)}"
+        event.listen(engine.sync_engine, "commit", self._committed)
+        event.listen(engine.sync_engine, "rollback", self._rolled_back)
 
     async def publish(
         self,
@@ -67,8 +72,11 @@ class Outbox:
         """
         executor = in_transaction(transaction, self.engine, "outbox.publish")
         row = _row(topic, payload, key, headers, delay)
-        await executor.execute(sa.insert(outbox_table).values(**row))
-        self._wake_after_commit(executor)
+        connection = await executor.connection() if isinstance(executor, AsyncSession) \
+            else executor
+        await connection.execute(_INSERT, row)
+        if connection.sync_connection is not None:
+            connection.sync_connection.info[self._flag] = True
         return str(row["message_id"])
 
     def relay(self, app: App, *, interval: float = 0.05, batch: int = 200,
@@ -92,18 +100,16 @@ class Outbox:
             count = await conn.scalar(sa.select(sa.func.count()).select_from(outbox_table))
         return int(count or 0)
 
-    def _wake_after_commit(self, executor: Executor) -> None:
-        if isinstance(executor, AsyncSession):
-            target: Any = executor.sync_session
-            name = "after_commit"
-        else:
-            target, name = executor.sync_connection, "commit"
-        if target is not None and not event.contains(target, name, self._committed):
-            event.listen(target, name, self._committed)
-
-    def _committed(self, *args: Any) -> None:
-        if self._wake is not None:
+    def _committed(self, connection: sa.Connection) -> None:
+        if connection.info.pop(self._flag, None) and self._wake is not None:
             self._wake.set()
+
+    def _rolled_back(self, connection: sa.Connection) -> None:
+        connection.info.pop(self._flag, None)
+
+
+#: Built once; executed with each row's parameters (its compiled form is cached).
+_INSERT = sa.insert(outbox_table)
 
 
 def _row(topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,

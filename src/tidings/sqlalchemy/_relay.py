@@ -1,7 +1,7 @@
 """The outbox relay: publishes recorded events to the bus, in order per key, at least once.
 
-It reads the oldest rows of ``tidings_outbox``, publishes them (rows of one key one
-after the other, different keys concurrently), then deletes the published rows. A
+It reads the oldest rows of ``tidings_outbox``, appends them to the bus in one batch
+(in recorded order, so each key's rows keep theirs), then deletes them. A
 crash after publishing and before deleting publishes those rows again, with the same
 message ids, so an inbox on the consuming side drops the repeats.
 """
@@ -13,9 +13,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -66,40 +65,23 @@ class OutboxRelay:
     async def run_once(self) -> int:
         """Publish one batch of recorded events now; return how many were published."""
         async with self._outbox.engine.connect() as conn:
-            rows = (await conn.execute(
-                sa.select(outbox_table).order_by(outbox_table.c.seq).limit(self.batch)
-            )).all()
+            rows = (await conn.execute(_OLDEST, {"limit": self.batch})).all()
         if not rows:
             return 0
-        lanes: dict[str | None, list[Any]] = {}
-        for row in rows:
-            lanes.setdefault(row.key, []).append(row)
-        results = await asyncio.gather(*(self._publish_lane(lane) for lane in lanes.values()),
-                                       return_exceptions=True)
-        done = [seq for result in results if isinstance(result, list) for seq in result]
-        if done:
-            async with self._outbox.engine.begin() as conn:
-                await conn.execute(sa.delete(outbox_table).where(outbox_table.c.seq.in_(done)))
-            self.published += len(done)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0]
-        return len(done)
-
-    async def _publish_lane(self, rows: Sequence[Any]) -> list[int]:
-        """Publish rows of one key in order; stop at the first failure (order per key)."""
-        done: list[int] = []
-        try:
-            for row in rows:
-                await self._app.publish(row.topic, row.value, key=row.key,
-                                        headers=json.loads(row.headers),
-                                        delay=_delay(row.deliver_at))
-                done.append(row.seq)
-        except Exception as exc:
-            if not done:
-                raise
-            log.warning("outbox relay: publishing to %s failed: %r", rows[0].topic, exc)
-        return done
+        app = self._app
+        # One append for the whole batch (one durable write on the bus, not one per
+        # row), in recorded order, so each key's events keep theirs. If it fails nothing
+        # is deleted and the batch is published again, under the same message ids.
+        outs = [app._out(row.topic, row.value, row.key, json.loads(row.headers),
+                         _delay(row.deliver_at), None) for row in rows]
+        await app._append(outs)
+        async with self._outbox.engine.begin() as conn:
+            if len(rows) == rows[-1].seq - rows[0].seq + 1:  # no gaps: a range
+                await conn.execute(_DELETE_RANGE, {"first": rows[0].seq, "last": rows[-1].seq})
+            else:
+                await conn.execute(_DELETE_SOME, {"seqs": [row.seq for row in rows]})
+        self.published += len(rows)
+        return len(rows)
 
     async def _loop(self) -> None:
         wake = self._outbox._wake
@@ -121,6 +103,13 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await wake.wait()
+
+
+_seq = outbox_table.c.seq
+_OLDEST = sa.select(outbox_table).order_by(_seq).limit(sa.bindparam("limit"))
+_DELETE_RANGE = sa.delete(outbox_table).where(
+    _seq >= sa.bindparam("first"), _seq <= sa.bindparam("last"))
+_DELETE_SOME = sa.delete(outbox_table).where(_seq.in_(sa.bindparam("seqs", expanding=True)))
 
 
 def _delay(deliver_at: float | None) -> datetime | None:

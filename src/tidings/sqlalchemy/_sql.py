@@ -62,15 +62,20 @@ async def insert_if_absent(executor: Executor, table: sa.Table,
     locks the index entry; SQLite has one writer), so exactly one of them inserts.
     """
     dialect = dialect_of(executor)
-    statement: Any
-    if dialect == "postgresql":
-        statement = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    else:
+    if dialect not in _UPSERTS:
         return await _insert_with_savepoint(executor, table, values)
-    result = await executor.execute(statement)
+    # One statement per (dialect, table), executed with new parameters: building it
+    # again for every row costs more than the INSERT itself.
+    statement = _IF_ABSENT.get((dialect, table))
+    if statement is None:
+        statement = _IF_ABSENT[dialect, table] = \
+            _UPSERTS[dialect](table).on_conflict_do_nothing()
+    result = await executor.execute(statement, dict(values))
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+_UPSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_IF_ABSENT: dict[tuple[str, sa.Table], Any] = {}
 
 
 async def _insert_with_savepoint(executor: Executor, table: sa.Table,

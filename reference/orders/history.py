@@ -1,0 +1,94 @@
+"""Each order's history, event-sourced (``GET /orders/{order_id}/history``).
+
+An :class:`OrderHistory` aggregate per order keeps the order's own events,
+``OrderCreated`` then ``OrderConfirmed`` or ``OrderCancelled``, in the orders database
+(:mod:`tidings.eventsourcing`). They are saved in the transaction that inserts or
+finishes the order, so the history and the ``orders`` row never disagree. The aggregate
+has no topic: the same events already reach the bus through the outbox.
+
+The card number is masked before it is stored: a history is for reading.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.eventsourcing import Aggregate, EventRegistry
+from tidings.eventsourcing.sqlalchemy import EventStore, events_table
+
+from ..common.events import OrderCancelled, OrderConfirmed, OrderCreated
+from ..common.messaging import Tx
+
+__all__ = ["History", "OrderHistory"]
+
+EVENTS = EventRegistry(OrderCreated, OrderConfirmed, OrderCancelled)
+
+
+class OrderHistory(Aggregate):
+    """One order's events; its state is only where the order is."""
+
+    topic = None  # the outbox publishes these events already
+    status: str
+
+    def __init__(self, id: str) -> None:
+        super().__init__(id)
+        self.status = "NEW"
+
+    def apply(self, event: BaseModel) -> None:
+        """PENDING on creation, then CONFIRMED or CANCELLED."""
+        match event:
+            case OrderCreated():
+                self.status = "PENDING"
+            case OrderConfirmed():
+                self.status = "CONFIRMED"
+            case OrderCancelled():
+                self.status = "CANCELLED"
+
+
+def _masked(card_number: str) -> str:
+    return f"****{card_number[-4:]}"
+
+
+class History:
+    """The event store of order histories, on the orders database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.store = EventStore(engine, EVENTS, snapshot_every=50)
+        self._version = select(func.max(events_table.c.version)).where(
+            events_table.c.stream_id == bindparam("stream"))
+
+    async def opened(self, tx: Tx, event: OrderCreated,
+                     cancelled: OrderCancelled | None = None) -> None:
+        """A new order's history (with its cancellation when it never got going)."""
+        history = OrderHistory(event.order_id)
+        history.record(event.model_copy(update={"card_number": _masked(event.card_number)}))
+        if cancelled is not None:
+            history.record(cancelled)
+        await self.store.save(history, session=tx.conn)
+
+    async def closed(self, tx: Tx, event: OrderConfirmed | OrderCancelled) -> None:
+        """Add the order's outcome to its history.
+
+        The ``orders`` row has just moved from PENDING (once), so the history needs no
+        replaying to decide anything: only its version, read in this transaction.
+        (``store.load`` would read on a second connection, and waiting for one in the
+        middle of a write transaction lets another writer of this process block on
+        SQLite's lock.) A stale version raises
+        :class:`~tidings.eventsourcing.ConcurrencyConflictError`, which rolls the whole
+        transaction back; the bus handler's (or saga step's) retry runs it again.
+        """
+        version = await tx.conn.scalar(self._version, {"stream": event.order_id})
+        history = OrderHistory(event.order_id)
+        history.status, history.version = "PENDING", version or 0
+        history.record(event)
+        await self.store.save(history, session=tx.conn)
+
+    async def read(self, order_id: str) -> list[dict[str, Any]]:
+        """The order's events, oldest first: version, type, time and data."""
+        return [{"version": r.version, "type": type(r.event).__name__,
+                 "at": r.recorded_at, "data": r.event.model_dump(mode="json")}
+                for r in await self.store.history(order_id)]
