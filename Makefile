@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system-deps demo demo-check test lint bench clean
+.PHONY: setup system-deps demo demo-check test lint bench bench-kafka clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ test: setup system-deps lint
 
 bench: setup
 	$(BIN)/python benchmarks/bench_embedded.py
+
+# Kafka (a tansu it starts) against the raw client and FastStream; FastStream goes in a
+# throwaway venv, never in the project's.
+FS_VENV := /tmp/tidings-faststream-venv
+bench-kafka: setup
+	test -x $(FS_VENV)/bin/python || { $(PYTHON) -m venv $(FS_VENV) && \
+	  $(FS_VENV)/bin/pip install -q 'faststream[kafka]' pydantic; }
+	$(BIN)/python benchmarks/bench_kafka.py --faststream-python $(FS_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) .tidings .reference .artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -19,10 +19,11 @@ from ._dlq import DeadLetters, dead_letter_record
 from ._errors import ConfigurationError, NotRunningError, RemoteError
 from ._handler import Handler, inspect_handler
 from ._message import Headers, Message, Published, current_message
-from ._records import OutRecord, Record, Start
+from ._records import OutRecord, Position, Record, Start
 from ._reply import REPLIES_TOPIC, ReplyListener
 from ._retry import Retry, RetryPolicy
 from ._subscriber import Role, SubscriberSpec
+from ._transaction import discard_held, hold, require_transactions
 from ._workqueue import PRIORITIES, queue_group, queue_topics
 from .ports import Transport
 
@@ -100,16 +101,20 @@ class App:
         max_in_flight: int | None = None,
         start: str | Start = Start.EARLIEST,
         partitions: int | None = None,
+        exactly_once: bool = False,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic`` in consumer group ``group`` (default: the app's
         name). Every group gets every message; members of a group share the partitions.
         Up to ``concurrency`` messages run at once, one at a time per key; at most
-        ``max_in_flight`` are fetched and unfinished (backpressure). Returns the function
-        unchanged."""
+        ``max_in_flight`` are fetched and unfinished (backpressure). With
+        ``exactly_once``, what the handler publishes is appended in one broker
+        transaction with the consumed offset (backends with transactions only: Kafka).
+        Returns the function unchanged."""
         topics = (topic,) if isinstance(topic, str) else tuple(topic)
         return self._register(
             Role.SUBSCRIBER, topics, group=group, concurrency=concurrency, retry=retry,
             max_in_flight=max_in_flight, start=start, partitions=partitions,
+            exactly_once=exactly_once,
         )
 
     def responder(
@@ -178,6 +183,10 @@ class App:
 
     async def start(self) -> None:
         """Connect, create the subscribed topics, and start every subscriber."""
+        require_transactions(
+            self._transport, self.broker,
+            [s.handler.func.__qualname__ for s in self._subscribers if s.exactly_once],
+        )
         await self._transport.start()
         self._running = True
         try:
@@ -251,7 +260,9 @@ class App:
         partition: int | None = None,
     ) -> Published:
         """Append one message; it is durable when this returns. ``delay`` (seconds, a
-        timedelta, or an absolute datetime) holds it back durably until then."""
+        timedelta, or an absolute datetime) holds it back durably until then. Inside an
+        exactly-once handler it is held and appended with the handler's offset commit
+        (``partition`` and ``offset`` of the result are then None)."""
         out = self._out(topic, payload, key, headers, delay, partition)
         position = (await self._append([out]))[0]
         return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
@@ -317,7 +328,11 @@ class App:
 
     async def _append(self, outs: list[OutRecord]) -> list[Any]:
         self._require_running()
-        return await self._transport.append(outs)
+        return await self._emit(outs)
+
+    async def _emit(self, outs: list[OutRecord]) -> list[Position]:
+        # Inside an exactly-once handler, held: appended when its offset commits, with it.
+        return hold(outs) or await self._transport.append(outs)
 
     def _out(
         self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
@@ -360,6 +375,7 @@ class App:
                 if replies:
                     await self._reply(record, exc)
                     return None
+                discard_held()  # a failed attempt published nothing
                 return await self._failed(record, group, policy, attempt, exc, handler)
             finally:
                 current_message.reset(token)
@@ -379,7 +395,7 @@ class App:
             return decision.delay
         log.error("%s failed on %s (attempt %d), dead-lettered: %s: %r",
                   handler.func.__qualname__, where, attempt, decision.reason, exc)
-        await self._transport.append([dead_letter_record(record, group, exc, attempt)])
+        await self._emit([dead_letter_record(record, group, exc, attempt)])
         return None
 
     async def _reply(self, request: Record, result: Any) -> None:

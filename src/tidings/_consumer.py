@@ -6,6 +6,8 @@ up to ``concurrency``; records without a key carry no order once ``concurrency >
 A failed record waits for its retry off the workers, holding back only its own key.
 Offsets are committed up to the first unfinished record of each partition, so nothing
 is committed before its handler succeeded or it was dead-lettered (at-least-once).
+An exactly-once (``transactional``) consumer holds what each handler published until
+its offset commits, and commits both in one transaction (see ``_transaction``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
-from ._errors import FencedError, TransportError
+from ._errors import ConfigurationError, FencedError, TransportError
 from ._offsets import OffsetTracker
-from ._records import Record, Start, TopicPartition
-from .ports import Subscription, Transport
+from ._records import OutRecord, Record, Start, TopicPartition
+from ._transaction import HeldOutputs, held_outputs, records_of
+from .ports import Subscription, SupportsTransactions, TransactionalSubscription, Transport
 
 __all__ = ["Consumer", "ConsumerSpec", "Process"]
 
@@ -32,7 +35,7 @@ log = logging.getLogger("tidings.consumer")
 #: Handle one record at delivery ``attempt``; None when finished, else seconds to retry after.
 Process = Callable[[Record, int], Awaitable[float | None]]
 
-_Item = tuple[Record, int, int]  # record, attempt, epoch of its partition
+_Item = tuple[Record, int, int, TopicPartition]  # record, attempt, partition's epoch, partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class ConsumerSpec:
     shutdown_timeout: float = 30.0
     client: str = ""
     priority_of: Callable[[Record], int] | None = None
+    transactional: bool = False
 
 
 class _Ready:
@@ -81,7 +85,8 @@ class Consumer:
         self.spec = spec
         self._process = process
         self._ready = _Ready(spec.priority_of)
-        self._lanes: dict[tuple[TopicPartition, str], deque[Record]] = {}
+        # A key with a running record; its deque (made on demand) holds the ones waiting.
+        self._lanes: dict[tuple[TopicPartition, str], deque[Record] | None] = {}
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         self._epochs: dict[TopicPartition, int] = {}
         self._owned_inflight: dict[TopicPartition, int] = {}
@@ -93,6 +98,8 @@ class Consumer:
         self._stopping = False
         self._last_commit = 0.0
         self._subscription: Subscription | None = None
+        self._transaction: TransactionalSubscription | None = None
+        self._held = HeldOutputs() if spec.transactional else None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
@@ -105,14 +112,28 @@ class Consumer:
 
     async def start(self) -> None:
         """Join the group and start the fetch loop and the workers."""
-        self._subscription = self._transport.subscribe(
-            self.spec.group, self.spec.topics, self, start=self.spec.start, client=self.spec.client
-        )
+        spec = self.spec
+        if spec.transactional:
+            self._subscription = self._transaction = self._subscribe_transactional()
+        else:
+            self._subscription = self._transport.subscribe(
+                spec.group, spec.topics, self, start=spec.start, client=spec.client
+            )
         self._tasks = [asyncio.create_task(self._fetch_loop(), name="tidings-fetch")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"tidings-worker-{i}")
             for i in range(self.spec.concurrency)
         ]
+
+    def _subscribe_transactional(self) -> TransactionalSubscription:
+        spec, transport = self.spec, self._transport
+        if not isinstance(transport, SupportsTransactions) or spec.group is None:
+            raise ConfigurationError(
+                f"{type(transport).__name__} cannot commit offsets and appends in one transaction"
+            )
+        return transport.subscribe_transactional(
+            spec.group, spec.topics, self, start=spec.start, client=spec.client
+        )
 
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish, commit, and leave the group."""
@@ -175,6 +196,8 @@ class Consumer:
             self._trackers.pop(tp, None)
             self._inflight -= self._owned_inflight.pop(tp, 0)
         self._drop_lanes(gone)
+        if self._held is not None:
+            self._held.drop(gone)
         self._progress.set()
 
     def _drop_lanes(self, partitions: set[TopicPartition]) -> None:
@@ -218,12 +241,15 @@ class Consumer:
         self._owned_inflight[tp] += 1
         if record.key is not None:
             lane = (tp, record.key)
-            queue = self._lanes.get(lane)
-            if queue is not None:
+            lanes = self._lanes
+            if lane in lanes:
+                queue = lanes[lane]
+                if queue is None:
+                    queue = lanes[lane] = deque()
                 queue.append(record)
                 return
-            self._lanes[lane] = deque()
-        self._ready.push((record, 1, self._epochs[tp]))
+            lanes[lane] = None
+        self._ready.push((record, 1, self._epochs[tp], tp))
         self._has_work.set()
 
     async def _worker(self) -> None:
@@ -236,35 +262,43 @@ class Consumer:
                 await self._has_work.wait()
             if self._stopping:
                 return
-            record, attempt, epoch = ready.pop()
-            tp = TopicPartition(record.topic, record.partition)
+            record, attempt, epoch, tp = ready.pop()
             if self._epochs.get(tp) != epoch:
                 continue
             tracker = self._trackers.get(tp)
+            outputs: list[OutRecord] | None = None if self._held is None else []
             self._active[tp] = self._active.get(tp, 0) + 1
             try:
-                delay = await self._run(record, attempt)
+                delay = await self._run(record, attempt, outputs)
             finally:
                 self._active[tp] -= 1
             # A revoked partition keeps its tracker until its running handlers are done;
             # a lost (or lost and re-assigned) one does not, and its results are dropped.
             if self._trackers.get(tp) is tracker:
-                self._after(record, attempt, epoch, delay)
+                if outputs and delay is None and self._held is not None:
+                    self._held.add(tp, record.offset, outputs)
+                self._after(record, attempt, epoch, tp, delay)
             self._progress.set()
 
-    async def _run(self, record: Record, attempt: int) -> float | None:
+    async def _run(self, record: Record, attempt: int, outputs: list[OutRecord] | None
+                   ) -> float | None:
+        token = held_outputs.set(outputs) if outputs is not None else None
         try:
             return await self._process(record, attempt)
         except Exception:
             log.exception("tidings failed to process %s[%d]@%d; retrying",
                           record.topic, record.partition, record.offset)
             return 1.0
+        finally:
+            if token is not None:
+                held_outputs.reset(token)
 
-    def _after(self, record: Record, attempt: int, epoch: int, delay: float | None) -> None:
+    def _after(self, record: Record, attempt: int, epoch: int, tp: TopicPartition,
+               delay: float | None) -> None:
         if delay is None:
-            self._finish(record)
+            self._finish(record, tp)
             return
-        item = (record, attempt + 1, epoch)
+        item = (record, attempt + 1, epoch, tp)
 
         def requeue() -> None:
             self._timers.discard(timer)
@@ -275,8 +309,7 @@ class Consumer:
         timer = asyncio.get_running_loop().call_later(delay, requeue)
         self._timers.add(timer)
 
-    def _finish(self, record: Record) -> None:
-        tp = TopicPartition(record.topic, record.partition)
+    def _finish(self, record: Record, tp: TopicPartition) -> None:
         tracker = self._trackers.get(tp)
         if tracker is None:
             return
@@ -287,7 +320,7 @@ class Consumer:
             lane = (tp, record.key)
             queue = self._lanes.get(lane)
             if queue:
-                self._ready.push((queue.popleft(), 1, self._epochs[tp]))
+                self._ready.push((queue.popleft(), 1, self._epochs[tp], tp))
                 self._has_work.set()
             else:
                 self._lanes.pop(lane, None)
@@ -314,6 +347,12 @@ class Consumer:
         ]
         if not trackers:
             return
-        await self._subscription.commit({tp: tr.commit_point for tp, tr in trackers})
+        offsets = {tp: tr.commit_point for tp, tr in trackers}
+        if self._transaction is None or self._held is None:
+            await self._subscription.commit(offsets)
+        else:  # what the handlers published goes in the same transaction as the offsets
+            entries = self._held.before(offsets)
+            await self._transaction.commit_appending(offsets, records_of(entries))
+            self._held.release(offsets, entries)
         for _, tracker in trackers:
             tracker.committed = max(tracker.committed, tracker.commit_point)

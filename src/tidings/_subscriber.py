@@ -40,13 +40,14 @@ class SubscriberSpec:
     max_in_flight: int
     start: Start
     partitions: int | None
+    exactly_once: bool = False
 
     @classmethod
     def build(
         cls, role: Role, topics: tuple[str, ...], handler: Handler, app: App, *,
         group: str | None = None, concurrency: int = 1, retry: RetryPolicy | None = None,
         max_in_flight: int | None = None, start: str | Start = Start.EARLIEST,
-        partitions: int | None = None,
+        partitions: int | None = None, exactly_once: bool = False,
     ) -> SubscriberSpec:
         """Validate a declaration; every mistake is a ConfigurationError here, not later."""
         if not topics:
@@ -67,7 +68,7 @@ class SubscriberSpec:
             role=role, topics=topics, handler=handler, group=group or app.name,
             concurrency=concurrency, retry=retry or app.retry,
             max_in_flight=max_in_flight or max(1000, 2 * concurrency), start=start,
-            partitions=partitions,
+            partitions=partitions, exactly_once=bool(exactly_once),
         )
 
     def consumer_spec(self, app: App) -> ConsumerSpec:
@@ -82,4 +83,5 @@ class SubscriberSpec:
             shutdown_timeout=app.shutdown_timeout,
             client=app.instance_id,
             priority_of=queue_priority if self.role is Role.WORKER else None,
+            transactional=self.exactly_once,
         )

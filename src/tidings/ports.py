@@ -18,6 +18,9 @@ Semantics every transport must honour (the conformance suite checks them):
   was already lost (no commit is possible). ``commit`` of a partition the member no
   longer owns raises :class:`~tidings.FencedError`.
 * ``subscribe(group=None)`` reads every partition without a group (tail, replies).
+
+Optional: a transport that can append records and commit offsets in one transaction
+(Kafka) also implements :class:`SupportsTransactions`; exactly-once subscribers need it.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from ._records import (
     TopicPartition,
 )
 
-__all__ = ["RebalanceListener", "Subscription", "Transport"]
+__all__ = [
+    "RebalanceListener",
+    "Subscription",
+    "SupportsTransactions",
+    "TransactionalSubscription",
+    "Transport",
+]
 
 
 class RebalanceListener(Protocol):
@@ -74,6 +83,18 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Leave the group (after revoking, so the runtime can commit)."""
+
+
+class TransactionalSubscription(Subscription):
+    """A group member whose commits can carry records: consume-transform-produce."""
+
+    @abc.abstractmethod
+    async def commit_appending(
+        self, offsets: Mapping[TopicPartition, int], records: Sequence[OutRecord]
+    ) -> None:
+        """Append ``records`` and commit ``offsets`` atomically: readers of the records'
+        topics see them if and only if the offsets are committed, whatever crashes.
+        Raises :class:`~tidings.FencedError` like :meth:`commit`."""
 
 
 class Transport(abc.ABC):
@@ -130,3 +151,20 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def offsets_for_time(self, topic: str, timestamp: float) -> dict[int, int]:
         """Per partition, the first offset whose record is at or after ``timestamp``."""
+
+
+class SupportsTransactions(abc.ABC):
+    """Optional transport capability: exactly-once consume-transform-produce."""
+
+    @abc.abstractmethod
+    def subscribe_transactional(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        start: Start = Start.EARLIEST,
+        client: str = "",
+    ) -> TransactionalSubscription:
+        """Join ``group`` on ``topics`` like ``subscribe``, committing through
+        :meth:`TransactionalSubscription.commit_appending`."""

@@ -32,21 +32,19 @@ def take(consumer: Consumer, max_messages: int, wait: float) -> list[Message]:
 def to_record(message: Message) -> Record:
     """The tidings record of a consumed message (headers and key decoded as UTF-8)."""
     key = message.key()
-    _, millis = message.timestamp()
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
+    raw = message.headers()
     headers = {
-        name: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
-        for name, value in pairs
-    }
-    return Record(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        key=key.decode("utf-8", "replace") if key is not None else None,
-        value=message.value() or b"",
-        headers=headers,
-        timestamp=millis / 1000.0,
+        name: value.decode("utf-8", "replace") if type(value) is bytes else str(value or "")
+        for name, value in (raw.items() if isinstance(raw, dict) else raw)
+    } if raw else {}
+    return Record(  # positional: this runs once per consumed message
+        message.topic() or "",
+        message.partition() or 0,
+        message.offset() or 0,
+        key.decode("utf-8", "replace") if key is not None else None,
+        message.value() or b"",
+        headers,
+        message.timestamp()[1] / 1000.0,
     )
 
 

@@ -17,13 +17,13 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ..._errors import MessageTooLargeError, TransportError
 from ..._records import OutRecord, Position
-from ._translate import driver_errors, translate
+from ._translate import translate, translate_exception
 
-__all__ = ["DeliveryProducer"]
+__all__ = ["DeliveryProducer", "check_sizes", "produce_args"]
 
 _POLL_SECONDS = 0.1
 _OVERHEAD = 512  # bytes librdkafka adds around a record (batch and record headers)
@@ -90,41 +90,25 @@ class DeliveryProducer:
         """
         if not records:
             return []
-        self._check_sizes(records)
+        prepared = [produce_args(record) for record in records]
+        check_sizes(records, prepared, self._max_bytes)
         future: asyncio.Future[list[Position]] = asyncio.get_running_loop().create_future()
-        append = _Append(future, len(records), self._finished)
-        for index, record in enumerate(records):
-            await self._produce(record, functools.partial(append.report, index))
-        return await future
-
-    async def _produce(self, record: OutRecord, callback: Any) -> None:
-        headers: list[tuple[str, str | bytes | None]] = [
-            (name, value.encode()) for name, value in record.headers.items()
-        ]
-        key = record.key.encode() if record.key is not None else None
-        partition = record.partition if record.partition is not None else -1
-        while True:
+        report = _Append(future, len(records), self._finished).report
+        produce = self.producer.produce
+        index = 0
+        while index < len(records):  # one tight loop: this is the publishing hot path
+            record = records[index]
+            key, partition, headers = prepared[index]
             try:
-                with driver_errors("append", record.topic):
-                    self.producer.produce(
-                        record.topic, record.value, key, partition,
-                        on_delivery=callback, headers=headers,
-                    )
-                return
-            except TransportError as exc:
-                if not isinstance(exc.__cause__, BufferError):
-                    raise
-            await asyncio.sleep(0.005)  # librdkafka's queue is full: let the poller drain it
-
-    def _check_sizes(self, records: Sequence[OutRecord]) -> None:
-        for record in records:
-            size = len(record.value) + len(record.key or "") + _OVERHEAD
-            size += sum(len(k) + len(v) for k, v in record.headers.items())
-            if size > self._max_bytes:
-                raise MessageTooLargeError(
-                    f"record of ~{size} bytes for topic {record.topic!r} exceeds "
-                    f"max_message_bytes={self._max_bytes}"
-                )
+                produce(record.topic, record.value, key, partition,
+                        on_delivery=functools.partial(report, index), headers=headers)
+            except BufferError:  # librdkafka's queue is full: let the poller drain it
+                await asyncio.sleep(0.005)
+                continue
+            except KafkaException as exc:
+                raise translate_exception(exc, "append", record.topic) from exc
+            index += 1
+        return await future
 
     def _poll_loop(self) -> None:
         while not self._closing.is_set():
@@ -151,6 +135,32 @@ class DeliveryProducer:
         self._closing.set()
         await asyncio.to_thread(self._thread.join, 5)
         self._thread = None
+
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+Args = tuple[bytes | None, int, Headers]
+
+
+def produce_args(record: OutRecord) -> Args:
+    """The key, partition (-1: the partitioner's choice) and headers librdkafka takes."""
+    headers: Headers = [(name, value.encode()) for name, value in record.headers.items()]
+    key = record.key.encode() if record.key is not None else None
+    return key, record.partition if record.partition is not None else -1, headers
+
+
+def check_sizes(records: Sequence[OutRecord], prepared: Sequence[Args], max_bytes: int) -> None:
+    """Refuse, before sending anything, a record larger than ``max_bytes``."""
+    for record, (key, _, headers) in zip(records, prepared, strict=True):
+        size = len(record.value) + len(key or b"") + _OVERHEAD
+        for name, value in headers:
+            size += len(name) + len(value or b"")
+        if size > max_bytes:
+            raise MessageTooLargeError(
+                f"record of ~{size} bytes for topic {record.topic!r} exceeds "
+                f"max_message_bytes={max_bytes}"
+            )
 
 
 def _settle_all(done: list[_Append]) -> None:

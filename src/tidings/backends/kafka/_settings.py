@@ -53,7 +53,8 @@ class KafkaSettings(BaseModel):
     assignor: Literal["roundrobin", "range"] = "roundrobin"
     delay_forwarder: bool = True
     delay_group: str = "__tidings_delay"
-    transactional_id: str | None = None
+    transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
+    transaction_timeout: float = Field(default=10.0, gt=0, le=900)
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:
@@ -105,9 +106,19 @@ class KafkaSettings(BaseModel):
             # Java's partitioner, so keyed records land where other Kafka clients put them.
             "partitioner": "murmur2_random",
         }
-        if self.transactional_id is not None:
-            config["transactional.id"] = self.transactional_id
         return config
+
+    def transactional_config(self, transactional_id: str) -> dict[str, Any]:
+        """A producer for exactly-once subscribers: one transaction per commit."""
+        timeout = self.transaction_timeout
+        return self.producer_config() | {
+            "transactional.id": transactional_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "transaction.timeout.ms": int(timeout * 1000),
+            # librdkafka refuses a delivery timeout longer than the transaction's.
+            "message.timeout.ms": int(min(self.delivery_timeout, timeout) * 1000),
+        }
 
     def consumer_config(
         self, group: str | None, reset: str, *, eof: bool = False

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from ..._errors import FencedError, TransportError
@@ -68,6 +68,7 @@ class KafkaSubscription(Subscription):
         self._ensure_topics = ensure_topics
         self._end_offsets = end_offsets
         self._owned: frozenset[TopicPartition] = frozenset()
+        self._rebalances = 0  # rebalance callbacks so far (driver thread)
         self._thread: DriverThread | None = None
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -167,8 +168,26 @@ class KafkaSubscription(Subscription):
         return 2 * self._settings.session_timeout + 1
 
     async def _consume(self, max_records: int, wait: float) -> list[Record]:
-        messages = await self._call("fetch", lambda c: take(c, max_records, wait))
+        messages = await self._call("fetch", lambda c: self._take(c, max_records, wait))
         return to_records(messages, "fetch")
+
+    def _take(self, consumer: Consumer, max_records: int, wait: float) -> list[Message]:
+        """Driver thread: ``take``, minus messages of partitions this member gave up
+        during the call. librdkafka serves a rebalance callback in the middle of a
+        ``consume()`` batch and still returns the messages it had collected before it
+        (confluent-kafka-python #1013): handled here, they would be handled again by the
+        partition's new owner, which starts at the offset committed on revocation."""
+        before = self._rebalances
+        messages = take(consumer, max_records, wait)
+        if self._rebalances == before or self._group is None:
+            return messages
+        owned = self._owned
+        kept = [m for m in messages if m.error() is not None
+                or TopicPartition(m.topic() or "", m.partition() or 0) in owned]
+        if len(kept) < len(messages):
+            log.info("dropped %d record(s) of partitions revoked while fetching them",
+                     len(messages) - len(kept))
+        return kept
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit synchronously; FencedError for partitions this member does not own."""
@@ -183,6 +202,8 @@ class KafkaSubscription(Subscription):
         )
         for tp in result or ():
             if tp.error is not None:
+                log.info("group %r: commit of %s[%d] refused: %s", self._group, tp.topic,
+                         tp.partition, tp.error.str())
                 raise translate(tp.error, "commit", tp.topic)
 
     async def close(self) -> None:
@@ -215,6 +236,7 @@ class KafkaSubscription(Subscription):
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         tps = _tidings(partitions)
+        self._rebalances += 1
         if tps and not self._abandoned:
             self._position(consumer, partitions)
         self._owned = self._owned | tps
@@ -225,6 +247,7 @@ class KafkaSubscription(Subscription):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         tps = _tidings(partitions)
+        self._rebalances += 1
         if self._join is not None:
             self._join.rebalancing()
         if tps and not self._abandoned:
@@ -233,6 +256,7 @@ class KafkaSubscription(Subscription):
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         tps = _tidings(partitions)
+        self._rebalances += 1
         self._owned = self._owned - tps
         if self._join is not None:
             self._join.rebalancing()

@@ -20,7 +20,7 @@ from ..._errors import (
     UnknownTopicError,
 )
 
-__all__ = ["AUTH_CODES", "driver_errors", "translate"]
+__all__ = ["AUTH_CODES", "driver_errors", "translate", "translate_exception"]
 
 _UNAVAILABLE = frozenset({
     KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
@@ -61,15 +61,22 @@ def translate(error: KafkaError, what: str, topic: str | None = None) -> Transpo
     return TransportError(f"Kafka error{where}: {detail}")
 
 
+def translate_exception(
+    exc: KafkaException, what: str, topic: str | None = None
+) -> TransportError:
+    """The tidings error for a confluent-kafka exception."""
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return translate(error, what, topic)
+    return TransportError(f"{what}: {exc}")
+
+
 @contextlib.contextmanager
 def driver_errors(what: str, topic: str | None = None) -> Iterator[None]:
     """Translate confluent-kafka exceptions raised inside the block."""
     try:
         yield
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if isinstance(error, KafkaError):
-            raise translate(error, what, topic) from exc
-        raise TransportError(f"{what}: {exc}") from exc
+        raise translate_exception(exc, what, topic) from exc
     except BufferError as exc:  # the producer's local queue is full
         raise BrokerUnavailableError(f"{what}: producer queue full ({exc})") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -26,14 +27,21 @@ from ..._records import (
     TopicInfo,
     TopicPartition,
 )
-from ...ports import RebalanceListener, Subscription, Transport
+from ...ports import (
+    RebalanceListener,
+    Subscription,
+    SupportsTransactions,
+    TransactionalSubscription,
+    Transport,
+)
 from . import _delay
 from ._admin import KafkaAdmin
 from ._forwarder import DelayForwarder
-from ._producer import DeliveryProducer
+from ._producer import DeliveryProducer, check_sizes, produce_args
 from ._reader import PartitionReader
 from ._settings import KafkaSettings
 from ._subscription import KafkaSubscription
+from ._transactional import TransactionalKafkaSubscription
 from ._translate import AUTH_CODES
 
 __all__ = ["KafkaTransport"]
@@ -41,7 +49,7 @@ __all__ = ["KafkaTransport"]
 log = logging.getLogger("tidings.kafka")
 
 
-class KafkaTransport(Transport):
+class KafkaTransport(Transport, SupportsTransactions):
     """A transport over a Kafka cluster (or any Kafka-protocol broker such as tansu)."""
 
     shared_between_processes = True
@@ -55,6 +63,7 @@ class KafkaTransport(Transport):
         self._forwarder: DelayForwarder | None = None
         self._forwarding: asyncio.Task[None] | None = None
         self._subscriptions: list[KafkaSubscription] = []
+        self._transactions = settings.transactional_id or f"tidings-{uuid.uuid4().hex[:12]}"
 
     def _hooks(self) -> dict[str, Any]:
         return {"error_cb": self._errors.append}
@@ -148,6 +157,21 @@ class KafkaTransport(Transport):
             for rec, out, pos in zip(records, outgoing, positions, strict=True)
         ]
 
+    async def _prepare(self, records: Sequence[OutRecord]) -> list[OutRecord]:
+        """What ``append`` does before producing: size checks, delayed records routed to
+        their tier, missing topics created (for records sent in a transaction)."""
+        admin, _, _ = self._require()
+        check_sizes(records, [produce_args(r) for r in records], self.settings.max_message_bytes)
+        if admin.knows_all(records):
+            return list(records)
+        now = _delay.now()
+        outgoing = [_delay.route(record, now) for record in records]
+        topics = {r.topic for r in outgoing}
+        tiers = {t for t in topics if t.startswith(_delay.PREFIX)}
+        await self._ensure_all(tiers, 1)
+        await self._ensure_all(topics - tiers)
+        return outgoing
+
     async def _send_now(self, records: Sequence[OutRecord], targets: Iterable[str] = ()
                         ) -> list[Position]:
         _, producer, _ = self._require()
@@ -175,9 +199,33 @@ class KafkaTransport(Transport):
             self.settings, group, topics, listener, start, client, self._ensure_all,
             self._end_offsets,
         )
+        self._keep(subscription)
+        return subscription
+
+    def subscribe_transactional(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        start: Start = Start.EARLIEST,
+        client: str = "",
+    ) -> TransactionalSubscription:
+        """Join ``group``; commits are Kafka transactions that may carry records."""
+        self._require()
+        self._start_forwarder()
+        subscription = TransactionalKafkaSubscription(
+            self.settings, group, topics, listener, start, client, self._ensure_all,
+            self._end_offsets,
+            transactional_id=f"{self._transactions}.{group}.{','.join(sorted(topics))}",
+            prepare=self._prepare,
+        )
+        self._keep(subscription)
+        return subscription
+
+    def _keep(self, subscription: KafkaSubscription) -> None:
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
-        return subscription
 
     async def _end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """True end offsets (see :class:`PartitionReader`)."""

@@ -1,0 +1,60 @@
+"""Exactly-once subscribers: what a handler publishes is committed with the offset it
+consumed, in one transaction, or the backend refuses them at start (memory and SQLite
+cannot; the inbox of ``tidings.sqlalchemy`` gives exactly-once effects there)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from tidings import ConfigurationError, Message, Published, RetryPolicy
+from tidings.ports import SupportsTransactions
+
+from .util import eventually
+
+FAST = RetryPolicy(max_attempts=3, backoff=0.02, jitter=0)
+
+
+def test_outputs_commit_with_the_offset_or_the_backend_refuses(backend, names) -> None:
+    source, sink = names("orders"), names("invoices")
+
+    async def main() -> None:
+        app = backend.app("billing")
+        attempts: Counter[int] = Counter()
+        returned: list[Published] = []
+
+        @app.subscriber(source, exactly_once=True, retry=FAST, concurrency=2)
+        async def bill(payload: dict, message: Message) -> None:
+            attempts[payload["n"]] += 1
+            returned.append(await app.publish(sink, {"n": payload["n"], "try": message.attempt},
+                                              key=message.key))
+            if payload["n"] == 4 or (payload["n"] == 2 and message.attempt == 1):
+                raise ConnectionError("this attempt's invoice must never appear")
+
+        if not isinstance(app.transport, SupportsTransactions):
+            with pytest.raises(ConfigurationError, match="exactly_once"):
+                await app.start()
+            return
+
+        auditor = backend.app("auditor")
+        seen: list[dict] = []
+
+        @auditor.subscriber(sink)
+        async def audit(invoice: dict) -> None:
+            seen.append(invoice)
+
+        async with auditor, app:
+            for n in range(6):
+                await app.publish(source, {"n": n}, key=f"order-{n}")
+            await eventually(lambda: len(seen) >= 5, 20, "the invoices")
+            await asyncio.sleep(0.5)  # nothing more may come
+            letters = await app.dead_letters(source).pending()
+        assert sorted(i["n"] for i in seen) == [0, 1, 2, 3, 5]
+        assert next(i for i in seen if i["n"] == 2)["try"] == 2
+        assert attempts[2] == 2 and attempts[4] == 3
+        assert [letter.record.value for letter in letters] == [b'{"n":4}']
+        assert all(p.offset is None for p in returned), "held until the commit"
+
+    asyncio.run(main())
