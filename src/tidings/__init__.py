@@ -25,7 +25,7 @@ from ._errors import (
     TransportError,
     UnknownTopicError,
 )
-from ._message import Headers, Message, Published
+from ._message import Headers, Message, Outgoing, Published
 from ._records import GroupInfo, MemberInfo, Record, Start, TopicInfo, TopicPartition
 from ._retry import RetryPolicy
 
@@ -49,6 +49,7 @@ __all__ = [
     "MessageTooLargeError",
     "MissingDependencyError",
     "NotRunningError",
+    "Outgoing",
     "Published",
     "Record",
     "RemoteError",

@@ -9,16 +9,17 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
 from ._codec import decoder_for, encode
 from ._consumer import Consumer, Process
+from ._cron import CatchUp, cron
 from ._dlq import DeadLetters, dead_letter_record
 from ._errors import ConfigurationError, NotRunningError, RemoteError
 from ._handler import Handler, inspect_handler
-from ._message import Headers, Message, Published, current_message
+from ._message import Headers, Message, Outgoing, Published, current_message
 from ._records import OutRecord, Position, Record, Start
 from ._reply import REPLIES_TOPIC, ReplyListener
 from ._retry import Retry, RetryPolicy
@@ -82,7 +83,13 @@ class App:
         self._replies = ReplyListener(self._transport, self.instance_id)
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
-        self._running = False
+        self._running = False  # started and not stopping
+        self._open = False  # the transport is connected: publishing is allowed
+
+    @property
+    def running(self) -> bool:
+        """Whether the app has started and is not shutting down."""
+        return self._running
 
     @property
     def transport(self) -> Transport:
@@ -162,6 +169,15 @@ class App:
 
         return register
 
+    def cron(
+        self, expression: str, *, name: str | None = None, catch_up: CatchUp | str = CatchUp.LATEST,
+        max_catch_up: int = 100, timezone: tzinfo = UTC, retry: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Run the decorated ``async def job()`` (or ``job(tick: datetime)``) at every tick
+        of the cron ``expression``, on one instance of this app; see :func:`tidings.cron`."""
+        return cron(self, expression, name=name, catch_up=catch_up, max_catch_up=max_catch_up,
+                    timezone=timezone, retry=retry)
+
     def on_startup(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run ``func`` after the app connected, before its subscribers start."""
         self._startup.append(func)
@@ -188,7 +204,7 @@ class App:
             [s.handler.func.__qualname__ for s in self._subscribers if s.exactly_once],
         )
         await self._transport.start()
-        self._running = True
+        self._running = self._open = True
         try:
             for hook in self._startup:
                 await hook()
@@ -215,9 +231,9 @@ class App:
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight work, commit, leave the groups, disconnect."""
-        if not self._running:
+        if not self._open:
             return
-        self._running = False
+        self._running = False  # handlers still draining may publish until the end
         await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
         self._consumers.clear()
         await self._replies.close()
@@ -226,11 +242,12 @@ class App:
                 await hook()
             except Exception:
                 log.exception("shutdown hook %r failed", hook)
+        self._open = False
         await self._transport.close()
 
     def _abandon(self) -> None:
         """Stop abruptly, as a killed process would (see :func:`tidings.testing.crash`)."""
-        self._running = False
+        self._running = self._open = False
         for consumer in self._consumers:
             consumer.abandon()
         self._consumers.clear()
@@ -282,6 +299,16 @@ class App:
             for o, pos in zip(outs, positions, strict=True)
         ]
 
+    async def publish_batch(self, messages: Iterable[Outgoing]) -> list[Published]:
+        """Append messages to any topics, each with its own key, headers and delay, in one
+        durable batch, in the given order."""
+        outs = [self._out(m.topic, m.payload, m.key, m.headers, m.delay, None) for m in messages]
+        positions = await self._append(outs)
+        return [
+            Published(o.headers[Headers.ID], o.topic, pos.partition, pos.offset)
+            for o, pos in zip(outs, positions, strict=True)
+        ]
+
     async def enqueue(
         self, queue: str, payload: Any, *, priority: int = 0, delay: Delay = None,
         key: str | None = None, headers: Mapping[str, str] | None = None,
@@ -323,7 +350,7 @@ class App:
         return DeadLetters(self._transport, topic)
 
     def _require_running(self) -> None:
-        if not self._running:
+        if not self._open:
             raise NotRunningError(f"app {self.name!r} is not running: use 'async with app:'")
 
     async def _append(self, outs: list[OutRecord]) -> list[Any]:

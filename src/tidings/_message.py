@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from ._records import Record
 
-__all__ = ["Headers", "Message", "Published", "current_message"]
+__all__ = ["Headers", "Message", "Outgoing", "Published", "current_message"]
 
 
 class Headers:
@@ -84,6 +86,18 @@ class Published:
     topic: str
     partition: int | None
     offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message for :meth:`App.publish_batch`: any topic, its own key, headers and
+    delay (seconds, a timedelta or an aware datetime)."""
+
+    topic: str
+    payload: Any
+    key: str | None = None
+    headers: Mapping[str, str] | None = None
+    delay: float | timedelta | datetime | None = None
 
 
 #: The message whose handler is running in this task (for correlation and causation).

@@ -156,3 +156,29 @@ def _collect(out: list[int]):
     async def handle(payload: dict) -> None:
         out.append(payload["n"])
     return handle
+
+
+def test_a_draining_handler_may_still_publish(backend, names) -> None:
+    topic, out = names("drain"), names("drain-out")
+
+    async def main() -> None:
+        app = backend.app("svc")
+
+        @app.subscriber(topic)
+        async def slow(payload: dict) -> None:
+            await asyncio.sleep(0.5)
+            await app.publish(out, payload)  # after stop() began: still allowed
+
+        async with app:
+            await app.publish(topic, {"n": 7})
+            await asyncio.sleep(0.2)
+            assert app.running
+        assert not app.running
+
+        reader = backend.app("reader")
+        got: list[int] = []
+        reader.subscriber(out)(_collect(got))
+        async with reader:
+            await eventually(lambda: got == [7], 15, "the drained handler's output")
+
+    asyncio.run(main())

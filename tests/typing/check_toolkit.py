@@ -30,7 +30,13 @@ async def on_paid(event: Paid, session: AsyncSession) -> int:
 async def rollup(tick: datetime) -> None: ...
 
 
+@app.cron("0 * * * *", catch_up="skip")
+async def hourly() -> int:
+    return 0
+
+
 async def calls_keep_their_types(message: Message) -> None:
     # The inbox wrapper takes (payload, Message) and returns None for a duplicate.
     assert_type(await on_paid(Paid(order_id="o-1"), message), int | None)
     assert_type(await rollup(datetime.now()), None)
+    assert_type(await hourly(), int)

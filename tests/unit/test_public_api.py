@@ -12,7 +12,7 @@ def test_exported_members() -> None:
         "CronError", "DeadLetter",
         "DeadLetters", "DecodeError", "FencedError", "GroupInfo", "Headers", "MemberInfo",
         "Message", "MessageTooLargeError", "MissingDependencyError", "NotRunningError",
-        "Published", "Record", "RemoteError", "RequestTimeoutError", "RetryPolicy",
+        "Outgoing", "Published", "Record", "RemoteError", "RequestTimeoutError", "RetryPolicy",
         "SerializationError", "Start", "TidingsError", "TopicInfo", "TopicPartition",
         "TransportError", "UnknownTopicError", "__version__", "cron",
     ])

@@ -61,7 +61,7 @@ class StepInterrupted(Exception):
 def _app_running(app: App) -> bool:
     # A request cut short by the app's shutdown must not count as the step failing
     # (that could compensate a saga that would have succeeded).
-    return bool(getattr(app, "_running", True))
+    return app.running
 
 
 class SagaRun:
