@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, tzinfo
 from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
@@ -20,6 +18,7 @@ from ._dlq import DeadLetters, dead_letter_record
 from ._errors import ConfigurationError, NotRunningError, RemoteError
 from ._handler import Handler, inspect_handler
 from ._message import Headers, Message, Outgoing, Published, current_message
+from ._outgoing import Delay, check_name, make_record
 from ._records import OutRecord, Position, Record, Start
 from ._reply import REPLIES_TOPIC, ReplyListener
 from ._retry import Retry, RetryPolicy
@@ -33,20 +32,8 @@ __all__ = ["DEFAULT_BROKER", "App"]
 DEFAULT_BROKER = "sqlite:///.tidings/bus.db"
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-Delay = float | timedelta | datetime | None
 
 log = logging.getLogger("tidings")
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-
-
-def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigurationError(
-            f"invalid {kind} name {name!r}: use 1-200 letters, digits, '.', '_' or '-'"
-        )
-    return name
-
-
 class App:
     """One service's connection to the bus.
 
@@ -67,7 +54,7 @@ class App:
         shutdown_timeout: float = 30.0,
         join_timeout: float = 30.0,
     ) -> None:
-        self.name = _check_name("app", name)
+        self.name = check_name("app", name)
         if isinstance(broker, Transport):
             self._transport: Transport = broker
             self.broker = type(broker).__name__
@@ -142,7 +129,7 @@ class App:
         """Register a competing consumer of work queue ``queue``: each item goes to exactly
         one worker of any app. Among the items a worker holds (it prefetches up to
         ``max_in_flight``), the highest priority runs first."""
-        _check_name("queue", queue)
+        check_name("queue", queue)
         return self._register(
             Role.WORKER, queue_topics(queue), group=queue_group(queue),
             concurrency=concurrency, retry=retry, partitions=partitions,
@@ -150,7 +137,7 @@ class App:
 
     def _register(self, role: Role, topics: tuple[str, ...], **options: Any) -> Callable[[F], F]:
         for topic in topics:
-            _check_name("topic", topic)
+            check_name("topic", topic)
 
         def register(func: F) -> F:
             spec = SubscriberSpec.build(role, topics, inspect_handler(func), self, **options)
@@ -365,20 +352,7 @@ class App:
         self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
         delay: Delay, partition: int | None,
     ) -> OutRecord:
-        _check_name("topic", topic)
-        if key is not None and not isinstance(key, str):
-            raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
-        value, content_type = encode(payload)
-        merged = {Headers.CONTENT_TYPE: content_type, **(headers or {})}
-        # A caller may fix the id (an outbox does, so a re-published event keeps it).
-        message_id = merged.setdefault(Headers.ID, uuid.uuid4().hex)
-        parent = current_message.get()
-        if parent is not None:
-            merged.setdefault(Headers.CORRELATION_ID, parent.correlation_id or parent.id)
-            merged.setdefault(Headers.CAUSATION_ID, parent.id)
-        else:
-            merged.setdefault(Headers.CORRELATION_ID, message_id)
-        return OutRecord(topic, value, key, merged, partition, _deliver_at(delay))
+        return make_record(topic, payload, key, headers, delay, partition)
 
     # -- consuming -------------------------------------------------------------------
 
@@ -440,16 +414,3 @@ class App:
             value, content_type = encode({"error_type": type(exc).__name__, "message": str(exc)})
         headers[Headers.CONTENT_TYPE] = content_type
         await self._transport.append([OutRecord(reply_to, value, headers=headers)])
-
-
-def _deliver_at(delay: Delay) -> float | None:
-    if delay is None:
-        return None
-    if isinstance(delay, datetime):
-        if delay.tzinfo is None:
-            raise ConfigurationError("an absolute delivery time needs a timezone (aware datetime)")
-        return delay.timestamp()
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds < 0:
-        raise ConfigurationError(f"delay must be >= 0 seconds, not {seconds}")
-    return time.time() + seconds if seconds > 0 else None

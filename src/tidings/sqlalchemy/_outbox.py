@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
-import uuid
 from collections.abc import Mapping
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from .._codec import encode
-from .._errors import ConfigurationError
-from .._message import Headers, current_message
+from .._message import Headers
+from .._outgoing import Delay, make_record
 from ._schema import outbox_table
 from ._sql import Executor, in_transaction
 
@@ -33,8 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Outbox"]
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-Delay = float | timedelta | datetime | None
 
 
 class Outbox:
@@ -114,34 +108,9 @@ _INSERT = sa.insert(outbox_table)
 
 def _row(topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
          delay: Delay) -> dict[str, Any]:
-    if not isinstance(topic, str) or not _NAME.match(topic):
-        raise ConfigurationError(
-            f"invalid topic name {topic!r}: use 1-200 letters, digits, '.', '_' or '-'"
-        )
-    if key is not None and not isinstance(key, str):
-        raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
-    value, content_type = encode(payload)
-    merged = {Headers.CONTENT_TYPE: content_type, **(headers or {})}
-    message_id = merged.setdefault(Headers.ID, uuid.uuid4().hex)
-    # The relay publishes outside any handler: keep the handled message's ids now.
-    parent = current_message.get()
-    if parent is not None:
-        merged.setdefault(Headers.CORRELATION_ID, parent.correlation_id or parent.id)
-        merged.setdefault(Headers.CAUSATION_ID, parent.id)
-    now = time.time()
-    return {"message_id": message_id, "topic": topic, "key": key, "value": value,
-            "headers": json.dumps(merged), "deliver_at": _deliver_at(delay, now),
-            "created_at": now}
-
-
-def _deliver_at(delay: Delay, now: float) -> float | None:
-    if delay is None:
-        return None
-    if isinstance(delay, datetime):
-        if delay.tzinfo is None:
-            raise ConfigurationError("an absolute delivery time needs a timezone (aware datetime)")
-        return delay.timestamp()
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds < 0:
-        raise ConfigurationError(f"delay must be >= 0 seconds, not {seconds}")
-    return now + seconds if seconds > 0 else None
+    # Built now, in the caller's transaction, so the handled message's correlation and
+    # causation ids are kept although the relay publishes it later.
+    record = make_record(topic, payload, key, headers, delay, None)
+    return {"message_id": record.headers[Headers.ID], "topic": topic, "key": key,
+            "value": record.value, "headers": json.dumps(dict(record.headers)),
+            "deliver_at": record.deliver_at, "created_at": time.time()}

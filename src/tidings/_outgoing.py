@@ -1,0 +1,72 @@
+"""From a payload to a record to append: validation, encoding and tidings' headers.
+
+Used by ``App.publish`` and by the outbox, which builds the record inside the caller's
+transaction and publishes it later, so both give a message the same id, content type,
+correlation and causation.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._codec import encode
+from ._errors import ConfigurationError
+from ._message import Headers, current_message
+from ._records import OutRecord
+
+__all__ = ["Delay", "check_name", "deliver_at", "make_record"]
+
+Delay = float | timedelta | datetime | None
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it is a valid app, topic, queue or group name, else ConfigurationError."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"invalid {kind} name {name!r}: use 1-200 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def deliver_at(delay: Delay) -> float | None:
+    """Epoch seconds to deliver at: ``delay`` is seconds, a timedelta or an aware datetime."""
+    if delay is None:
+        return None
+    if isinstance(delay, datetime):
+        if delay.tzinfo is None:
+            raise ConfigurationError("an absolute delivery time needs a timezone (aware datetime)")
+        return delay.timestamp()
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if seconds < 0:
+        raise ConfigurationError(f"delay must be >= 0 seconds, not {seconds}")
+    return time.time() + seconds if seconds > 0 else None
+
+
+def make_record(
+    topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
+    delay: Delay, partition: int | None,
+) -> OutRecord:
+    """The record for one message; every bad input fails here, before anything is sent.
+
+    A message published while a handler runs carries the handled message's correlation
+    id and has its id as causation id; a caller may fix the message id (``Headers.ID``).
+    """
+    check_name("topic", topic)
+    if key is not None and not isinstance(key, str):
+        raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
+    value, content_type = encode(payload)
+    merged = {Headers.CONTENT_TYPE: content_type, **(headers or {})}
+    message_id = merged.setdefault(Headers.ID, uuid.uuid4().hex)
+    parent = current_message.get()
+    if parent is not None:
+        merged.setdefault(Headers.CORRELATION_ID, parent.correlation_id or parent.id)
+        merged.setdefault(Headers.CAUSATION_ID, parent.id)
+    else:
+        merged.setdefault(Headers.CORRELATION_ID, message_id)
+    return OutRecord(topic, value, key, merged, partition, deliver_at(delay))
