@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
+
+from ._threads import PollingThread
 
 __all__ = ["Checkpointer"]
 
@@ -26,42 +27,19 @@ _BYTES = 1 << 20
 _MAX_WAIT = 5.0
 
 
-class Checkpointer:
+class Checkpointer(PollingThread):
     """A thread that checkpoints the WAL when it has grown."""
 
     def __init__(
         self, connect: Callable[[], sqlite3.Connection], written: Callable[[], int]
     ) -> None:
-        self._connect = connect
+        super().__init__("tidings-sqlite-checkpoint", connect)
         self._written = written
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._main, name="tidings-sqlite-checkpoint", daemon=True
-        )
 
-    def start(self) -> None:
-        """Start checkpointing."""
-        self._thread.start()
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout = 0")  # someone else checkpointing: skip
 
-    def stop(self) -> None:
-        """Stop and wait for the thread (at most one checkpoint, ~10 ms)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _main(self) -> None:
-        try:
-            conn = self._connect()
-            conn.execute("PRAGMA busy_timeout = 0")  # someone else checkpointing: skip
-        except sqlite3.Error:
-            log.exception("tidings sqlite checkpointer cannot open the database")
-            return
-        try:
-            self._loop(conn)
-        finally:
-            conn.close()
-
-    def _loop(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: sqlite3.Connection) -> None:
         last_version, last_written, last_time = None, self._written(), time.monotonic()
         while not self._stop.wait(_INTERVAL):
             try:

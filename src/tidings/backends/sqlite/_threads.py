@@ -7,8 +7,10 @@ per record. The writer subclass (``_writer.py``) runs each batch in one transact
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -20,7 +22,7 @@ from ..._errors import TransportError
 from ..._records import OutRecord
 from ._errors import sqlite_errors
 
-__all__ = ["DbThread", "Job", "Outcome"]
+__all__ = ["DbThread", "Job", "Outcome", "PollingThread"]
 
 T = TypeVar("T")
 Call = Callable[[sqlite3.Connection], Any]
@@ -147,3 +149,45 @@ def _resolve(outcomes: list[Outcome], after: Callable[[], None] | None) -> None:
             future.set_exception(error)
     if after is not None:
         after()
+
+
+class PollingThread(abc.ABC):
+    """A daemon thread with its own connection that runs :meth:`_run` until stopped.
+
+    Subclasses loop on ``self._stop`` (an Event) and may prepare the connection first.
+    """
+
+    def __init__(self, name: str, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:  # noqa: B027 (an optional hook)
+        """Set up the thread's connection (nothing by default)."""
+
+    @abc.abstractmethod
+    def _run(self, conn: sqlite3.Connection) -> None:
+        """The thread's work, until ``self._stop`` is set."""
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+            self._prepare(conn)
+        except sqlite3.Error:
+            logging.getLogger("tidings.sqlite").exception(
+                "%s cannot open the database", self._thread.name)
+            return
+        try:
+            self._run(conn)
+        finally:
+            conn.close()

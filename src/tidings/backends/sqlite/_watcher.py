@@ -12,19 +12,19 @@ idle transport costs about 1% of a core; with no subscription to wake it polls e
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 
+from ._threads import PollingThread
+
 __all__ = ["Watcher"]
 
-log = logging.getLogger("tidings.sqlite")
+class Watcher(PollingThread):
+    """A thread that calls ``on_change`` on the event loop when the database changed.
 
-
-class Watcher:
-    """A thread that calls ``on_change`` on the event loop when the database changed."""
+    It sleeps at most 50 ms between polls, so ``stop()`` returns within that.
+    """
 
     def __init__(
         self,
@@ -34,37 +34,14 @@ class Watcher:
         listening: Callable[[], bool],
         last_activity: Callable[[], float],
     ) -> None:
-        self._connect = connect
+        super().__init__("tidings-sqlite-watch", connect)
         self._loop = loop
         self._on_change = on_change
         self._listening = listening
         self._last_activity = last_activity
-        self._stop = threading.Event()
         self._signalled = False
-        self._thread = threading.Thread(target=self._main, name="tidings-sqlite-watch", daemon=True)
 
-    def start(self) -> None:
-        """Start polling."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop polling and wait for the thread (it sleeps at most 50 ms)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _main(self) -> None:
-        try:
-            conn = self._connect()
-        except sqlite3.Error:
-            log.exception("tidings sqlite watcher cannot open the database")
-            return
-        try:
-            self._poll(conn)
-        finally:
-            conn.close()
-
-    def _poll(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: sqlite3.Connection) -> None:
         cursor = conn.cursor()
         last_version = None
         while not self._stop.is_set() and not self._loop.is_closed():
