@@ -26,6 +26,7 @@ from ._errors import ConfigurationError, FencedError, TransportError
 from ._offsets import OffsetTracker
 from ._records import OutRecord, Record, Start, TopicPartition
 from ._transaction import HeldOutputs, held_outputs, records_of
+from ._waiting import wait_event
 from .ports import Subscription, SupportsTransactions, TransactionalSubscription, Transport
 
 __all__ = ["Consumer", "ConsumerSpec", "Process"]
@@ -213,8 +214,7 @@ class Consumer:
             room = spec.max_in_flight - self._inflight
             if room <= 0:
                 self._progress.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), spec.commit_interval)
+                await wait_event(self._progress, spec.commit_interval)
             else:
                 try:
                     records = await self._subscription.fetch(

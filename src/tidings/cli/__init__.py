@@ -23,6 +23,7 @@ import click
 from .._app import DEFAULT_BROKER, App
 from .._errors import TidingsError
 from .._records import Start, TopicPartition
+from .._waiting import wait_event
 from ._admin import group_rows, topic_rows
 from ._dlq import dlq
 from ._output import emit
@@ -180,8 +181,7 @@ async def _wait_idle(done: asyncio.Event, progress: Callable[[], int], idle: flo
         if idle is not None and progress() == last:
             return
         last = progress()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), idle if idle is not None else 3600)
+        await wait_event(done, idle if idle is not None else 3600)
 
 
 def _print_record(record: Any, as_json: bool) -> None:
