@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, Message
 
@@ -32,12 +33,14 @@ def take(consumer: Consumer, max_messages: int, wait: float) -> list[Message]:
 def to_record(message: Message) -> Record:
     """The tidings record of a consumed message (headers and key decoded as UTF-8)."""
     key = message.key()
-    raw = message.headers()
-    headers = {
-        name: value.decode("utf-8", "replace") if type(value) is bytes else str(value or "")
-        for name, value in (raw.items() if isinstance(raw, dict) else raw)
-    } if raw else {}
-    return Record(  # positional: this runs once per consumed message
+    # A consumed message's headers are a list of (name, bytes or None); the stubs allow
+    # more. Plain loops, no comprehension: this runs once per consumed record.
+    raw = cast("list[tuple[str, bytes | None]] | None", message.headers())
+    headers: dict[str, str] = {}
+    if raw:
+        for name, value in raw:
+            headers[name] = value.decode("utf-8", "replace") if value is not None else ""
+    return Record(
         message.topic() or "",
         message.partition() or 0,
         message.offset() or 0,

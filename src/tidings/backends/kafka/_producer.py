@@ -2,20 +2,21 @@
 
 ``produce()`` only queues a record in librdkafka (microseconds, never a network round
 trip), so it runs on the event loop; librdkafka batches queued records by ``linger_ms``
-and ``batch_size``. A poller thread serves delivery reports and hands every finished
-append back to the loop in one ``call_soon_threadsafe`` per poll, so 100k concurrent
-appends cost a few hundred loop wake-ups, not 100k.
+and ``batch_size``. Delivery reports are served on the event loop too, by a non-blocking
+``poll(0)`` every millisecond while appends wait (every 100 ms otherwise, for client
+errors and logs). A poller thread did this before: each report's Python callback then
+had to win the GIL from the event loop, and that contention cost more CPU than the
+reports themselves (measured: publishing took ~30 % more CPU a record).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import threading
+import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -25,12 +26,15 @@ from ._translate import translate, translate_exception
 
 __all__ = ["DeliveryProducer", "check_sizes", "produce_args"]
 
-_POLL_SECONDS = 0.1
+log = logging.getLogger("tidings.kafka")
+
+_BUSY_POLL = 0.001  # seconds between polls while sends wait for their reports
+_IDLE_POLL = 0.1
 _OVERHEAD = 512  # bytes librdkafka adds around a record (batch and record headers)
 
 
 class _Append:
-    """The delivery reports of one ``append`` call, filled in on the poller thread."""
+    """The delivery reports of one ``append`` call, filled in as librdkafka serves them."""
 
     __slots__ = ("error", "finished", "future", "positions", "remaining")
 
@@ -38,17 +42,17 @@ class _Append:
         self, future: asyncio.Future[list[Position]], size: int, finished: deque[_Append]
     ) -> None:
         self.future = future
-        self.positions: list[Position | None] = [None] * size
+        self.positions: list[Message | None] = [None] * size
         self.remaining = size
         self.error: TransportError | None = None
         self.finished = finished
 
     def report(self, index: int, error: KafkaError | None, message: Message) -> None:
-        """librdkafka's delivery callback for record ``index`` (poller thread)."""
-        topic = message.topic() or ""
+        """librdkafka's delivery callback for record ``index`` (kept to the minimum:
+        positions are made in settle)."""
         if error is not None and self.error is None:
-            self.error = translate(error, "append", topic)
-        self.positions[index] = Position(topic, message.partition(), message.offset())
+            self.error = translate(error, "append", message.topic() or "")
+        self.positions[index] = message
         self.remaining -= 1
         if self.remaining == 0:
             self.finished.append(self)
@@ -60,7 +64,10 @@ class _Append:
         if self.error is not None:
             self.future.set_exception(self.error)
         else:
-            self.future.set_result([p for p in self.positions if p is not None])
+            self.future.set_result([
+                Position(m.topic() or "", m.partition(), m.offset())
+                for m in self.positions if m is not None
+            ])
 
 
 class DeliveryProducer:
@@ -70,17 +77,16 @@ class DeliveryProducer:
         self.producer = Producer(config)
         self._max_bytes = max_message_bytes
         self._finished: deque[_Append] = deque()  # appended to by delivery callbacks
-        self._closing = threading.Event()
+        self._waiting = 0  # sends awaiting their reports
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._timer: asyncio.Handle | None = None
+        self._busy = False  # whether the timer runs at the busy pace
+        self._closed = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the poller thread that serves delivery reports."""
+        """Start serving delivery reports on ``loop``."""
         self._loop = loop
-        self._thread = threading.Thread(
-            target=self._poll_loop, name="tidings-kafka-producer", daemon=True
-        )
-        self._thread.start()
+        self._timer = loop.call_soon(self._poll)
 
     async def send(self, records: Sequence[OutRecord]) -> list[Position]:
         """Queue ``records`` and wait until the broker acknowledged all of them.
@@ -90,72 +96,93 @@ class DeliveryProducer:
         """
         if not records:
             return []
-        prepared = [produce_args(record) for record in records]
-        check_sizes(records, prepared, self._max_bytes)
+        check_sizes(records, self._max_bytes)
         future: asyncio.Future[list[Position]] = asyncio.get_running_loop().create_future()
         report = _Append(future, len(records), self._finished).report
-        produce = self.producer.produce
-        index = 0
-        while index < len(records):  # one tight loop: this is the publishing hot path
-            record = records[index]
-            key, partition, headers = prepared[index]
-            try:
-                produce(record.topic, record.value, key, partition,
-                        on_delivery=functools.partial(report, index), headers=headers)
-            except BufferError:  # librdkafka's queue is full: let the poller drain it
-                await asyncio.sleep(0.005)
-                continue
-            except KafkaException as exc:
-                raise translate_exception(exc, "append", record.topic) from exc
-            index += 1
-        return await future
+        produce, partial = self.producer.produce, functools.partial
+        self._waiting += 1
+        try:
+            index = 0
+            while index < len(records):  # one tight loop: this is the publishing hot path
+                record = records[index]
+                key, partition, headers = produce_args(record)
+                try:
+                    produce(record.topic, record.value, key, partition,
+                            on_delivery=partial(report, index), headers=headers)
+                except BufferError:  # librdkafka's queue is full: serve reports, let it send
+                    self._serve()
+                    await asyncio.sleep(0.002)
+                    continue
+                except KafkaException as exc:
+                    raise translate_exception(exc, "append", record.topic) from exc
+                index += 1
+            if not self._busy:
+                self._reschedule(_BUSY_POLL)
+            return await future
+        finally:
+            self._waiting -= 1
 
-    def _poll_loop(self) -> None:
-        while not self._closing.is_set():
-            self.producer.poll(_POLL_SECONDS)
-            self._hand_over()
-        self.producer.poll(0)
-        self._hand_over()
+    def _poll(self) -> None:
+        self._serve()
+        if not self._closed:
+            self._reschedule(_BUSY_POLL if self._waiting else _IDLE_POLL)
 
-    def _hand_over(self) -> None:
-        if not self._finished or self._loop is None:
-            return
-        done = [self._finished.popleft() for _ in range(len(self._finished))]
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            self._loop.call_soon_threadsafe(_settle_all, done)
+    def _reschedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._loop is not None and not self._closed:
+            self._busy = delay == _BUSY_POLL
+            self._timer = self._loop.call_later(delay, self._poll)
+
+    def _serve(self) -> None:
+        """Serve the delivery reports that arrived and settle finished sends (loop thread)."""
+        try:
+            self.producer.poll(0)
+        except Exception:  # a client callback failed: keep serving the others
+            log.exception("serving Kafka producer events failed")
+        _settle_all(self._finished)
 
     async def close(self, timeout: float) -> None:
-        """Deliver what is queued (up to ``timeout``), fail the rest, stop the poller."""
-        if self._thread is None:
+        """Deliver what is queued (up to ``timeout``), fail the rest, stop polling."""
+        if self._loop is None or self._closed:
             return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        # flush() serves the reports on its own thread; sends are settled below.
         left = await asyncio.to_thread(self.producer.flush, timeout)
         if left:
             # Undelivered records get a _PURGE_QUEUE delivery error: their appends raise.
             self.producer.purge(in_queue=True, in_flight=True, blocking=False)
-        self._closing.set()
-        await asyncio.to_thread(self._thread.join, 5)
-        self._thread = None
+        self._serve()
 
 
-Headers = list[tuple[str, str | bytes | None]]
+WireHeaders = dict[str, str | bytes | None]
 
 
-Args = tuple[bytes | None, int, Headers]
+def produce_args(record: OutRecord) -> tuple[str | None, int, WireHeaders]:
+    """The key, partition (-1: the partitioner's choice) and headers librdkafka takes
+    (it encodes str keys and header values as UTF-8 itself; it wants a real dict)."""
+    headers = record.headers
+    return (
+        record.key,
+        record.partition if record.partition is not None else -1,
+        cast(WireHeaders, headers if type(headers) is dict else dict(headers)),
+    )
 
 
-def produce_args(record: OutRecord) -> Args:
-    """The key, partition (-1: the partitioner's choice) and headers librdkafka takes."""
-    headers: Headers = [(name, value.encode()) for name, value in record.headers.items()]
-    key = record.key.encode() if record.key is not None else None
-    return key, record.partition if record.partition is not None else -1, headers
-
-
-def check_sizes(records: Sequence[OutRecord], prepared: Sequence[Args], max_bytes: int) -> None:
+def check_sizes(records: Sequence[OutRecord], max_bytes: int) -> None:
     """Refuse, before sending anything, a record larger than ``max_bytes``."""
-    for record, (key, _, headers) in zip(records, prepared, strict=True):
-        size = len(record.value) + len(key or b"") + _OVERHEAD
-        for name, value in headers:
-            size += len(name) + len(value or b"")
+    for record in records:
+        # A quick upper bound first (UTF-8 takes at most 4 bytes a character).
+        chars = len(record.key or "") + sum(map(len, record.headers)) \
+            + sum(map(len, record.headers.values()))
+        size = len(record.value) + _OVERHEAD + 4 * chars
+        if size <= max_bytes:
+            continue
+        size = len(record.value) + _OVERHEAD + len((record.key or "").encode()) + sum(
+            len(name.encode()) + len(value.encode()) for name, value in record.headers.items()
+        )
         if size > max_bytes:
             raise MessageTooLargeError(
                 f"record of ~{size} bytes for topic {record.topic!r} exceeds "
@@ -163,6 +190,6 @@ def check_sizes(records: Sequence[OutRecord], prepared: Sequence[Args], max_byte
             )
 
 
-def _settle_all(done: list[_Append]) -> None:
-    for append in done:
-        append.settle()
+def _settle_all(finished: deque[_Append]) -> None:
+    while finished:
+        finished.popleft().settle()

@@ -168,8 +168,11 @@ class KafkaSubscription(Subscription):
         return 2 * self._settings.session_timeout + 1
 
     async def _consume(self, max_records: int, wait: float) -> list[Record]:
-        messages = await self._call("fetch", lambda c: self._take(c, max_records, wait))
-        return to_records(messages, "fetch")
+        # Converted on the driver thread, right after the fetch: the event loop only
+        # receives finished records and runs handlers meanwhile.
+        return await self._call(
+            "fetch", lambda c: to_records(self._take(c, max_records, wait), "fetch")
+        )
 
     def _take(self, consumer: Consumer, max_records: int, wait: float) -> list[Message]:
         """Driver thread: ``take``, minus messages of partitions this member gave up

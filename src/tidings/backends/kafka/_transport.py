@@ -37,7 +37,7 @@ from ...ports import (
 from . import _delay
 from ._admin import KafkaAdmin
 from ._forwarder import DelayForwarder
-from ._producer import DeliveryProducer, check_sizes, produce_args
+from ._producer import DeliveryProducer, check_sizes
 from ._reader import PartitionReader
 from ._settings import KafkaSettings
 from ._subscription import KafkaSubscription
@@ -161,7 +161,7 @@ class KafkaTransport(Transport, SupportsTransactions):
         """What ``append`` does before producing: size checks, delayed records routed to
         their tier, missing topics created (for records sent in a transaction)."""
         admin, _, _ = self._require()
-        check_sizes(records, [produce_args(r) for r in records], self.settings.max_message_bytes)
+        check_sizes(records, self.settings.max_message_bytes)
         if admin.knows_all(records):
             return list(records)
         now = _delay.now()
