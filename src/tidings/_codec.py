@@ -21,10 +21,11 @@ Decoder = Callable[[bytes], Any]
 
 def encode(payload: object) -> tuple[bytes, str]:
     """Return ``(bytes, content type)``; raise SerializationError for what JSON cannot hold."""
-    if isinstance(payload, bytes | bytearray | memoryview):
-        return bytes(payload), OCTETS
-    if isinstance(payload, pydantic.BaseModel):
-        return payload.model_dump_json().encode(), JSON
+    if type(payload) is not dict:  # a dict, the common case, skips the isinstance chain
+        if isinstance(payload, bytes | bytearray | memoryview):
+            return bytes(payload), OCTETS
+        if isinstance(payload, pydantic.BaseModel):
+            return payload.model_dump_json().encode(), JSON
     try:
         return pydantic_core.to_json(payload), JSON
     except pydantic_core.PydanticSerializationError as exc:

@@ -36,12 +36,15 @@ class Headers:
     DLQ_RESOLVES = "tidings-dlq-resolves"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """A received message: the record plus what tidings knows about this delivery.
 
     ``attempt`` counts deliveries to this handler in this process, starting at 1; a
-    message redelivered after a crash starts again at 1.
+    message redelivered after a crash starts again at 1. ``correlation_id`` is the
+    conversation's: the first message's id, carried by everything it caused (a message
+    that starts one has no header and its own id here). Read-only by convention (a
+    plain slotted dataclass: one is built for every delivery).
     """
 
     id: str
@@ -60,22 +63,23 @@ class Message:
     def from_record(cls, record: Record, attempt: int) -> Message:
         """Build the envelope of ``record`` for delivery number ``attempt``."""
         headers = record.headers
-        return cls(
-            id=headers.get(Headers.ID) or f"{record.topic}-{record.partition}-{record.offset}",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            headers=headers,
-            timestamp=record.timestamp,
-            attempt=attempt,
-            correlation_id=headers.get(Headers.CORRELATION_ID),
-            causation_id=headers.get(Headers.CAUSATION_ID),
-            body=record.value,
+        message_id = headers.get(Headers.ID) or f"{record.topic}-{record.partition}-{record.offset}"
+        return cls(  # positional: this runs once per handled message
+            message_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            headers,
+            record.timestamp,
+            attempt,
+            headers.get(Headers.CORRELATION_ID) or message_id,
+            headers.get(Headers.CAUSATION_ID),
+            record.value,
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Published:
     """What ``App.publish`` returns: the message id and where it landed.
 

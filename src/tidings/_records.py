@@ -1,4 +1,9 @@
-"""Plain value types shared by the core and every backend."""
+"""Plain value types shared by the core and every backend.
+
+:class:`Record`, :class:`OutRecord` and :class:`Position` are made once per message on
+the hot paths, so they are plain slotted dataclasses rather than frozen ones (whose
+``__init__`` costs four times as much); treat them as read-only all the same.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class Start(enum.StrEnum):
     LATEST = "latest"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """A record as stored in a partition of the log."""
 
@@ -48,7 +53,7 @@ class Record:
     timestamp: float  # seconds since the epoch, when the record entered the log
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutRecord:
     """A record to append. ``deliver_at`` (epoch seconds) delays it durably."""
 
@@ -60,7 +65,7 @@ class OutRecord:
     deliver_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Position:
     """Where an appended record landed; ``offset`` is None while it is scheduled."""
 
