@@ -11,6 +11,7 @@ from datetime import UTC, tzinfo
 from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
+from ._batch import batch_process
 from ._codec import decoder_for, encode
 from ._consumer import Consumer, Process
 from ._cron import CatchUp, cron
@@ -96,6 +97,8 @@ class App:
         start: str | Start = Start.EARLIEST,
         partitions: int | None = None,
         exactly_once: bool = False,
+        batch: bool = False,
+        max_batch: int = 500,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic`` in consumer group ``group`` (default: the app's
         name). Every group gets every message; members of a group share the partitions.
@@ -103,12 +106,17 @@ class App:
         ``max_in_flight`` are fetched and unfinished (backpressure). With
         ``exactly_once``, what the handler publishes is appended in one broker
         transaction with the consumed offset (backends with transactions only: Kafka).
-        Returns the function unchanged."""
+        With ``batch``, the handler takes a list of payloads (``list[Event]``, and
+        optionally a ``list[Message]``): up to ``max_batch`` messages fetched together,
+        one batch at a time; a failing batch is retried whole, then dead-lettered
+        record by record (see :mod:`tidings._batch`). Returns the function unchanged."""
         topics = (topic,) if isinstance(topic, str) else tuple(topic)
+        if batch and (not isinstance(max_batch, int) or max_batch < 1):
+            raise ConfigurationError(f"max_batch must be an int >= 1, not {max_batch!r}")
         return self._register(
             Role.SUBSCRIBER, topics, group=group, concurrency=concurrency, retry=retry,
             max_in_flight=max_in_flight, start=start, partitions=partitions,
-            exactly_once=exactly_once,
+            exactly_once=exactly_once, batch=max_batch if batch else 0,
         )
 
     def responder(
@@ -140,7 +148,8 @@ class App:
             check_name("topic", topic)
 
         def register(func: F) -> F:
-            spec = SubscriberSpec.build(role, topics, inspect_handler(func), self, **options)
+            handler = inspect_handler(func, batch=bool(options.get("batch")))
+            spec = SubscriberSpec.build(role, topics, handler, self, **options)
             if self._running:
                 raise ConfigurationError("register subscribers before the app starts")
             for other in self._subscribers:
@@ -198,8 +207,10 @@ class App:
             for spec in self._subscribers:
                 for topic in spec.topics:
                     await self._transport.ensure_topic(topic, spec.partitions)
-                process = self._process_for(spec)
-                consumer = Consumer(self._transport, spec.consumer_spec(self), process)
+                batch = batch_process(spec.handler, spec.group, spec.retry, self._emit) \
+                    if spec.batch else None
+                consumer = Consumer(self._transport, spec.consumer_spec(self),
+                                    self._process_for(spec), batch)
                 await consumer.start()
                 self._consumers.append(consumer)
             await self._wait_joined()
@@ -359,6 +370,7 @@ class App:
     def _process_for(self, spec: SubscriberSpec) -> Process:
         handler, policy, group = spec.handler, spec.retry, spec.group
         replies = spec.role is Role.RESPONDER
+        decode, invoke, takes_payload = handler.decode, handler.invoke, handler.takes_payload
 
         async def process(record: Record, attempt: int) -> float | None:
             headers = record.headers
@@ -370,8 +382,8 @@ class App:
             message = Message.from_record(record, attempt)
             token = current_message.set(message)
             try:
-                payload = handler.decode(record.value) if handler.takes_payload else None
-                result = await handler.call(payload, message)
+                payload = decode(record.value) if takes_payload else None
+                result = await invoke(payload, message)
             except Exception as exc:
                 if replies:
                     await self._reply(record, exc)

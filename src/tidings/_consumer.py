@@ -29,14 +29,16 @@ from ._transaction import HeldOutputs, held_outputs, records_of
 from ._waiting import wait_event
 from .ports import Subscription, SupportsTransactions, TransactionalSubscription, Transport
 
-__all__ = ["Consumer", "ConsumerSpec", "Process"]
+__all__ = ["BatchProcess", "Consumer", "ConsumerSpec", "Process"]
 
 log = logging.getLogger("tidings.consumer")
 
 #: Handle one record at delivery ``attempt``; None when finished, else seconds to retry after.
 Process = Callable[[Record, int], Awaitable[float | None]]
 
-_Item = tuple[Record, int, int, TopicPartition]  # record, attempt, partition's epoch, partition
+#: Handle a batch at delivery ``attempt``: None when all are finished, else the records
+#: to run again (as one batch) and the seconds to wait first; the others are finished.
+BatchProcess = Callable[[list[Record], int], Awaitable["tuple[list[Record], float] | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,32 @@ class ConsumerSpec:
     client: str = ""
     priority_of: Callable[[Record], int] | None = None
     transactional: bool = False
+    batch: int = 0  # > 0: hand records to a BatchProcess, up to this many at a time
+
+
+
+class _Partition:
+    """What the runtime tracks for one partition it owns (or reads, without a group).
+
+    ``accepting``: queued records of it may still start (cleared on revoke and loss).
+    ``tracked``: results of running handlers still count (cleared when forgotten).
+    A re-assigned partition gets a new object, so stale work can never touch it.
+    """
+
+    __slots__ = ("accepting", "active", "inflight", "lanes", "tp", "tracked", "tracker")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.tracker = OffsetTracker()
+        self.inflight = 0  # fetched and not finished
+        self.active = 0  # handlers running now
+        # A key with a running record; its deque (made on demand) holds the ones waiting.
+        self.lanes: dict[str, deque[Record] | None] = {}
+        self.accepting = True
+        self.tracked = True
+
+
+_Item = tuple[Record, int, _Partition]  # record, delivery attempt, its partition
 
 
 class _Ready:
@@ -64,34 +92,39 @@ class _Ready:
         self._fifo: deque[_Item] = deque()
         self._heap: list[tuple[int, int, _Item]] = []
         self._seq = itertools.count()
-
-    def push(self, item: _Item) -> None:
-        if self._priority_of is None:
-            self._fifo.append(item)
+        if priority_of is None:  # the hot path: the deque's own methods, no wrapper
+            self.push: Callable[[_Item], None] = self._fifo.append
+            self.pop: Callable[[], _Item] = self._fifo.popleft
         else:
-            heapq.heappush(self._heap, (-self._priority_of(item[0]), next(self._seq), item))
+            self.push, self.pop = self._push_priority, self._pop_priority
 
-    def pop(self) -> _Item:
-        return self._fifo.popleft() if self._priority_of is None else heapq.heappop(self._heap)[2]
+    def _push_priority(self, item: _Item) -> None:
+        assert self._priority_of is not None
+        heapq.heappush(self._heap, (-self._priority_of(item[0]), next(self._seq), item))
 
-    def __len__(self) -> int:
-        return len(self._fifo) + len(self._heap)
+    def _pop_priority(self) -> _Item:
+        return heapq.heappop(self._heap)[2]
+
+    def __bool__(self) -> bool:
+        return bool(self._fifo) or bool(self._heap)
 
 
 class Consumer:
     """Runs one subscriber until stopped."""
 
-    def __init__(self, transport: Transport, spec: ConsumerSpec, process: Process) -> None:
+    def __init__(self, transport: Transport, spec: ConsumerSpec, process: Process,
+                 batch_process: BatchProcess | None = None) -> None:
+        if spec.batch and (batch_process is None or spec.concurrency != 1
+                           or spec.transactional or spec.priority_of is not None):
+            raise ConfigurationError("a batch consumer takes a batch process, one worker, "
+                                     "no transactions and no priorities")
         self._transport = transport
         self.spec = spec
         self._process = process
+        self._batch_process = batch_process
+        self._stopped = asyncio.Event()
         self._ready = _Ready(spec.priority_of)
-        # A key with a running record; its deque (made on demand) holds the ones waiting.
-        self._lanes: dict[tuple[TopicPartition, str], deque[Record] | None] = {}
-        self._trackers: dict[TopicPartition, OffsetTracker] = {}
-        self._epochs: dict[TopicPartition, int] = {}
-        self._owned_inflight: dict[TopicPartition, int] = {}
-        self._active: dict[TopicPartition, int] = {}
+        self._parts: dict[TopicPartition, _Partition] = {}
         self._inflight = 0
         self._timers: set[asyncio.TimerHandle] = set()
         self._has_work = asyncio.Event()
@@ -121,6 +154,9 @@ class Consumer:
                 spec.group, spec.topics, self, start=spec.start, client=spec.client
             )
         self._tasks = [asyncio.create_task(self._fetch_loop(), name="tidings-fetch")]
+        if spec.batch:
+            self._tasks.append(asyncio.create_task(self._batch_worker(), name="tidings-batch"))
+            return
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"tidings-worker-{i}")
             for i in range(self.spec.concurrency)
@@ -139,6 +175,7 @@ class Consumer:
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish, commit, and leave the group."""
         self._stopping = True
+        self._stopped.set()
         self._has_work.set()
         self._progress.set()
         for timer in self._timers:
@@ -155,6 +192,7 @@ class Consumer:
     def abandon(self) -> None:
         """Stop at once without committing or leaving: what a crash looks like."""
         self._stopping = True
+        self._stopped.set()
         for task in self._tasks:
             task.cancel()
         for timer in self._timers:
@@ -168,17 +206,17 @@ class Consumer:
     async def on_assigned(self, partitions: Collection[TopicPartition]) -> None:
         """Start tracking newly owned partitions."""
         for tp in partitions:
-            self._trackers[tp] = OffsetTracker()
-            self._epochs[tp] = self._epochs.get(tp, 0) + 1
-            self._owned_inflight[tp] = 0
+            self._forget([tp])  # a stale entry (assigned twice without a revoke)
+            self._parts[tp] = _Partition(tp)
         self.started.set()
 
     async def on_revoked(self, partitions: Collection[TopicPartition]) -> None:
         """Drop queued work of these partitions, let running handlers finish, commit."""
-        for tp in partitions:
-            self._epochs[tp] = self._epochs.get(tp, 0) + 1  # queued and retrying items go stale
-        self._drop_lanes(set(partitions))  # so a finishing handler starts no successor
-        while any(self._active.get(tp, 0) for tp in partitions):
+        parts = [part for tp in partitions if (part := self._parts.get(tp)) is not None]
+        for part in parts:
+            part.accepting = False  # queued and retrying records go stale
+            part.lanes.clear()  # so a finishing handler starts no successor
+        while any(part.active for part in parts):
             self._progress.clear()
             await self._progress.wait()
         with contextlib.suppress(FencedError):
@@ -187,23 +225,18 @@ class Consumer:
 
     async def on_lost(self, partitions: Collection[TopicPartition]) -> None:
         """Another member owns these partitions now: drop their work uncommitted."""
-        for tp in partitions:
-            self._epochs[tp] = self._epochs.get(tp, 0) + 1
         self._forget(partitions)
 
     def _forget(self, partitions: Collection[TopicPartition]) -> None:
-        gone = set(partitions)
-        for tp in gone:
-            self._trackers.pop(tp, None)
-            self._inflight -= self._owned_inflight.pop(tp, 0)
-        self._drop_lanes(gone)
+        for tp in partitions:
+            part = self._parts.pop(tp, None)
+            if part is not None:
+                part.accepting = part.tracked = False
+                part.lanes.clear()
+                self._inflight -= part.inflight
         if self._held is not None:
-            self._held.drop(gone)
+            self._held.drop(set(partitions))
         self._progress.set()
-
-    def _drop_lanes(self, partitions: set[TopicPartition]) -> None:
-        for lane in [lane for lane in self._lanes if lane[0] in partitions]:
-            del self._lanes[lane]
 
     # -- fetching and dispatch -----------------------------------------------------
 
@@ -225,35 +258,38 @@ class Consumer:
                     await asyncio.sleep(0.5)
                     continue
                 self.started.set()
-                for record in records:
-                    self._submit(record)
+                if records:
+                    self._submit(records)
             await self._commit_if_due()
 
-    def _submit(self, record: Record) -> None:
-        tp = TopicPartition(record.topic, record.partition)
-        tracker = self._trackers.get(tp)
-        if tracker is None:  # a group-less read: partitions are never assigned
-            tracker = self._trackers[tp] = OffsetTracker()
-            self._epochs.setdefault(tp, 1)
-            self._owned_inflight[tp] = 0
-        tracker.add(record.offset)
-        self._inflight += 1
-        self._owned_inflight[tp] += 1
-        if record.key is not None:
-            lane = (tp, record.key)
-            lanes = self._lanes
-            if lane in lanes:
-                queue = lanes[lane]
-                if queue is None:
-                    queue = lanes[lane] = deque()
-                queue.append(record)
-                return
-            lanes[lane] = None
-        self._ready.push((record, 1, self._epochs[tp], tp))
+    def _submit(self, records: list[Record]) -> None:
+        parts, push, ordered = self._parts, self._ready.push, not self.spec.batch
+        part: _Partition | None = None
+        for record in records:  # records of one partition come together: look it up once
+            if part is None or record.partition != part.tp.partition \
+                    or record.topic != part.tp.topic:
+                tp = TopicPartition(record.topic, record.partition)
+                part = parts.get(tp)
+                if part is None:  # a group-less read: partitions are never assigned
+                    part = parts[tp] = _Partition(tp)
+            part.tracker.add(record.offset)
+            part.inflight += 1
+            key = record.key
+            if key is not None and ordered:  # a batch consumer runs one batch at a time
+                lanes = part.lanes
+                if key in lanes:
+                    queue = lanes[key]
+                    if queue is None:
+                        queue = lanes[key] = deque()
+                    queue.append(record)
+                    continue
+                lanes[key] = None
+            push((record, 1, part))
+        self._inflight += len(records)
         self._has_work.set()
 
     async def _worker(self) -> None:
-        ready = self._ready
+        ready, process, held = self._ready, self._process, self._held
         while True:
             while not ready:
                 if self._stopping:
@@ -262,44 +298,83 @@ class Consumer:
                 await self._has_work.wait()
             if self._stopping:
                 return
-            record, attempt, epoch, tp = ready.pop()
-            if self._epochs.get(tp) != epoch:
+            record, attempt, part = ready.pop()
+            if not part.accepting:
                 continue
-            tracker = self._trackers.get(tp)
-            outputs: list[OutRecord] | None = None if self._held is None else []
-            self._active[tp] = self._active.get(tp, 0) + 1
+            outputs: list[OutRecord] | None = None if held is None else []
+            part.active += 1
+            token = held_outputs.set(outputs) if outputs is not None else None
             try:
-                delay = await self._run(record, attempt, outputs)
+                delay = await process(record, attempt)
+            except Exception:
+                log.exception("tidings failed to process %s[%d]@%d; retrying",
+                              record.topic, record.partition, record.offset)
+                delay = 1.0
             finally:
-                self._active[tp] -= 1
-            # A revoked partition keeps its tracker until its running handlers are done;
-            # a lost (or lost and re-assigned) one does not, and its results are dropped.
-            if self._trackers.get(tp) is tracker:
-                if outputs and delay is None and self._held is not None:
-                    self._held.add(tp, record.offset, outputs)
-                self._after(record, attempt, epoch, tp, delay)
+                part.active -= 1
+                if token is not None:
+                    held_outputs.reset(token)
+            # A revoked partition stays tracked until its running handlers are done; a
+            # lost (or lost and re-assigned) one does not, and its results are dropped.
+            if part.tracked:
+                if outputs and delay is None and held is not None:
+                    held.add(part.tp, record.offset, outputs)
+                if delay is None:
+                    self._finish(record, part)
+                else:
+                    self._retry_later((record, attempt + 1, part), delay)
             self._progress.set()
 
-    async def _run(self, record: Record, attempt: int, outputs: list[OutRecord] | None
-                   ) -> float | None:
-        token = held_outputs.set(outputs) if outputs is not None else None
-        try:
-            return await self._process(record, attempt)
-        except Exception:
-            log.exception("tidings failed to process %s[%d]@%d; retrying",
-                          record.topic, record.partition, record.offset)
-            return 1.0
-        finally:
-            if token is not None:
-                held_outputs.reset(token)
+    async def _batch_worker(self) -> None:
+        """One batch at a time: what is ready (in fetch order, so each partition's in
+        offset order), up to ``spec.batch`` records; a failed batch is retried whole,
+        and holds back the consumer while it waits (as a batch listener must)."""
+        assert self._batch_process is not None
+        ready, size = self._ready, self.spec.batch
+        while True:
+            while not ready:
+                if self._stopping:
+                    return
+                self._has_work.clear()
+                await self._has_work.wait()
+            if self._stopping:
+                return
+            items: list[_Item] = []
+            while ready and len(items) < size:
+                item = ready.pop()
+                if item[2].accepting:
+                    items.append(item)
+            if items:
+                await self._run_batch(items, self._batch_process)
+            self._progress.set()
 
-    def _after(self, record: Record, attempt: int, epoch: int, tp: TopicPartition,
-               delay: float | None) -> None:
-        if delay is None:
-            self._finish(record, tp)
-            return
-        item = (record, attempt + 1, epoch, tp)
+    async def _run_batch(self, items: list[_Item], process: BatchProcess) -> None:
+        attempt = 1
+        while True:
+            parts = {id(part): part for _, _, part in items}.values()
+            for part in parts:
+                part.active += 1
+            try:
+                outcome = await process([record for record, _, _ in items], attempt)
+            except Exception:
+                log.exception("tidings failed to process a batch of %d; retrying", len(items))
+                outcome = [record for record, _, _ in items], 1.0
+            finally:
+                for part in parts:
+                    part.active -= 1
+            again = {id(record) for record in outcome[0]} if outcome is not None else set()
+            for record, _, part in items:
+                if id(record) not in again and part.tracked:
+                    part.tracker.finish(record.offset)
+                    part.inflight -= 1
+                    self._inflight -= 1
+            self._progress.set()
+            items = [item for item in items if id(item[0]) in again and item[2].accepting]
+            if outcome is None or not items or await wait_event(self._stopped, outcome[1]):
+                return  # done, revoked, or stopping: what is unfinished is redelivered
+            attempt += 1
 
+    def _retry_later(self, item: _Item, delay: float) -> None:
         def requeue() -> None:
             self._timers.discard(timer)
             if not self._stopping:
@@ -309,21 +384,19 @@ class Consumer:
         timer = asyncio.get_running_loop().call_later(delay, requeue)
         self._timers.add(timer)
 
-    def _finish(self, record: Record, tp: TopicPartition) -> None:
-        tracker = self._trackers.get(tp)
-        if tracker is None:
-            return
-        tracker.finish(record.offset)
+    def _finish(self, record: Record, part: _Partition) -> None:
+        part.tracker.finish(record.offset)
+        part.inflight -= 1
         self._inflight -= 1
-        self._owned_inflight[tp] -= 1
-        if record.key is not None:
-            lane = (tp, record.key)
-            queue = self._lanes.get(lane)
+        key = record.key
+        if key is not None:
+            lanes = part.lanes
+            queue = lanes.get(key)
             if queue:
-                self._ready.push((queue.popleft(), 1, self._epochs[tp], tp))
+                self._ready.push((queue.popleft(), 1, part))
                 self._has_work.set()
             else:
-                self._lanes.pop(lane, None)
+                lanes.pop(key, None)
 
     # -- commits -------------------------------------------------------------------
 
@@ -342,8 +415,8 @@ class Consumer:
         self._last_commit = time.monotonic()
         wanted = set(only) if only else None
         trackers = [
-            (tp, tr) for tp, tr in self._trackers.items()
-            if tr.dirty and (wanted is None or tp in wanted)
+            (tp, part.tracker) for tp, part in self._parts.items()
+            if part.tracker.dirty and (wanted is None or tp in wanted)
         ]
         if not trackers:
             return

@@ -41,13 +41,14 @@ class SubscriberSpec:
     start: Start
     partitions: int | None
     exactly_once: bool = False
+    batch: int = 0  # a batch handler's max_batch; 0 for a per-message handler
 
     @classmethod
     def build(
         cls, role: Role, topics: tuple[str, ...], handler: Handler, app: App, *,
         group: str | None = None, concurrency: int = 1, retry: RetryPolicy | None = None,
         max_in_flight: int | None = None, start: str | Start = Start.EARLIEST,
-        partitions: int | None = None, exactly_once: bool = False,
+        partitions: int | None = None, exactly_once: bool = False, batch: int = 0,
     ) -> SubscriberSpec:
         """Validate a declaration; every mistake is a ConfigurationError here, not later."""
         if not topics:
@@ -58,6 +59,11 @@ class SubscriberSpec:
             raise ConfigurationError(f"max_in_flight must be >= 1, not {max_in_flight!r}")
         if partitions is not None and partitions < 1:
             raise ConfigurationError(f"partitions must be >= 1, not {partitions!r}")
+        if batch and (concurrency != 1 or exactly_once):
+            raise ConfigurationError(
+                "a batch subscriber runs one batch at a time, without exactly_once "
+                "(concurrency=1)"
+            )
         try:
             start = Start(start)
         except ValueError:
@@ -67,8 +73,8 @@ class SubscriberSpec:
         return cls(
             role=role, topics=topics, handler=handler, group=group or app.name,
             concurrency=concurrency, retry=retry or app.retry,
-            max_in_flight=max_in_flight or max(1000, 2 * concurrency), start=start,
-            partitions=partitions, exactly_once=bool(exactly_once),
+            max_in_flight=max_in_flight or max(1000, 2 * concurrency, 2 * batch), start=start,
+            partitions=partitions, exactly_once=bool(exactly_once), batch=batch,
         )
 
     def consumer_spec(self, app: App) -> ConsumerSpec:
@@ -78,10 +84,11 @@ class SubscriberSpec:
             topics=self.topics,
             concurrency=self.concurrency,
             max_in_flight=self.max_in_flight,
-            fetch_batch=min(500, self.max_in_flight),
+            fetch_batch=min(max(500, self.batch), self.max_in_flight),
             start=self.start,
             shutdown_timeout=app.shutdown_timeout,
             client=app.instance_id,
             priority_of=queue_priority if self.role is Role.WORKER else None,
             transactional=self.exactly_once,
+            batch=self.batch,
         )
