@@ -7,13 +7,20 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy import MetaData, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["Database", "InlineConnection"]
+__all__ = ["MAX_BATCH", "Database", "InlineConnection"]
+
+T = TypeVar("T")
+
+#: The most units of work one group commit holds.
+MAX_BATCH = 200
+
+Work = Callable[[AsyncConnection], Awaitable[Any]]
 
 
 class InlineConnection(aiosqlite.Connection):
@@ -59,8 +66,9 @@ def _pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """A service's database: one writer at a time (SQLite allows no more), many readers.
 
-    Writes go through :meth:`write`, which serialises them inside the process, so a
-    transaction never fails on a lock another of our own coroutines holds.
+    Writes go through :meth:`run` (group commit) or :meth:`write`, which serialise them
+    inside the process, so a transaction never fails on a lock another of our own
+    coroutines holds.
     """
 
     def __init__(self, path: Path, metadata: MetaData) -> None:
@@ -73,6 +81,8 @@ class Database:
         )
         event.listen(self.engine.sync_engine, "connect", _pragmas)
         self.write_lock = asyncio.Lock()
+        self._queue: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._on_create: list[Callable[[AsyncEngine], Awaitable[None]]] = []
 
     def on_create(self, hook: Callable[[AsyncEngine], Awaitable[None]]) -> None:
@@ -92,6 +102,68 @@ class Database:
         async with self.write_lock, self.engine.begin() as conn:
             yield conn
 
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work(conn)`` in a write transaction and return its result once committed.
+
+        Group commit: the units of work of every caller waiting meanwhile share one
+        transaction and one COMMIT, each in its own savepoint, so one that raises rolls
+        back only its own writes and raises to its own caller. A unit of work should not
+        wait on anything but its statements (the transaction stays open until it
+        returns). Cancelling the caller may still let its work commit.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name=f"commit {self.path.name}")
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    async with self.write_lock:
+                        await self._commit(batch)
+                except Exception as exc:  # nothing committed: every caller gets the error
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                except BaseException:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+        finally:
+            self._flusher = None
+            if self._queue:  # cancelled with callers waiting: they must not hang
+                for _, future in self._queue:
+                    future.cancel()
+                self._queue.clear()
+
+    async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        async with self.engine.begin() as conn:
+            raw = await _sqlite(conn)
+            raw.execute("BEGIN IMMEDIATE")  # the driver would begin at the first write
+            for work, future in batch:
+                if future.done():  # its caller was cancelled before it ran
+                    continue
+                raw.execute("SAVEPOINT work")
+                try:
+                    result = await work(conn)
+                except Exception as exc:
+                    raw.execute("ROLLBACK TO work")
+                    results.append((future, None, exc))
+                else:
+                    results.append((future, result, None))
+                raw.execute("RELEASE work")
+        for future, result, error in results:  # committed: answer every caller
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only connection (sees the last committed state)."""
@@ -101,3 +173,13 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+async def _sqlite(conn: AsyncConnection) -> sqlite3.Connection:
+    """The sqlite3 connection under ``conn`` (an :class:`InlineConnection`'s), for the
+    savepoints of a group commit: cheap statements SQLAlchemy need not know about."""
+    fairy = await conn.get_raw_connection()
+    driver = fairy.driver_connection
+    assert isinstance(driver, InlineConnection)
+    assert driver._connection is not None
+    return driver._connection

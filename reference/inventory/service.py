@@ -158,8 +158,7 @@ def _command_handlers(service: Service, stock: Stock) -> None:
     async def on_command(command: InventoryCommand) -> StockEvent:
         """The saga's requests. Each is idempotent per order (a re-sent request gets the
         recorded outcome again), so no inbox: a duplicate still needs its reply."""
-        async with uow.transaction() as tx:
-            return await _obey(tx, stock, command)
+        return await uow.run(lambda tx: _obey(tx, stock, command))
 
 
 async def _obey(tx: Tx, stock: Stock, command: ReserveStock | CommitStock | ReleaseStock

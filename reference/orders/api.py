@@ -135,10 +135,12 @@ def add_routes(service: Service, store: OrderStore, fraud: FraudCheck, start: St
             order_id=created.order_id, user_id=order.user_id, total_cents=total,
             lines=len(order.items),
             account_age_s=time.time() - store.known_users[order.user_id]))
-        async with service.uow.transaction() as tx:
+        async def record(tx: Tx) -> None:
             await store.insert(tx, created, cancel)
             if cancel is None:
                 await start(tx, created.order_id, order, total)
+
+        await service.uow.run(record)
         return Accepted(order_id=created.order_id,
                         status=PENDING if cancel is None else CANCELLED)
 

@@ -21,12 +21,15 @@ step after it fails, so the compensations run and the cancellation knows its rea
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import RetryPolicy
-from tidings.saga import Command, Saga, SagaEngine, Step
+from tidings.saga import Command, Saga, SagaEngine, SagaRecord, Step, StepEvent
 from tidings.sqlalchemy import SqlSagaStore
 
 from ..common.events import (
@@ -93,8 +96,7 @@ def order_saga(service: Service, store: OrderStore) -> Saga[OrderState]:
     """The saga definition, with the local steps bound to this service's database."""
 
     async def finish(state: OrderState, status: str, reason: str | None) -> OrderState:
-        async with service.uow.transaction() as tx:
-            await store.finish(tx, state.order_id, status, reason)
+        await service.uow.run(lambda tx: store.finish(tx, state.order_id, status, reason))
         return state
 
     async def cancel(state: OrderState) -> OrderState:
@@ -126,10 +128,58 @@ def order_saga(service: Service, store: OrderStore) -> Saga[OrderState]:
     ])
 
 
+class LockedSagaStore(SqlSagaStore):
+    """The saga store, its own transactions taking the service's write lock like every
+    other writer of the database: the engine's writes then never meet an open
+    transaction of ours in SQLite's busy handler (which would block the event loop)."""
+
+    def __init__(self, engine: AsyncEngine, lock: asyncio.Lock) -> None:
+        super().__init__(engine)
+        self._lock = lock
+
+    async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
+                     on_commit: Callable[[], None] | None = None) -> None:
+        """Insert a saga: in ``within`` (the caller's transaction holds the lock already),
+        else in a transaction of its own."""
+        if within is not None:
+            await super().create(record, event, within=within, on_commit=on_commit)
+            return
+        async with self._lock:
+            await super().create(record, event, on_commit=on_commit)
+
+    async def claim(self, owner: str, names: Collection[str], lease: float, *,
+                    saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
+        """Take free or expired leases (under the write lock)."""
+        async with self._lock:
+            return await super().claim(owner, names, lease, saga_id=saga_id, limit=limit)
+
+    async def save(self, record: SagaRecord, events: Sequence[StepEvent],
+                   lease: float) -> SagaRecord:
+        """Write the record and its events (under the write lock)."""
+        async with self._lock:
+            return await super().save(record, events, lease)
+
+    async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
+        """Extend leases (under the write lock)."""
+        async with self._lock:
+            return await super().renew(owner, saga_ids, lease)
+
+    async def release(self, owner: str, saga_ids: Collection[str]) -> None:
+        """Drop leases (under the write lock)."""
+        async with self._lock:
+            await super().release(owner, saga_ids)
+
+    async def request_retry(self, saga_id: str, note: str = "retry requested") -> SagaRecord:
+        """Put a parked saga back to work (under the write lock)."""
+        async with self._lock:
+            return await super().request_retry(saga_id, note)
+
+
 def orchestrate(service: Service, store: OrderStore) -> Starter:
     """Set up the saga engine on the orders service; return what starts an order's saga."""
     saga = order_saga(service, store)
-    engine = SagaEngine(service.bus, SqlSagaStore(service.db.engine), [saga], lease=10.0)
+    saga_store = LockedSagaStore(service.db.engine, service.db.write_lock)
+    engine = SagaEngine(service.bus, saga_store, [saga], lease=10.0)
 
     async def start(tx: Tx, order_id: str, order: NewOrder, total_cents: int) -> None:
         state = OrderState(

@@ -111,8 +111,8 @@ def _command_handlers(service: Service, ledger: Ledger) -> None:
     @service.bus.responder(PAYMENTS_COMMANDS, concurrency=CONCURRENCY)
     async def on_command(command: PaymentCommand) -> PaymentEvent | None:
         """The saga's requests; idempotent per order, so a re-sent one gets its reply."""
-        async with uow.transaction() as tx:
-            if isinstance(command, ChargePayment):
-                return await ledger.charge(tx, command.order_id, command.amount_cents,
-                                           command.card_number)
-            return await ledger.refund(tx, command.order_id)
+        if isinstance(command, ChargePayment):
+            charge = command
+            return await uow.run(lambda tx: ledger.charge(
+                tx, charge.order_id, charge.amount_cents, charge.card_number))
+        return await uow.run(lambda tx: ledger.refund(tx, command.order_id))

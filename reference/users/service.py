@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
 from ..common.events import Topics, UserRegistered
+from ..common.messaging import Tx
 from ..common.service import Service
 from ..common.settings import Settings
 from ..common.web import ApiError, error_responses
@@ -66,11 +67,14 @@ def build(settings: Settings) -> Service:
               responses=error_responses(413, 422), tags=["users"])
     async def register(new: NewUser) -> User:
         """Create a user; its id is assigned in the transaction that stages the event."""
-        async with uow.transaction() as tx:
+        async def record(tx: Tx) -> int:
             result = await tx.conn.execute(users.insert().values(**new.model_dump()))
             user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
             event = UserRegistered(userId=user_id, username=new.username)
             await tx.emit(Topics.USERS, event, key=str(uuid.uuid4()))
+            return user_id
+
+        user_id = await uow.run(record)
         log.info("New user created with ID %s", user_id)
         return User(id=user_id, **new.model_dump())
 
