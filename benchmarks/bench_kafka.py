@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -75,6 +76,20 @@ def rates(n: int, publish_s: float, consume_s: float, cpu_s: float,
     }
 
 
+#: --gc-freeze: move the pre-built input out of the garbage collector's reach.
+FREEZE = False
+
+
+def freeze_input(events: list[dict[str, object]]) -> None:
+    """With ``--gc-freeze``, ``gc.freeze()`` the 100,000 pre-built events: the raw loop
+    allocates no container objects, so the collector never runs there, while every
+    collection in a framework's process walks them (see docs/kafka.md: ~25 % of
+    tidings' CPU). Off by default: a real service has a heap of its own to walk."""
+    if FREEZE:
+        gc.collect()
+        gc.freeze()
+
+
 def create_topic(bootstrap: str, topic: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
@@ -89,6 +104,7 @@ def raw_client(bootstrap: str, n: int) -> dict[str, float]:
     topic = f"raw-{uuid.uuid4().hex[:6]}"
     create_topic(bootstrap, topic)
     events = [make_event(i) for i in range(n)]  # encoded inside the timed loop, as tidings does
+    freeze_input(events)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
                          "enable.idempotence": True, "linger.ms": 5, "batch.size": 1_000_000,
                          "partitioner": "murmur2_random"})
@@ -125,6 +141,7 @@ def raw_client(bootstrap: str, n: int) -> dict[str, float]:
         consumer.commit(asynchronous=False)
     consume_s, cpu_s = time.perf_counter() - first, time.process_time() - cpu
     consumer.close()
+    gc.unfreeze()
     return rates(n, publish_s, consume_s, cpu_s, publish_cpu)
 
 
@@ -138,6 +155,7 @@ async def tidings(url: str, n: int, batch: bool = False) -> dict[str, float]:
     producer = App("bench-producer", broker=url)
     async with producer:
         events = [make_event(i) for i in range(n)]
+        freeze_input(events)
         started, cpu = time.perf_counter(), time.process_time()
         # Durable batches of 1,000, four in flight at a time (more was measured slower:
         # every message awaiting its acknowledgement is Python objects the GC walks).
@@ -178,6 +196,7 @@ async def tidings(url: str, n: int, batch: bool = False) -> dict[str, float]:
     async with consumer:
         await asyncio.wait_for(done.wait(), 600)
         consume_s, cpu_s = time.perf_counter() - first, time.process_time() - cpu
+    gc.unfreeze()
     return rates(n, publish_s, consume_s, cpu_s, publish_cpu)
 
 
@@ -267,13 +286,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--faststream-python", default=os.environ.get("FASTSTREAM_PYTHON"))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() the pre-built input events (see freeze_input)")
     parser.add_argument("--only", default="raw,tidings,batch,faststream,latency")
     args = parser.parse_args()
+    global FREEZE
+    FREEZE = args.gc_freeze
     only = set(args.only.split(","))
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
         "broker": "tansu 0.6 (memory storage), started by this script",
+        "gc_freeze_input": args.gc_freeze,
     }
     with running_tansu(session_timeout="6") as url:
         bootstrap = url.removeprefix("kafka://").split("?")[0]
