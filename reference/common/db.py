@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ import aiosqlite
 from sqlalchemy import MetaData, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["MAX_BATCH", "Database", "InlineConnection"]
+__all__ = ["MAX_BATCH", "Database", "InlineConnection", "refuse_nesting"]
 
 T = TypeVar("T")
 
@@ -21,6 +22,19 @@ T = TypeVar("T")
 MAX_BATCH = 200
 
 Work = Callable[[AsyncConnection], Awaitable[Any]]
+Unit = tuple[Work, "asyncio.Future[Any]", contextvars.Context]
+
+#: The flusher tasks running a unit of work of :meth:`Database.run` now (tasks a unit
+#: starts are not in it: they run outside the unit, later).
+_units: set[asyncio.Task[Any]] = set()
+
+
+def refuse_nesting(what: str) -> None:
+    """RuntimeError inside a unit of work of :meth:`Database.run`: a write of its own
+    would wait for the transaction the unit runs in (a deadlock)."""
+    if asyncio.current_task() in _units:
+        raise RuntimeError(f"{what} inside a unit of work of Database.run would wait for "
+                           "its own transaction: use the connection it was given")
 
 
 class InlineConnection(aiosqlite.Connection):
@@ -81,7 +95,7 @@ class Database:
         )
         event.listen(self.engine.sync_engine, "connect", _pragmas)
         self.write_lock = asyncio.Lock()
-        self._queue: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._queue: list[Unit] = []
         self._flusher: asyncio.Task[None] | None = None
         self._on_create: list[Callable[[AsyncEngine], Awaitable[None]]] = []
 
@@ -99,6 +113,7 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed when the block exits, rolled back on error."""
+        refuse_nesting("Database.write()")
         async with self.write_lock, self.engine.begin() as conn:
             yield conn
 
@@ -107,14 +122,22 @@ class Database:
 
         Group commit: the units of work of every caller waiting meanwhile share one
         transaction and one COMMIT, each in its own savepoint, so one that raises rolls
-        back only its own writes and raises to its own caller. A unit of work should not
-        wait on anything but its statements (the transaction stays open until it
-        returns). Cancelling the caller may still let its work commit.
+        back only its own writes and raises to its own caller. Each runs with its
+        caller's context variables (the handled message, for correlation ids). A unit of
+        work must not wait on anything but its statements (the transaction stays open
+        until it returns, and a writer outside the lock would block the loop in SQLite's
+        busy handler) and must not start another write (RuntimeError: it would wait for
+        itself). Cancelling the caller may still let its work commit. After-commit
+        hooks registered by a unit whose savepoint rolled back still run when the group
+        commits (here they only wake pollers).
         """
+        refuse_nesting("Database.run()")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((work, future))
+        self._queue.append((work, future, contextvars.copy_context()))
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name=f"commit {self.path.name}")
+            # An empty context: each unit gets its caller's variables set around it.
+            self._flusher = asyncio.create_task(self._flush(), name=f"commit {self.path.name}",
+                                                context=contextvars.Context())
         return await future
 
     async def _flush(self) -> None:
@@ -125,29 +148,36 @@ class Database:
                     async with self.write_lock:
                         await self._commit(batch)
                 except Exception as exc:  # nothing committed: every caller gets the error
-                    for _, future in batch:
+                    for _, future, _ in batch:
                         if not future.done():
                             future.set_exception(exc)
-                except BaseException:
-                    for _, future in batch:
+                except BaseException:  # the flusher itself was cancelled
+                    for _, future, _ in batch:
                         future.cancel()
                     raise
         finally:
             self._flusher = None
             if self._queue:  # cancelled with callers waiting: they must not hang
-                for _, future in self._queue:
+                for _, future, _ in self._queue:
                     future.cancel()
                 self._queue.clear()
 
-    async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[Unit]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        flusher = asyncio.current_task()
+        assert flusher is not None
         async with self.engine.begin() as conn:
             raw = await _sqlite(conn)
             raw.execute("BEGIN IMMEDIATE")  # the driver would begin at the first write
-            for work, future in batch:
+            for work, future, context in batch:
                 if future.done():  # its caller was cancelled before it ran
                     continue
                 raw.execute("SAVEPOINT work")
+                # Inline, never yielding to the loop with the transaction open: writers
+                # outside our lock (the outbox relay) would then wait in SQLite's busy
+                # handler, which blocks the loop. In the caller's context variables.
+                tokens = [var.set(value) for var, value in context.items()]
+                _units.add(flusher)
                 try:
                     result = await work(conn)
                 except Exception as exc:
@@ -155,14 +185,18 @@ class Database:
                     results.append((future, None, exc))
                 else:
                     results.append((future, result, None))
+                finally:
+                    _units.discard(flusher)
+                    for token in reversed(tokens):
+                        token.var.reset(token)
                 raw.execute("RELEASE work")
         for future, result, error in results:  # committed: answer every caller
             if future.done():
                 continue
-            if error is None:
-                future.set_result(result)
-            else:
+            if error is not None:
                 future.set_exception(error)
+            else:
+                future.set_result(result)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

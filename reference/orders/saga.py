@@ -32,6 +32,7 @@ from tidings import RetryPolicy
 from tidings.saga import Command, Saga, SagaEngine, SagaRecord, Step, StepEvent
 from tidings.sqlalchemy import SqlSagaStore
 
+from ..common.db import refuse_nesting
 from ..common.events import (
     INVENTORY_COMMANDS,
     PAYMENTS_COMMANDS,
@@ -144,33 +145,39 @@ class LockedSagaStore(SqlSagaStore):
         if within is not None:
             await super().create(record, event, within=within, on_commit=on_commit)
             return
+        refuse_nesting("a saga store write")
         async with self._lock:
             await super().create(record, event, on_commit=on_commit)
 
     async def claim(self, owner: str, names: Collection[str], lease: float, *,
                     saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
         """Take free or expired leases (under the write lock)."""
+        refuse_nesting("a saga store write")
         async with self._lock:
             return await super().claim(owner, names, lease, saga_id=saga_id, limit=limit)
 
     async def save(self, record: SagaRecord, events: Sequence[StepEvent],
                    lease: float) -> SagaRecord:
         """Write the record and its events (under the write lock)."""
+        refuse_nesting("a saga store write")
         async with self._lock:
             return await super().save(record, events, lease)
 
     async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
         """Extend leases (under the write lock)."""
+        refuse_nesting("a saga store write")
         async with self._lock:
             return await super().renew(owner, saga_ids, lease)
 
     async def release(self, owner: str, saga_ids: Collection[str]) -> None:
         """Drop leases (under the write lock)."""
+        refuse_nesting("a saga store write")
         async with self._lock:
             await super().release(owner, saga_ids)
 
     async def request_retry(self, saga_id: str, note: str = "retry requested") -> SagaRecord:
         """Put a parked saga back to work (under the write lock)."""
+        refuse_nesting("a saga store write")
         async with self._lock:
             return await super().request_retry(saga_id, note)
 

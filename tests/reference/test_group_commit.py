@@ -4,9 +4,11 @@ share one transaction and one COMMIT, and one that fails loses nobody else's wri
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from reference.common.db import Database
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -77,6 +79,41 @@ def test_a_conflict_inside_the_batch_rolls_back_only_its_caller(tmp_path: Path) 
         async with db.read() as conn:
             ids = (await conn.execute(select(table.c.id))).scalars().all()
         assert sorted(ids) == ["c", "d", "e"]
+        await db.close()
+
+    asyncio.run(main())
+
+
+def test_each_unit_runs_in_its_callers_context_and_nesting_is_refused(tmp_path: Path) -> None:
+    """Context variables (the handled message, for correlation ids) are the caller's, not
+    the first caller's; a unit that starts another write gets an error, not a deadlock."""
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+    async def main() -> None:
+        db, table = _database(tmp_path)
+        await db.create()
+        seen: list[tuple[str, str]] = []
+
+        async def caller(name: str) -> str:
+            who.set(name)
+
+            async def work(conn: AsyncConnection) -> str:
+                await conn.execute(table.insert().values(id=name, n=1))
+                seen.append((name, who.get()))
+                return who.get()
+
+            return await db.run(work)
+
+        assert await asyncio.gather(*(caller(f"c{i}") for i in range(4))) == \
+            ["c0", "c1", "c2", "c3"]
+        assert all(name == value for name, value in seen)
+
+        async def nested(conn: AsyncConnection) -> None:
+            await db.run(lambda c: asyncio.sleep(0))
+
+        with pytest.raises(RuntimeError, match="wait for its own transaction"):
+            await asyncio.wait_for(db.run(nested), 5)
+        assert await db.run(lambda conn: asyncio.sleep(0, "still fine")) == "still fine"
         await db.close()
 
     asyncio.run(main())
