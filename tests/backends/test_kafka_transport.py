@@ -197,6 +197,31 @@ def test_append_returns_positions_and_read_returns_records(kafka_url: str) -> No
     asyncio.run(main())
 
 
+def test_close_fails_appends_still_waiting_and_refuses_new_ones() -> None:
+    """A record the broker never acknowledges fails its append when the transport
+    closes (after delivery_timeout), instead of leaving the caller waiting forever."""
+
+    async def main() -> None:
+        topic = unique("closing")
+        with running_tansu() as url:
+            transport = from_url(quiet(url) + "&delivery_timeout=2&request_timeout=1")
+            await transport.start()
+            await transport.append([OutRecord(topic, b"the topic exists")])
+        # The broker is gone: nothing more can be acknowledged.
+        stranded = asyncio.create_task(transport.append([OutRecord(topic, b"stranded")]))
+        await asyncio.sleep(0.3)
+        assert not stranded.done()
+        began = time.monotonic()
+        await asyncio.wait_for(transport.close(), 30)
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(stranded, 10)
+        assert time.monotonic() - began < 20
+        with pytest.raises(TransportError):
+            await transport.append([OutRecord(topic, b"after close")])
+
+    asyncio.run(main())
+
+
 def test_many_appends_are_batched_and_keep_key_order(kafka_url: str) -> None:
     topic = unique("bulk")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -62,6 +63,11 @@ class _Append:
         if self.remaining == 0:
             self.finished.append(self)
 
+    def fail(self, error: TransportError) -> None:
+        """Resolve the awaiting coroutine with ``error`` (event loop thread)."""
+        if not self.future.done():
+            self.future.set_exception(error)
+
     def settle(self) -> None:
         """Resolve the awaiting coroutine (event loop thread)."""
         if self.future.done():
@@ -80,7 +86,7 @@ class DeliveryProducer:
         self.producer = Producer(config)
         self._max_bytes = max_message_bytes
         self._finished: deque[_Append] = deque()  # appended to by delivery callbacks
-        self._waiting = 0  # sends awaiting their reports
+        self._open: set[_Append] = set()  # sends awaiting their reports
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Handle | None = None
         self._busy = False  # whether the timer runs at the busy pace
@@ -101,34 +107,35 @@ class DeliveryProducer:
             return []
         check_sizes(records, self._max_bytes)
         future: asyncio.Future[list[Position]] = asyncio.get_running_loop().create_future()
-        report = _Append(future, [r.topic for r in records], self._finished).report
-        produce, partial = self.producer.produce, functools.partial
-        self._waiting += 1
-        try:
-            index = 0
-            while index < len(records):  # one tight loop: this is the publishing hot path
-                record = records[index]
-                key, partition, headers = produce_args(record)
-                try:
-                    produce(record.topic, record.value, key, partition,
-                            on_delivery=partial(report, index), headers=headers)
-                except BufferError:  # librdkafka's queue is full: serve reports, let it send
-                    self._serve()
-                    await asyncio.sleep(0.002)
-                    continue
-                except KafkaException as exc:
-                    raise translate_exception(exc, "append", record.topic) from exc
-                index += 1
-            if not self._busy:
-                self._reschedule(_BUSY_POLL)
-            return await future
-        finally:
-            self._waiting -= 1
+        append = _Append(future, [r.topic for r in records], self._finished)
+        report, produce, partial = append.report, self.producer.produce, functools.partial
+        self._open.add(append)
+        index = 0
+        while index < len(records):  # one tight loop: this is the publishing hot path
+            if self._closed:
+                self._open.discard(append)
+                raise TransportError("append: the Kafka producer is closed")
+            record = records[index]
+            key, partition, headers = produce_args(record)
+            try:
+                produce(record.topic, record.value, key, partition,
+                        on_delivery=partial(report, index), headers=headers)
+            except BufferError:  # librdkafka's queue is full: serve reports, let it send
+                self._serve()
+                await asyncio.sleep(0.002)
+                continue
+            except KafkaException as exc:
+                self._open.discard(append)  # abandoned: its queued records report to nobody
+                raise translate_exception(exc, "append", record.topic) from exc
+            index += 1
+        if not self._busy:
+            self._reschedule(_BUSY_POLL)
+        return await future
 
     def _poll(self) -> None:
         self._serve()
         if not self._closed:
-            self._reschedule(_BUSY_POLL if self._waiting else _IDLE_POLL)
+            self._reschedule(_BUSY_POLL if self._open else _IDLE_POLL)
 
     def _reschedule(self, delay: float) -> None:
         if self._timer is not None:
@@ -143,21 +150,39 @@ class DeliveryProducer:
             self.producer.poll(0)
         except Exception:  # a client callback failed: keep serving the others
             log.exception("serving Kafka producer events failed")
-        _settle_all(self._finished)
+        finished = self._finished
+        while finished:
+            append = finished.popleft()
+            self._open.discard(append)
+            append.settle()
 
     async def close(self, timeout: float) -> None:
-        """Deliver what is queued (up to ``timeout``), fail the rest, stop polling."""
+        """Deliver what is queued (up to ``timeout``), fail the rest, stop polling.
+
+        Flushes on the event loop (a ``poll(0)`` every 5 ms, as the timer would), so
+        every report is served on one thread and waiting sends settle as they finish."""
         if self._loop is None or self._closed:
             return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        # flush() serves the reports on its own thread; sends are settled below.
-        left = await asyncio.to_thread(self.producer.flush, timeout)
-        if left:
-            # Undelivered records get a _PURGE_QUEUE delivery error: their appends raise.
+        deadline = time.monotonic() + timeout
+        while len(self.producer) and time.monotonic() < deadline:
+            self._serve()
+            await asyncio.sleep(0.005)
+        if len(self.producer):
+            # Undelivered records get a _PURGE_QUEUE or _PURGE_INFLIGHT delivery error, so
+            # their sends raise; in-flight ones report from librdkafka's broker threads.
             self.producer.purge(in_queue=True, in_flight=True, blocking=False)
+            deadline = time.monotonic() + 5
+            while self._open and time.monotonic() < deadline:
+                self._serve()
+                await asyncio.sleep(0.01)
         self._serve()
+        for append in list(self._open):  # no report will come any more
+            append.fail(TransportError("append: the Kafka producer closed before the "
+                                       "broker acknowledged every record"))
+        self._open.clear()
 
 
 WireHeaders = dict[str, str | bytes | None]
@@ -191,8 +216,3 @@ def check_sizes(records: Sequence[OutRecord], max_bytes: int) -> None:
                 f"record of ~{size} bytes for topic {record.topic!r} exceeds "
                 f"max_message_bytes={max_bytes}"
             )
-
-
-def _settle_all(finished: deque[_Append]) -> None:
-    while finished:
-        finished.popleft().settle()
