@@ -59,7 +59,6 @@ class ConsumerSpec:
     batch: int = 0  # > 0: hand records to a BatchProcess, up to this many at a time
 
 
-
 class _Partition:
     """What the runtime tracks for one partition it owns (or reads, without a group).
 

@@ -98,9 +98,12 @@ def inspect_handler(func: Callable[..., Any], *, batch: bool = False) -> Handler
 
 
 def _is(hint: Any, envelope: Any) -> bool:
+    """Whether ``hint`` is ``envelope``: ``Message``, or for a batch ``list[Message]``
+    (also ``Sequence[Message]``; never a bare ``list``)."""
     if hint is envelope:
         return True
-    return typing.get_origin(hint) in _LISTS and typing.get_args(hint) == typing.get_args(envelope)
+    args = typing.get_args(envelope)
+    return bool(args) and typing.get_origin(hint) in _LISTS and typing.get_args(hint) == args
 
 
 _LISTS = (list, collections.abc.Sequence)

@@ -79,7 +79,7 @@ class Message:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hashable, as it was when frozen
 class Published:
     """What ``App.publish`` returns: the message id and where it landed.
 

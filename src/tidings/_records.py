@@ -65,7 +65,7 @@ class OutRecord:
     deliver_at: float | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hashable, as it was when frozen
 class Position:
     """Where an appended record landed; ``offset`` is None while it is scheduled."""
 
