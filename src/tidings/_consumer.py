@@ -287,16 +287,18 @@ class Consumer:
         self._inflight += len(records)
         self._has_work.set()
 
+    async def _work_ready(self) -> bool:
+        """Wait until a record is ready; False once the consumer is stopping."""
+        while not self._ready:
+            if self._stopping:
+                return False
+            self._has_work.clear()
+            await self._has_work.wait()
+        return not self._stopping
+
     async def _worker(self) -> None:
         ready, process, held = self._ready, self._process, self._held
-        while True:
-            while not ready:
-                if self._stopping:
-                    return
-                self._has_work.clear()
-                await self._has_work.wait()
-            if self._stopping:
-                return
+        while await self._work_ready():
             record, attempt, part = ready.pop()
             if not part.accepting:
                 continue
@@ -330,14 +332,7 @@ class Consumer:
         and holds back the consumer while it waits (as a batch listener must)."""
         assert self._batch_process is not None
         ready, size = self._ready, self.spec.batch
-        while True:
-            while not ready:
-                if self._stopping:
-                    return
-                self._has_work.clear()
-                await self._has_work.wait()
-            if self._stopping:
-                return
+        while await self._work_ready():
             items: list[_Item] = []
             while ready and len(items) < size:
                 item = ready.pop()

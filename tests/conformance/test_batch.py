@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from tidings import ConfigurationError, DecodeError, Message, RetryPolicy
 
-from .util import eventually
+from .util import eventually, wait_letters
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.02, jitter=0)
 
@@ -69,7 +69,7 @@ def test_poison_record_is_dead_lettered_alone_and_its_batch_runs(backend, names)
             await app.publish(topic, b"{not json")
             await app.publish(topic, {"n": 2, "user": "a"})
             await eventually(lambda: len(handled) == 2)
-            letters = await _letters(app, topic, 1)
+            letters = await wait_letters(app, topic, 1)
         assert sorted(handled) == [1, 2]
         assert len(letters) == 1
         assert letters[0].error_type == f"{DecodeError.__module__}.DecodeError"
@@ -99,7 +99,7 @@ def test_failing_batch_is_retried_whole_then_dead_lettered_record_by_record(
         async with app:
             await app.publish_many(topic, [{"n": n, "user": "a"} for n in range(5)])
             await eventually(lambda: len(attempts) == 3)
-            letters = await _letters(app, topic, 1)
+            letters = await wait_letters(app, topic, 1)
             await app.publish(topic, {"n": 9, "user": "a"})
             await eventually(lambda: 9 in later)
         assert [set(a) for a in attempts] == [{1}, {2}, {3}]
@@ -114,22 +114,10 @@ def test_failing_batch_is_retried_whole_then_dead_lettered_record_by_record(
     asyncio.run(main())
 
 
-async def _letters(app, topic: str, count: int) -> list:
-    for _ in range(500):
-        try:
-            letters = await app.dead_letters(topic).pending()
-        except LookupError:
-            letters = []
-        if len(letters) >= count:
-            return letters
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} dead letters")
-
-
 async def _all_letters(backend, topic: str, count: int) -> list:
     app = backend.app("admin")
     async with app:
-        return await _letters(app, topic, count)
+        return await wait_letters(app, topic, count)
 
 
 def test_batch_declarations_are_checked(backend, names) -> None:

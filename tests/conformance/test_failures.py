@@ -8,7 +8,7 @@ import time
 
 from tidings import DecodeError, Headers, Message, RetryPolicy
 
-from .util import eventually
+from .util import eventually, wait_letters
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.02, jitter=0)
 
@@ -94,24 +94,12 @@ def test_undecodable_message_is_dead_lettered_at_once(backend, names) -> None:
             await app.publish(topic, [1, 2])
             await app.publish(topic, {"fine": True})
             await eventually(lambda: ok)
-            letters = await _wait_letters(app, topic, 2)
+            letters = await wait_letters(app, topic, 2)
         assert ok == [{"fine": True}]
         assert {d.error_type for d in letters} == {f"{DecodeError.__module__}.DecodeError"}
         assert all(d.attempts == 1 for d in letters)
 
     asyncio.run(main())
-
-
-async def _wait_letters(app, topic: str, count: int) -> list:
-    for _ in range(200):
-        try:
-            letters = await app.dead_letters(topic).pending()
-        except LookupError:
-            letters = []
-        if len(letters) >= count:
-            return letters
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} dead letters")
 
 
 def test_give_up_on_skips_retries(backend, names) -> None:
@@ -128,7 +116,7 @@ def test_give_up_on_skips_retries(backend, names) -> None:
 
         async with app:
             await app.publish(topic, {})
-            letters = await _wait_letters(app, topic, 1)
+            letters = await wait_letters(app, topic, 1)
         assert calls == [1]
         assert letters[0].attempts == 1
 
@@ -153,7 +141,7 @@ def test_redrive_goes_to_the_failed_group_only(backend, names) -> None:
         healthy.subscriber(topic)(_collect(healthy_seen))
         async with broken, healthy:
             await broken.publish(topic, {"n": 1})
-            await _wait_letters(broken, topic, 1)
+            await wait_letters(broken, topic, 1)
             await eventually(lambda: healthy_seen == [1])
             state["fixed"] = True
             dlq = broken.dead_letters(topic)
@@ -179,7 +167,7 @@ def test_purge_resolves_pending_dead_letters(backend, names) -> None:
         async with app:
             for n in range(3):
                 await app.publish(topic, {"n": n})
-            await _wait_letters(app, topic, 3)
+            await wait_letters(app, topic, 3)
             assert await app.dead_letters(topic).purge() == 3
             assert await app.dead_letters(topic).pending() == []
             assert Headers.DLQ_RESOLVES
