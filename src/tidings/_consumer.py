@@ -37,7 +37,8 @@ log = logging.getLogger("tidings.consumer")
 Process = Callable[[Record, int], Awaitable[float | None]]
 
 #: Handle a batch at delivery ``attempt``: None when all are finished, else the records
-#: to run again (as one batch) and the seconds to wait first; the others are finished.
+#: to run again (as one batch; the same Record objects it was given, matched by
+#: identity) and the seconds to wait first; the others are finished.
 BatchProcess = Callable[[list[Record], int], Awaitable["tuple[list[Record], float] | None"]]
 
 
