@@ -15,7 +15,7 @@ from ._batch import batch_process
 from ._codec import decoder_for, encode
 from ._consumer import Consumer, Process
 from ._cron import CatchUp, cron
-from ._dlq import DeadLetters, dead_letter_record
+from ._dlq import DeadLetters, dead_letter_record, not_for
 from ._errors import ConfigurationError, NotRunningError, RemoteError
 from ._handler import Handler, inspect_handler
 from ._message import Headers, Message, Outgoing, Published, current_message
@@ -373,11 +373,7 @@ class App:
         decode, invoke, takes_payload = handler.decode, handler.invoke, handler.takes_payload
 
         async def process(record: Record, attempt: int) -> float | None:
-            headers = record.headers
-            if Headers.DLQ_RESOLVES in headers:
-                return None
-            redrive = headers.get(Headers.REDRIVE_GROUP)
-            if redrive is not None and redrive != group:
+            if not_for(record, group):
                 return None
             message = Message.from_record(record, attempt)
             token = current_message.set(message)

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._consumer import BatchProcess
-from ._dlq import dead_letter_record
+from ._dlq import dead_letter_record, not_for
 from ._errors import DecodeError
 from ._handler import Handler
-from ._message import Headers, Message
+from ._message import Message
 from ._records import OutRecord, Record
 from ._retry import Retry, RetryPolicy
 
@@ -42,11 +42,7 @@ def batch_process(handler: Handler, group: str, policy: RetryPolicy, emit: Emit)
         payloads: list[Any] = []
         undecodable: list[OutRecord] = []
         for record in records:
-            headers = record.headers
-            if Headers.DLQ_RESOLVES in headers:
-                continue
-            redrive = headers.get(Headers.REDRIVE_GROUP)
-            if redrive is not None and redrive != group:
+            if not_for(record, group):
                 continue
             if takes_payload:
                 try:

@@ -29,6 +29,16 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+def not_for(record: Record, group: str | None) -> bool:
+    """Whether a handler in ``group`` skips ``record``: a dead-letter resolution marker,
+    or a message re-driven to another group (only the group that failed it sees it)."""
+    headers = record.headers
+    if _RESOLVES in headers:
+        return True
+    redrive = headers.get(Headers.REDRIVE_GROUP)
+    return redrive is not None and redrive != group
+
+
 def dead_letter_record(
     record: Record, group: str | None, exc: BaseException, attempts: int
 ) -> OutRecord:
