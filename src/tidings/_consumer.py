@@ -129,7 +129,6 @@ class Consumer:
         self._timers: set[asyncio.TimerHandle] = set()
         self._has_work = asyncio.Event()
         self._progress = asyncio.Event()
-        self._stopping = False
         self._last_commit = 0.0
         self._subscription: Subscription | None = None
         self._transaction: TransactionalSubscription | None = None
@@ -174,7 +173,6 @@ class Consumer:
 
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish, commit, and leave the group."""
-        self._stopping = True
         self._stopped.set()
         self._has_work.set()
         self._progress.set()
@@ -191,7 +189,6 @@ class Consumer:
 
     def abandon(self) -> None:
         """Stop at once without committing or leaving: what a crash looks like."""
-        self._stopping = True
         self._stopped.set()
         for task in self._tasks:
             task.cancel()
@@ -243,7 +240,7 @@ class Consumer:
     async def _fetch_loop(self) -> None:
         assert self._subscription is not None
         spec = self.spec
-        while not self._stopping:
+        while not self._stopped.is_set():
             room = spec.max_in_flight - self._inflight
             if room <= 0:
                 self._progress.clear()
@@ -291,11 +288,11 @@ class Consumer:
     async def _work_ready(self) -> bool:
         """Wait until a record is ready; False once the consumer is stopping."""
         while not self._ready:
-            if self._stopping:
+            if self._stopped.is_set():
                 return False
             self._has_work.clear()
             await self._has_work.wait()
-        return not self._stopping
+        return not self._stopped.is_set()
 
     async def _worker(self) -> None:
         ready, process, held = self._ready, self._process, self._held
@@ -360,9 +357,7 @@ class Consumer:
             again = {id(record) for record in outcome[0]} if outcome is not None else set()
             for record, _, part in items:
                 if id(record) not in again and part.tracked:
-                    part.tracker.finish(record.offset)
-                    part.inflight -= 1
-                    self._inflight -= 1
+                    self._finish(record, part)  # no lanes here: only the accounting
             self._progress.set()
             items = [item for item in items if id(item[0]) in again and item[2].accepting]
             if outcome is None or not items or await wait_event(self._stopped, outcome[1]):
@@ -372,7 +367,7 @@ class Consumer:
     def _retry_later(self, item: _Item, delay: float) -> None:
         def requeue() -> None:
             self._timers.discard(timer)
-            if not self._stopping:
+            if not self._stopped.is_set():
                 self._ready.push(item)
                 self._has_work.set()
 
