@@ -9,7 +9,6 @@ active until it is fixed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -22,6 +21,7 @@ import pydantic
 
 from .._errors import ConfigurationError
 from .._message import Message, current_message
+from .._waiting import cancel_and_wait
 from ._compiled import CompiledRule, Windows
 from ._decision import Decision, Fired
 from ._effects import Effects
@@ -285,10 +285,7 @@ class RuleEngine:
     async def stop(self) -> None:
         """Stop watching the files."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _watch(self) -> None:
         while True:

@@ -21,7 +21,6 @@ Protocol (see ``_groups.py`` for the SQL):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 from ..._assignment import desired_assignment
 from ..._errors import FencedError, TransportError
 from ..._records import Record, Start, TopicPartition
+from ..._waiting import cancel_and_wait
 from ...ports import RebalanceListener
 from . import _groups
 from ._groups import GroupView, Membership
@@ -274,7 +274,4 @@ class GroupMember(FetchingSubscription):
 
     async def _stop_heartbeats(self) -> None:
         task, self._heartbeat_task = self._heartbeat_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..._errors import ConfigurationError
+from ..._waiting import cancel_and_wait
 from ...sqlalchemy._sql import insert_if_absent
 from .._errors import ProjectionError, UpcastError
 from .._projection import Projection
@@ -229,10 +230,7 @@ class Projections:
     async def stop(self) -> None:
         """Stop following; a batch in progress is rolled back and done again next time."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def __aenter__(self) -> Projections:
         await self.start()
