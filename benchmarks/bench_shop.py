@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,30 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reference.client import APPROVE, ShopClient  # noqa: E402
-from reference.common.settings import Settings  # noqa: E402
+from reference.common.settings import Settings, free_base_port  # noqa: E402
 from reference.inventory.catalog import CATALOG  # noqa: E402
 
 from tidings import App, Message, Start  # noqa: E402
-
-
-def free_base_port() -> int:
-    """A base port with the six service ports free."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + 6 < 65000 and all(_free(base + i) for i in range(6)):
-            return base
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
 
 #: Reconnect rather than reuse a connection idle this long (uvicorn closes one at 5 s).
 KEEP_ALIVE = 3.0

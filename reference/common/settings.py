@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["PORT_OFFSETS", "SERVICES", "Mode", "Settings", "SettingsError"]
+__all__ = ["PORT_OFFSETS", "SERVICES", "Mode", "Settings", "SettingsError", "free_base_port"]
 
 #: Each service listens on the base port plus its offset (frontend 8000, users 8001, ...).
 PORT_OFFSETS: dict[str, int] = {
@@ -20,6 +21,26 @@ PORT_OFFSETS: dict[str, int] = {
     "notifications": 5,
 }
 SERVICES = tuple(PORT_OFFSETS)
+
+
+def free_base_port() -> int:
+    """A base port whose six service ports are all free (for tests and benchmarks)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base + 6 < 65000 and all(_port_free(base + i) for i in range(6)):
+            return base
+    raise RuntimeError("no free block of six ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 DEFAULT_BASE_PORT = 8000
 DEFAULT_DATA_DIR = ".reference"
 

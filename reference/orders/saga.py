@@ -22,7 +22,8 @@ step after it fails, so the compensations run and the cancellation knows its rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import BaseModel
@@ -138,6 +139,13 @@ class LockedSagaStore(SqlSagaStore):
         super().__init__(engine)
         self._lock = lock
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """The service's write lock (refused inside a unit of work, which holds it)."""
+        refuse_nesting("a saga store write")
+        async with self._lock:
+            yield
+
     async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
                      on_commit: Callable[[], None] | None = None) -> None:
         """Insert a saga: in ``within`` (the caller's transaction holds the lock already),
@@ -145,40 +153,34 @@ class LockedSagaStore(SqlSagaStore):
         if within is not None:
             await super().create(record, event, within=within, on_commit=on_commit)
             return
-        refuse_nesting("a saga store write")
-        async with self._lock:
+        async with self._writing():
             await super().create(record, event, on_commit=on_commit)
 
     async def claim(self, owner: str, names: Collection[str], lease: float, *,
                     saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
         """Take free or expired leases (under the write lock)."""
-        refuse_nesting("a saga store write")
-        async with self._lock:
+        async with self._writing():
             return await super().claim(owner, names, lease, saga_id=saga_id, limit=limit)
 
     async def save(self, record: SagaRecord, events: Sequence[StepEvent],
                    lease: float) -> SagaRecord:
         """Write the record and its events (under the write lock)."""
-        refuse_nesting("a saga store write")
-        async with self._lock:
+        async with self._writing():
             return await super().save(record, events, lease)
 
     async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
         """Extend leases (under the write lock)."""
-        refuse_nesting("a saga store write")
-        async with self._lock:
+        async with self._writing():
             return await super().renew(owner, saga_ids, lease)
 
     async def release(self, owner: str, saga_ids: Collection[str]) -> None:
         """Drop leases (under the write lock)."""
-        refuse_nesting("a saga store write")
-        async with self._lock:
+        async with self._writing():
             await super().release(owner, saga_ids)
 
     async def request_retry(self, saga_id: str, note: str = "retry requested") -> SagaRecord:
         """Put a parked saga back to work (under the write lock)."""
-        refuse_nesting("a saga store write")
-        async with self._lock:
+        async with self._writing():
             return await super().request_retry(saga_id, note)
 
 

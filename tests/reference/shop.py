@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,29 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from reference.common.settings import SERVICES, Settings
+from reference.common.settings import SERVICES, Settings, free_base_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_base_port() -> int:
-    """A base port whose six service ports are all free."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + 6 < 65000 and all(_port_free(base + i) for i in range(6)):
-            return base
-    raise RuntimeError("no free block of six ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class Shop:
