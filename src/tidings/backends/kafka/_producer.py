@@ -5,8 +5,7 @@ trip), so it runs on the event loop; librdkafka batches queued records by ``ling
 and ``batch_size``. Delivery reports are served on the event loop too, by a non-blocking
 ``poll(0)`` every millisecond while appends wait (every 100 ms otherwise, for client
 errors and logs). A poller thread did this before: each report's Python callback then
-had to win the GIL from the event loop, and that contention cost more CPU than the
-reports themselves (measured: publishing took ~30 % more CPU a record).
+had to win the GIL back from the event loop, a contention that cost CPU on every record.
 """
 
 from __future__ import annotations
@@ -159,8 +158,8 @@ class DeliveryProducer:
     async def close(self, timeout: float) -> None:
         """Deliver what is queued (up to ``timeout``), fail the rest, stop polling.
 
-        Flushes on the event loop (a ``poll(0)`` every 5 ms, as the timer would), so
-        every report is served on one thread and waiting sends settle as they finish."""
+        Flushes on the event loop (a ``poll(0)`` every 5 ms), so every report is served
+        on one thread and waiting sends settle as they finish."""
         if self._loop is None or self._closed:
             return
         self._closed = True
