@@ -254,6 +254,42 @@ def test_many_appends_are_batched_and_keep_key_order(kafka_url: str) -> None:
     asyncio.run(main())
 
 
+def test_each_record_gets_the_position_it_landed_at(kafka_url: str) -> None:
+    """Keyed records of a one-topic append share a delivery callback and are matched to
+    their reports by key; every kind of record must still get its own position."""
+    topic, other = unique("where"), unique("where-other")
+
+    async def main() -> None:
+        transport = from_url(quiet(kafka_url))
+        await transport.start()
+        try:
+            for name in (topic, other):
+                await transport.ensure_topic(name)
+
+            def record(i: int, name: str = topic) -> OutRecord:
+                key = None if i % 5 == 0 else f"k{i % 9}"
+                return OutRecord(name, f"{name}:{i}".encode(), key=key,
+                                 partition=2 if i % 11 == 0 else None)
+
+            one_topic = [record(i) for i in range(3000)]
+            two_topics = [record(i, (topic, other)[i % 2]) for i in range(3000, 3600)]
+            results = await asyncio.gather(transport.append(one_topic),
+                                           transport.append(two_topics))
+            for records, positions in zip((one_topic, two_topics), results, strict=True):
+                assert len(positions) == len(records)
+                for sent, position in zip(records, positions, strict=True):
+                    assert position.topic == sent.topic
+                    assert position.partition is not None and position.offset is not None
+                    found = await transport.read(sent.topic, position.partition,
+                                                 position.offset, 1)
+                    assert [r.value for r in found] == [sent.value]
+                    assert found[0].key == sent.key
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
 def test_oversized_record_raises_message_too_large(kafka_url: str) -> None:
     topic = unique("big")
 

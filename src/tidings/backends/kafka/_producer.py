@@ -38,9 +38,16 @@ class _Append:
 
     A report keeps two ints, not the message or a Position: objects that outlive the
     callback are what the garbage collector walks, and it runs once per 700 of them.
+    For the same reason a keyed record of a one-topic call gets no callback object of
+    its own: the records of one key land in one partition in the order they were
+    produced (the idempotent producer's guarantee), and librdkafka reports them in that
+    order, so ``report_keyed`` takes a report's record from its key: the first record
+    of that key still unreported. The others (no key, a chosen partition, several
+    topics, or a producer that is not idempotent) each get a ``partial`` of ``report``.
     """
 
-    __slots__ = ("error", "finished", "future", "offsets", "partitions", "remaining", "topics")
+    __slots__ = ("chain", "error", "finished", "future", "heads", "offsets", "partitions",
+                 "remaining", "topics")
 
     def __init__(self, future: asyncio.Future[list[Position]], topics: list[str],
                  finished: deque[_Append]) -> None:
@@ -51,6 +58,31 @@ class _Append:
         self.remaining = len(topics)
         self.error: TransportError | None = None
         self.finished = finished
+        # Per encoded key, the first unreported record; chain[i]: the record of record
+        # i's key after it (-1: none). Dicts and lists of ints, which the GC ignores.
+        self.heads: dict[bytes, int] = {}
+        self.chain: list[int] = [-1] * len(topics)
+
+    def report_keyed(self, error: KafkaError | None, message: Message) -> None:
+        """librdkafka's delivery callback for the keyed records of this call."""
+        key = message.key()
+        heads = self.heads
+        index = heads.pop(key, -1) if isinstance(key, bytes) else -1
+        if index < 0:  # not one of ours: cannot happen, but never leave the sender hanging
+            self.error = self.error or TransportError(
+                f"append: unexpected delivery report from topic {message.topic()!r}")
+            self.finished.append(self)
+            return
+        following = self.chain[index]
+        if following >= 0:
+            heads[key] = following  # type: ignore[index]  # bytes, checked above
+        if error is not None and self.error is None:
+            self.error = translate(error, "append", message.topic() or "")
+        self.partitions[index] = message.partition() or 0
+        self.offsets[index] = message.offset() or 0
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.finished.append(self)
 
     def report(self, index: int, error: KafkaError | None, message: Message) -> None:
         """librdkafka's delivery callback for record ``index``."""
@@ -90,6 +122,9 @@ class DeliveryProducer:
         self._timer: asyncio.Handle | None = None
         self._busy = False  # whether the timer runs at the busy pace
         self._closed = False
+        # Whether each partition's records are appended in the order they were produced,
+        # which lets keyed records share one delivery callback (see _Append).
+        self._ordered = bool(config.get("enable.idempotence"))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start serving delivery reports on ``loop``."""
@@ -106,8 +141,13 @@ class DeliveryProducer:
             return []
         check_sizes(records, self._max_bytes)
         future: asyncio.Future[list[Position]] = asyncio.get_running_loop().create_future()
-        append = _Append(future, [r.topic for r in records], self._finished)
+        topics = [r.topic for r in records]
+        append = _Append(future, topics, self._finished)
         report, produce, partial = append.report, self.producer.produce, functools.partial
+        # Keyed records share one callback when the call has one topic (see _Append).
+        keyed = append.report_keyed if self._ordered and len(set(topics)) == 1 else None
+        heads, chain = append.heads, append.chain
+        tails: dict[bytes, int] = {}  # the last record of each key queued so far
         self._open.add(append)
         index = 0
         while index < len(records):  # one tight loop: this is the publishing hot path
@@ -117,8 +157,19 @@ class DeliveryProducer:
             record = records[index]
             key, partition, headers = produce_args(record)
             try:
-                produce(record.topic, record.value, key, partition,
-                        on_delivery=partial(report, index), headers=headers)
+                if key is not None and partition < 0 and keyed is not None:
+                    wire = key.encode()
+                    produce(record.topic, record.value, wire, -1, on_delivery=keyed,
+                            headers=headers)
+                    previous = tails.get(wire)  # queued: now chain it behind its key
+                    if previous is None:
+                        heads[wire] = index
+                    else:
+                        chain[previous] = index
+                    tails[wire] = index
+                else:
+                    produce(record.topic, record.value, key, partition,
+                            on_delivery=partial(report, index), headers=headers)
             except BufferError:  # librdkafka's queue is full: serve reports, let it send
                 self._serve()
                 await asyncio.sleep(0.002)
