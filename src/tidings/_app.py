@@ -371,12 +371,19 @@ class App:
         handler, policy, group = spec.handler, spec.retry, spec.group
         replies = spec.role is Role.RESPONDER
         decode, invoke, takes_payload = handler.decode, handler.invoke, handler.takes_payload
+        wants_message = handler.message_param is not None
+        set_current, reset_current = current_message.var.set, current_message.var.reset
+        resolves, redrive = Headers.DLQ_RESOLVES, Headers.REDRIVE_GROUP
 
         async def process(record: Record, attempt: int) -> float | None:
-            if not_for(record, group):
+            headers = record.headers
+            if (resolves in headers or redrive in headers) and not_for(record, group):
                 return None
-            message = Message.from_record(record, attempt)
-            token = current_message.set(message)
+            # A first delivery to a handler that takes no Message leaves the envelope
+            # unbuilt: current_message makes it if anyone asks (see _message).
+            message = Message.from_record(record, attempt) \
+                if wants_message or attempt > 1 else None
+            token = set_current(message if message is not None else record)
             try:
                 payload = decode(record.value) if takes_payload else None
                 result = await invoke(payload, message)
@@ -387,7 +394,7 @@ class App:
                 discard_held()  # a failed attempt published nothing
                 return await self._failed(record, group, policy, attempt, exc, handler)
             finally:
-                current_message.reset(token)
+                reset_current(token)
             if replies:
                 await self._reply(record, result)
             return None

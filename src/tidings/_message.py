@@ -104,7 +104,47 @@ class Outgoing:
     delay: float | timedelta | datetime | None = None
 
 
+class _CurrentMessage:
+    """The message whose handler runs in this task (for correlation and causation).
+
+    Set to a :class:`Message`, or to the bare :class:`Record` of a first delivery to a
+    handler that takes no Message: most never ask for it, so it is built only when
+    someone does (:meth:`get`), and :meth:`ids` reads the ids without building it.
+    """
+
+    __slots__ = ("var",)
+
+    def __init__(self) -> None:
+        self.var: contextvars.ContextVar[Message | Record | None] = contextvars.ContextVar(
+            "tidings_current_message", default=None
+        )
+
+    def get(self) -> Message | None:
+        """The message being handled, or None outside a handler."""
+        value = self.var.get()
+        if isinstance(value, Record):
+            return Message.from_record(value, 1)
+        return value
+
+    def set(self, value: Message | Record | None) -> contextvars.Token[Message | Record | None]:
+        """Make ``value`` the current message until :meth:`reset`."""
+        return self.var.set(value)
+
+    def reset(self, token: contextvars.Token[Message | Record | None]) -> None:
+        """Restore the current message from before ``set``."""
+        self.var.reset(token)
+
+    def ids(self) -> tuple[str, str] | None:
+        """``(id, correlation id)`` of the message being handled, or None."""
+        value = self.var.get()
+        if value is None:
+            return None
+        if isinstance(value, Message):
+            return value.id, value.correlation_id or value.id
+        headers = value.headers
+        message_id = headers.get(Headers.ID) or f"{value.topic}-{value.partition}-{value.offset}"
+        return message_id, headers.get(Headers.CORRELATION_ID) or message_id
+
+
 #: The message whose handler is running in this task (for correlation and causation).
-current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
-    "tidings_current_message", default=None
-)
+current_message = _CurrentMessage()

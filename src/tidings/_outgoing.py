@@ -69,7 +69,7 @@ def make_record(
     if key is not None and not isinstance(key, str):
         raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
     value, content_type = encode(payload)
-    parent = current_message.get()
+    parent = current_message.ids()
     if headers:
         merged = {**headers}
         message_id = merged.setdefault(Headers.ID, new_id())
@@ -82,7 +82,7 @@ def make_record(
     if content_type is not JSON:
         merged.setdefault(Headers.CONTENT_TYPE, content_type)
     if parent is not None:
-        merged.setdefault(Headers.CORRELATION_ID, parent.correlation_id or parent.id)
-        merged.setdefault(Headers.CAUSATION_ID, parent.id)
+        merged.setdefault(Headers.CORRELATION_ID, parent[1])
+        merged.setdefault(Headers.CAUSATION_ID, parent[0])
     return OutRecord(topic, value, key, merged, partition,
                      deliver_at(delay) if delay is not None else None)

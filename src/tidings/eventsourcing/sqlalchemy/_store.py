@@ -229,10 +229,10 @@ def _recorded(row: Any, event: pydantic.BaseModel, position: int) -> Recorded[An
 
 
 def _metadata() -> dict[str, str]:
-    parent = current_message.get()
+    parent = current_message.ids()
     if parent is None:
         return {}
-    return {"correlation_id": parent.correlation_id or parent.id, "causation_id": parent.id}
+    return {"correlation_id": parent[1], "causation_id": parent[0]}
 
 
 def _headers(item: Recorded[Any]) -> dict[str, str]:
