@@ -295,8 +295,11 @@ class Consumer:
         return not self._stopped.is_set()
 
     async def _worker(self) -> None:
-        ready, process, held = self._ready, self._process, self._held
-        while await self._work_ready():
+        ready, process, held, stopped = self._ready, self._process, self._held, self._stopped
+        while True:
+            # The cheap check inline (this loops once a record); the coroutine only to wait.
+            if (not ready or stopped.is_set()) and not await self._work_ready():
+                return
             record, attempt, part = ready.pop()
             if not part.accepting:
                 continue

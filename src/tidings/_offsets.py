@@ -14,17 +14,16 @@ class OffsetTracker:
     what the group may commit without skipping unfinished work.
     """
 
-    __slots__ = ("_done", "_pending", "commit_point", "committed")
+    __slots__ = ("_done", "_pending", "add", "commit_point", "committed")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
         self.commit_point = -1
         self.committed = -1
-
-    def add(self, offset: int) -> None:
-        """A record at ``offset`` was dispatched (offsets arrive in increasing order)."""
-        self._pending.append(offset)
+        #: ``add(offset)``: a record at ``offset`` was dispatched (offsets arrive in
+        #: increasing order). The deque's own method: it runs once per record.
+        self.add = self._pending.append
 
     def finish(self, offset: int) -> None:
         """The record at ``offset`` is done (handled or dead-lettered)."""
