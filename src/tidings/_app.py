@@ -290,7 +290,8 @@ class App:
         key: Callable[[Any], str | None] | None = None,
     ) -> list[Published]:
         """Append many messages in one durable batch; ``key(payload)`` picks each key."""
-        outs = [self._out(topic, p, key(p) if key else None, None, None, None) for p in payloads]
+        outs = [make_record(topic, p, key(p) if key else None, None, None, None)
+                for p in payloads]
         positions = await self._append(outs)
         return [
             Published(o.headers[Headers.ID], topic, pos.partition, pos.offset)

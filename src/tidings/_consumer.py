@@ -82,6 +82,7 @@ class _Partition:
 
 
 _Item = tuple[Record, int, _Partition]  # record, delivery attempt, its partition
+_Run = tuple[_Partition, list[Record]]  # a batch consumer's records of one partition
 
 
 class _Ready:
@@ -124,6 +125,7 @@ class Consumer:
         self._batch_process = batch_process
         self._stopped = asyncio.Event()
         self._ready = _Ready(spec.priority_of)
+        self._runs: deque[_Run] = deque()  # a batch consumer's, in place of _ready
         self._parts: dict[TopicPartition, _Partition] = {}
         self._inflight = 0
         self._timers: set[asyncio.TimerHandle] = set()
@@ -259,20 +261,27 @@ class Consumer:
                     self._submit(records)
             await self._commit_if_due()
 
+    def _part_of(self, record: Record) -> _Partition:
+        tp = TopicPartition(record.topic, record.partition)
+        part = self._parts.get(tp)
+        if part is None:  # a group-less read: partitions are never assigned
+            part = self._parts[tp] = _Partition(tp)
+        return part
+
     def _submit(self, records: list[Record]) -> None:
-        parts, push, ordered = self._parts, self._ready.push, not self.spec.batch
+        if self.spec.batch:
+            self._submit_runs(records)
+            return
+        push = self._ready.push
         part: _Partition | None = None
         for record in records:  # records of one partition come together: look it up once
             if part is None or record.partition != part.tp.partition \
                     or record.topic != part.tp.topic:
-                tp = TopicPartition(record.topic, record.partition)
-                part = parts.get(tp)
-                if part is None:  # a group-less read: partitions are never assigned
-                    part = parts[tp] = _Partition(tp)
+                part = self._part_of(record)
             part.tracker.add(record.offset)
             part.inflight += 1
             key = record.key
-            if key is not None and ordered:  # a batch consumer runs one batch at a time
+            if key is not None:
                 lanes = part.lanes
                 if key in lanes:
                     queue = lanes[key]
@@ -285,9 +294,30 @@ class Consumer:
         self._inflight += len(records)
         self._has_work.set()
 
+    def _submit_runs(self, records: list[Record]) -> None:
+        """A batch consumer's records: queued as runs of one partition each, not one by
+        one (a batch runs whole, so its records need no lanes)."""
+        start = 0
+        while start < len(records):
+            first = records[start]
+            part = self._part_of(first)
+            end = start + 1
+            while end < len(records) and records[end].partition == first.partition \
+                    and records[end].topic == first.topic:
+                end += 1
+            run = records[start:end] if start or end < len(records) else records
+            add = part.tracker.add
+            for record in run:
+                add(record.offset)
+            part.inflight += len(run)
+            self._runs.append((part, run))
+            start = end
+        self._inflight += len(records)
+        self._has_work.set()
+
     async def _work_ready(self) -> bool:
         """Wait until a record is ready; False once the consumer is stopping."""
-        while not self._ready:
+        while not (self._runs if self.spec.batch else self._ready):
             if self._stopped.is_set():
                 return False
             self._has_work.clear()
@@ -332,38 +362,56 @@ class Consumer:
         offset order), up to ``spec.batch`` records; a failed batch is retried whole,
         and holds back the consumer while it waits (as a batch listener must)."""
         assert self._batch_process is not None
-        ready, size = self._ready, self.spec.batch
+        runs, size = self._runs, self.spec.batch
         while await self._work_ready():
-            items: list[_Item] = []
-            while ready and len(items) < size:
-                item = ready.pop()
-                if item[2].accepting:
-                    items.append(item)
-            if items:
-                await self._run_batch(items, self._batch_process)
+            batch: list[_Run] = []
+            taken = 0
+            while runs and taken < size:
+                part, run = runs[0]
+                if not part.accepting:
+                    runs.popleft()
+                    continue
+                if len(run) <= size - taken:
+                    runs.popleft()
+                else:  # split: the rest waits for the next batch
+                    runs[0] = (part, run[size - taken:])
+                    run = run[: size - taken]
+                batch.append((part, run))
+                taken += len(run)
+            if batch:
+                await self._run_batch(batch, self._batch_process)
             self._progress.set()
 
-    async def _run_batch(self, items: list[_Item], process: BatchProcess) -> None:
+    async def _run_batch(self, batch: list[_Run], process: BatchProcess) -> None:
         attempt = 1
         while True:
-            parts = {id(part): part for _, _, part in items}.values()
+            parts = {id(part): part for part, _ in batch}.values()
+            records = batch[0][1] if len(batch) == 1 else [r for _, run in batch for r in run]
             for part in parts:
                 part.active += 1
             try:
-                outcome = await process([record for record, _, _ in items], attempt)
+                outcome = await process(records, attempt)
             except Exception:
-                log.exception("tidings failed to process a batch of %d; retrying", len(items))
-                outcome = [record for record, _, _ in items], 1.0
+                log.exception("tidings failed to process a batch of %d; retrying", len(records))
+                outcome = records, 1.0
             finally:
                 for part in parts:
                     part.active -= 1
-            again = {id(record) for record in outcome[0]} if outcome is not None else set()
-            for record, _, part in items:
-                if id(record) not in again and part.tracked:
-                    self._finish(record, part)  # no lanes here: only the accounting
+            again = {id(record) for record in outcome[0]} if outcome is not None else None
+            unfinished: list[_Run] = []
+            for part, run in batch:
+                done = run if again is None else [r for r in run if id(r) not in again]
+                if done and part.tracked:
+                    part.tracker.finish_all(r.offset for r in done)
+                    part.inflight -= len(done)
+                    self._inflight -= len(done)
+                if again is not None and part.accepting:
+                    kept = [r for r in run if id(r) in again]
+                    if kept:
+                        unfinished.append((part, kept))
             self._progress.set()
-            items = [item for item in items if id(item[0]) in again and item[2].accepting]
-            if outcome is None or not items or await wait_event(self._stopped, outcome[1]):
+            batch = unfinished
+            if outcome is None or not batch or await wait_event(self._stopped, outcome[1]):
                 return  # done, revoked, or stopping: what is unfinished is redelivered
             attempt += 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 __all__ = ["OffsetTracker"]
 
@@ -38,6 +39,20 @@ class OffsetTracker:
                 self.commit_point = head + 1
         else:
             self._done.add(offset)
+
+    def finish_all(self, offsets: Iterable[int]) -> None:
+        """``finish`` each of ``offsets`` (a batch's, in one call)."""
+        pending, done = self._pending, self._done
+        for offset in offsets:
+            if pending and pending[0] == offset:
+                pending.popleft()
+                self.commit_point = offset + 1
+            else:
+                done.add(offset)
+        while pending and pending[0] in done:
+            head = pending.popleft()
+            done.discard(head)
+            self.commit_point = head + 1
 
     @property
     def dirty(self) -> bool:

@@ -23,6 +23,7 @@ from ._records import OutRecord
 __all__ = ["Delay", "check_name", "deliver_at", "make_record"]
 
 Delay = float | timedelta | datetime | None
+_delivery = current_message.var  # read directly first: most publishes have no parent
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
@@ -69,7 +70,7 @@ def make_record(
     if key is not None and not isinstance(key, str):
         raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
     value, content_type = encode(payload)
-    parent = current_message.ids()
+    parent = current_message.ids() if _delivery.get() is not None else None
     if headers:
         merged = {**headers}
         message_id = merged.setdefault(Headers.ID, new_id())
