@@ -124,7 +124,9 @@ class DeliveryProducer:
         self._closed = False
         # Whether each partition's records are appended in the order they were produced,
         # which lets keyed records share one delivery callback (see _Append).
-        self._ordered = bool(config.get("enable.idempotence"))
+        # (A "random" partitioner would scatter one key over partitions.)
+        self._ordered = bool(config.get("enable.idempotence")) \
+            and config.get("partitioner") != "random"
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start serving delivery reports on ``loop``."""
