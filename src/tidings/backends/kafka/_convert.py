@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, Message
@@ -51,13 +50,20 @@ def to_record(message: Message) -> Record:
     )
 
 
-def to_records(messages: Iterable[Message], what: str) -> list[Record]:
+def to_records(messages: list[Message], what: str) -> list[Record]:
     """Records of a ``consume()`` batch; errors are logged, or raised if nothing came.
-    (``to_record``'s body inline: this loop runs once per consumed record.)"""
+    (``to_record``'s body inline: this loop runs once per consumed record.)
+
+    Empties ``messages`` as it goes: a librdkafka message is an object the garbage
+    collector tracks, and freeing each as soon as its record exists keeps a batch's
+    worth of them from being promoted to an older generation by a collection that
+    runs in the middle of the conversion."""
     records: list[Record] = []
     append = records.append
     failure: TransportError | None = None
-    for message in messages:
+    for index in range(len(messages)):
+        message = messages[index]
+        messages[index] = None  # type: ignore[call-overload]  # see the docstring
         error = message.error()
         if error is None:
             key = message.key()
