@@ -292,20 +292,26 @@ class App:
         """Append many messages in one durable batch; ``key(payload)`` picks each key."""
         outs = [make_record(topic, p, key(p) if key else None, None, None, None)
                 for p in payloads]
-        positions = await self._append(outs)
+        ids = [o.headers[Headers.ID] for o in outs]
+        appending = self._appending(outs)
+        del outs  # handed over: not kept alive while the broker acknowledges them
+        positions = await appending
         return [
-            Published(o.headers[Headers.ID], topic, pos.partition, pos.offset)
-            for o, pos in zip(outs, positions, strict=True)
+            Published(message_id, topic, pos.partition, pos.offset)
+            for message_id, pos in zip(ids, positions, strict=True)
         ]
 
     async def publish_batch(self, messages: Iterable[Outgoing]) -> list[Published]:
         """Append messages to any topics, each with its own key, headers and delay, in one
         durable batch, in the given order."""
         outs = [self._out(m.topic, m.payload, m.key, m.headers, m.delay, None) for m in messages]
-        positions = await self._append(outs)
+        ids = [(o.headers[Headers.ID], o.topic) for o in outs]
+        appending = self._appending(outs)
+        del outs  # handed over: not kept alive while the broker acknowledges them
+        positions = await appending
         return [
-            Published(o.headers[Headers.ID], o.topic, pos.partition, pos.offset)
-            for o, pos in zip(outs, positions, strict=True)
+            Published(message_id, topic, pos.partition, pos.offset)
+            for (message_id, topic), pos in zip(ids, positions, strict=True)
         ]
 
     async def enqueue(
@@ -353,12 +359,23 @@ class App:
             raise NotRunningError(f"app {self.name!r} is not running: use 'async with app:'")
 
     async def _append(self, outs: list[OutRecord]) -> list[Any]:
+        return await self._appending(outs)
+
+    def _appending(self, outs: list[OutRecord]) -> Awaitable[list[Position]]:
+        """Hand ``outs`` to the transport now; the awaitable gives their positions. (A
+        backend may take the records at once, so the caller need not keep them.)"""
         self._require_running()
-        return await self._emit(outs)
+        return self._emit_now(outs)
 
     async def _emit(self, outs: list[OutRecord]) -> list[Position]:
+        return await self._emit_now(outs)
+
+    def _emit_now(self, outs: list[OutRecord]) -> Awaitable[list[Position]]:
         # Inside an exactly-once handler, held: appended when its offset commits, with it.
-        return hold(outs) or await self._transport.append(outs)
+        held = hold(outs)
+        if held:
+            return _resolved(held)
+        return self._transport.append(outs)
 
     def _out(
         self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
@@ -430,3 +447,8 @@ class App:
             value, content_type = encode({"error_type": type(exc).__name__, "message": str(exc)})
         headers[Headers.CONTENT_TYPE] = content_type
         await self._transport.append([OutRecord(reply_to, value, headers=headers)])
+
+
+async def _resolved(positions: list[Position]) -> list[Position]:
+    """An awaitable of positions already known (records held for a transaction)."""
+    return positions

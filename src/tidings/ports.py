@@ -26,7 +26,7 @@ Optional: a transport that can append records and commit offsets in one transact
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from ._records import (
@@ -116,8 +116,10 @@ class Transport(abc.ABC):
         """Create the topic if missing; return its partition count."""
 
     @abc.abstractmethod
-    async def append(self, records: Sequence[OutRecord]) -> list[Position]:
-        """Append records durably; creates missing topics with the default partitions."""
+    def append(self, records: Sequence[OutRecord]) -> Awaitable[list[Position]]:
+        """Append records durably; creates missing topics with the default partitions.
+        (An ``async def`` does; a backend may also take the records before returning
+        the awaitable, so that the caller need not keep them while it waits.)"""
 
     @abc.abstractmethod
     def subscribe(

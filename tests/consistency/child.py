@@ -63,17 +63,22 @@ async def relay_dies_after_publish(db: str, bus: str, after: str) -> None:
     outbox = Outbox(engine_for(db))
     outbox.relay(app, interval=0.01, batch=int(after), lease=1.0)
     published = 0
-    real_append = app._append
+    real_appending = app._appending  # every publish hands its records over here
 
-    async def append(outs: list[Any]) -> Any:
-        nonlocal published
-        result = await real_append(outs)
-        published += len(outs)
-        if published >= int(after):
-            die()
-        return result
+    def appending(outs: list[Any]) -> Any:
+        waiting, count = real_appending(outs), len(outs)
 
-    app._append = append  # type: ignore[method-assign]
+        async def appended() -> Any:
+            nonlocal published
+            result = await waiting
+            published += count
+            if published >= int(after):
+                die()
+            return result
+
+        return appended()
+
+    app._appending = appending  # type: ignore[method-assign]
     async with app:
         say("relaying")
         await asyncio.sleep(30)

@@ -46,11 +46,11 @@ class _Append:
     topics, or a producer that is not idempotent) each get a ``partial`` of ``report``.
     """
 
-    __slots__ = ("chain", "error", "finished", "future", "heads", "offsets", "partitions",
-                 "remaining", "topics")
+    __slots__ = ("by_key", "chain", "error", "finished", "future", "heads", "offsets",
+                 "partitions", "remaining", "tails", "topics")
 
     def __init__(self, future: asyncio.Future[list[Position]], topics: list[str],
-                 finished: deque[_Append]) -> None:
+                 finished: deque[_Append], ordered: bool) -> None:
         self.future = future
         self.topics = topics
         self.partitions: list[int] = [-1] * len(topics)
@@ -62,6 +62,9 @@ class _Append:
         # i's key after it (-1: none). Dicts and lists of ints, which the GC ignores.
         self.heads: dict[bytes, int] = {}
         self.chain: list[int] = [-1] * len(topics)
+        self.tails: dict[bytes, int] = {}  # while queueing: the last record of each key
+        # Keyed records share report_keyed when the call has one topic.
+        self.by_key = ordered and len(set(topics)) == 1
 
     def report_keyed(self, error: KafkaError | None, message: Message) -> None:
         """librdkafka's delivery callback for the keyed records of this call."""
@@ -122,6 +125,7 @@ class DeliveryProducer:
         self._timer: asyncio.Handle | None = None
         self._busy = False  # whether the timer runs at the busy pace
         self._closed = False
+        self._queueing: set[asyncio.Task[None]] = set()  # queue() calls that filled the queue
         # Whether each partition's records are appended in the order they were produced,
         # which lets keyed records share one delivery callback (see _Append).
         # (A "random" partitioner would scatter one key over partitions.)
@@ -133,25 +137,55 @@ class DeliveryProducer:
         self._loop = loop
         self._timer = loop.call_soon(self._poll)
 
-    async def send(self, records: Sequence[OutRecord]) -> list[Position]:
-        """Queue ``records`` and wait until the broker acknowledged all of them.
+    def queue(self, records: Sequence[OutRecord]) -> asyncio.Future[list[Position]]:
+        """Queue ``records`` now; return the future of their positions, resolved once the
+        broker acknowledged every one.
 
-        If queueing fails part-way (a bad partition, say), the error is raised at once;
-        records queued before it may still be appended.
+        Queued at once, before this returns, unless librdkafka's queue fills up: a task
+        then queues the rest as room frees up. So a caller that drops its records after
+        the call keeps none of them alive while it waits (objects that wait are what the
+        garbage collector walks). If queueing fails part-way (a bad partition, say), the
+        error is raised, or set on the future; records queued before it may still be
+        appended.
         """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Position]] = loop.create_future()
         if not records:
-            return []
+            future.set_result([])
+            return future
         check_sizes(records, self._max_bytes)
-        future: asyncio.Future[list[Position]] = asyncio.get_running_loop().create_future()
-        topics = [r.topic for r in records]
-        append = _Append(future, topics, self._finished)
-        report, produce, partial = append.report, self.producer.produce, functools.partial
-        # Keyed records share one callback when the call has one topic (see _Append).
-        keyed = append.report_keyed if self._ordered and len(set(topics)) == 1 else None
-        heads, chain = append.heads, append.chain
-        tails: dict[bytes, int] = {}  # the last record of each key queued so far
+        append = _Append(future, [r.topic for r in records], self._finished, self._ordered)
         self._open.add(append)
-        index = 0
+        index = self._produce(append, records, 0)
+        if index < len(records):
+            task = loop.create_task(self._queue_rest(append, records, index))
+            self._queueing.add(task)
+            task.add_done_callback(self._queueing.discard)
+        if not self._busy:
+            self._reschedule(_BUSY_POLL)
+        return future
+
+    async def send(self, records: Sequence[OutRecord]) -> list[Position]:
+        """Queue ``records`` and wait until the broker acknowledged all of them."""
+        return await self.queue(records)
+
+    async def _queue_rest(self, append: _Append, records: Sequence[OutRecord], index: int
+                          ) -> None:
+        try:
+            while index < len(records):
+                self._serve()  # librdkafka's queue is full: serve reports, let it send
+                await asyncio.sleep(0.002)
+                index = self._produce(append, records, index)
+        except TransportError as exc:
+            append.fail(exc)
+
+    def _produce(self, append: _Append, records: Sequence[OutRecord], index: int) -> int:
+        """Produce ``records[index:]`` until librdkafka's queue is full; return the index
+        reached. Raises TransportError (the append abandoned) if the producer is closed
+        or librdkafka refuses a record."""
+        report, produce, partial = append.report, self.producer.produce, functools.partial
+        keyed = append.report_keyed if append.by_key else None
+        heads, chain, tails = append.heads, append.chain, append.tails
         while index < len(records):  # one tight loop: this is the publishing hot path
             if self._closed:
                 self._open.discard(append)
@@ -172,17 +206,14 @@ class DeliveryProducer:
                 else:
                     produce(record.topic, record.value, key, partition,
                             on_delivery=partial(report, index), headers=headers)
-            except BufferError:  # librdkafka's queue is full: serve reports, let it send
-                self._serve()
-                await asyncio.sleep(0.002)
-                continue
+            except BufferError:
+                return index
             except KafkaException as exc:
                 self._open.discard(append)  # abandoned: its queued records report to nobody
                 raise translate_exception(exc, "append", record.topic) from exc
             index += 1
-        if not self._busy:
-            self._reschedule(_BUSY_POLL)
-        return await future
+        append.tails = {}
+        return index
 
     def _poll(self) -> None:
         self._serve()

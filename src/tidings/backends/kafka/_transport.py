@@ -12,7 +12,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -142,13 +142,21 @@ class KafkaTransport(Transport, SupportsTransactions):
         admin, _, _ = self._require()
         return {topic: await admin.ensure_topic(topic, partitions) for topic in set(topics)}
 
-    async def append(self, records: Sequence[OutRecord]) -> list[Position]:
-        """Append durably (acks from every in-sync replica); delayed records go to a tier."""
+    def append(self, records: Sequence[OutRecord]) -> Awaitable[list[Position]]:
+        """Append durably (acks from every in-sync replica); delayed records go to a tier.
+
+        Records due now, to known topics, are queued before this returns (the caller
+        need not keep them while it waits: see ``DeliveryProducer.queue``)."""
         if not records:
-            return []
+            return self._append_routed(records)  # nothing to check, nothing to send
         admin, producer, _ = self._require()
         if admin.knows_all(records):  # the common case, kept short: no delays, known topics
-            return await producer.send(records)
+            return _acknowledged(producer.queue(records))
+        return self._append_routed(records)
+
+    async def _append_routed(self, records: Sequence[OutRecord]) -> list[Position]:
+        if not records:
+            return []
         now = _delay.now()
         outgoing = [_delay.route(record, now) for record in records]
         positions = await self._send_now(outgoing, targets={r.topic for r in records})
@@ -280,3 +288,9 @@ class KafkaTransport(Transport, SupportsTransactions):
             else:  # brokers may answer per batch: read on to the exact record
                 result[tp.partition] = await reader.first_at_or_after(tp, listed[tp], millis)
         return result
+
+
+async def _acknowledged(queued: Awaitable[list[Position]]) -> list[Position]:
+    """A coroutine (as ``append`` callers may expect: ``create_task`` takes no future)
+    that waits for records already queued, without holding them."""
+    return await queued
