@@ -52,30 +52,19 @@ def to_record(message: Message) -> Record:
 
 def to_records(messages: list[Message], what: str) -> list[Record]:
     """Records of a ``consume()`` batch; errors are logged, or raised if nothing came.
-    (``to_record``'s body inline: this loop runs once per consumed record.)
 
     Empties ``messages`` as it goes: a librdkafka message is an object the garbage
     collector tracks, and freeing each as soon as its record exists keeps a batch's
     worth of them from being promoted to an older generation by a collection that
     runs in the middle of the conversion."""
     records: list[Record] = []
-    append = records.append
     failure: TransportError | None = None
     for index in range(len(messages)):
         message = messages[index]
         messages[index] = None  # type: ignore[call-overload]  # see the docstring
         error = message.error()
         if error is None:
-            key = message.key()
-            raw = cast("list[tuple[str, bytes | None]] | None", message.headers())
-            headers: dict[str, str] = {}
-            if raw:
-                for name, value in raw:
-                    headers[name] = value.decode("utf-8", "replace") if value is not None else ""
-            append(Record(message.topic() or "", message.partition() or 0,
-                          message.offset() or 0,
-                          key.decode("utf-8", "replace") if key is not None else None,
-                          message.value() or b"", headers, message.timestamp()[1] / 1000.0))
+            records.append(to_record(message))
         elif error.code() != KafkaError._PARTITION_EOF:
             failure = translate(error, what, message.topic())
             if error.fatal():

@@ -79,13 +79,7 @@ class _Append:
         following = self.chain[index]
         if following >= 0:
             heads[key] = following  # type: ignore[index]  # bytes, checked above
-        if error is not None and self.error is None:
-            self.error = translate(error, "append", message.topic() or "")
-        self.partitions[index] = message.partition() or 0
-        self.offsets[index] = message.offset() or 0
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.finished.append(self)
+        self.report(index, error, message)
 
     def report(self, index: int, error: KafkaError | None, message: Message) -> None:
         """librdkafka's delivery callback for record ``index``."""
