@@ -184,13 +184,14 @@ class DeliveryProducer:
             if self._closed:
                 self._open.discard(append)
                 raise TransportError("append: the Kafka producer is closed")
-            record = records[index]
-            key, partition, headers = produce_args(record)
+            record = records[index]  # produce_args, inline: once per record
+            key, partition, headers = record.key, record.partition, record.headers
+            wire_headers = cast(WireHeaders, headers if type(headers) is dict else dict(headers))
             try:
-                if key is not None and partition < 0 and keyed is not None:
+                if key is not None and partition is None and keyed is not None:
                     wire = key.encode()
                     produce(record.topic, record.value, wire, -1, on_delivery=keyed,
-                            headers=headers)
+                            headers=wire_headers)
                     previous = tails.get(wire)  # queued: now chain it behind its key
                     if previous is None:
                         heads[wire] = index
@@ -198,8 +199,9 @@ class DeliveryProducer:
                         chain[previous] = index
                     tails[wire] = index
                 else:
-                    produce(record.topic, record.value, key, partition,
-                            on_delivery=partial(report, index), headers=headers)
+                    produce(record.topic, record.value, key,
+                            -1 if partition is None else partition,
+                            on_delivery=partial(report, index), headers=wire_headers)
             except BufferError:
                 return index
             except KafkaException as exc:
@@ -279,11 +281,12 @@ def produce_args(record: OutRecord) -> tuple[str | None, int, WireHeaders]:
 def check_sizes(records: Sequence[OutRecord], max_bytes: int) -> None:
     """Refuse, before sending anything, a record larger than ``max_bytes``."""
     for record in records:
-        # A quick upper bound first (UTF-8 takes at most 4 bytes a character).
-        chars = len(record.key or "") + sum(map(len, record.headers)) \
-            + sum(map(len, record.headers.values()))
-        size = len(record.value) + _OVERHEAD + 4 * chars
-        if size <= max_bytes:
+        # A quick upper bound first (UTF-8 takes at most 4 bytes a character); a plain
+        # loop, as it runs once per record (map and sum cost twice as much here).
+        chars = len(record.key or "")
+        for name, value in record.headers.items():
+            chars += len(name) + len(value)
+        if len(record.value) + _OVERHEAD + 4 * chars <= max_bytes:
             continue
         size = len(record.value) + _OVERHEAD + len((record.key or "").encode()) + sum(
             len(name.encode()) + len(value.encode()) for name, value in record.headers.items()
