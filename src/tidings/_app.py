@@ -358,19 +358,19 @@ class App:
         if not self._open:
             raise NotRunningError(f"app {self.name!r} is not running: use 'async with app:'")
 
-    async def _append(self, outs: list[OutRecord]) -> list[Any]:
+    async def _append(self, outs: list[OutRecord]) -> Sequence[Position]:
         return await self._appending(outs)
 
-    def _appending(self, outs: list[OutRecord]) -> Awaitable[list[Position]]:
+    def _appending(self, outs: list[OutRecord]) -> Awaitable[Sequence[Position]]:
         """Hand ``outs`` to the transport now; the awaitable gives their positions. (A
         backend may take the records at once, so the caller need not keep them.)"""
         self._require_running()
         return self._emit_now(outs)
 
-    async def _emit(self, outs: list[OutRecord]) -> list[Position]:
+    async def _emit(self, outs: list[OutRecord]) -> Sequence[Position]:
         return await self._emit_now(outs)
 
-    def _emit_now(self, outs: list[OutRecord]) -> Awaitable[list[Position]]:
+    def _emit_now(self, outs: list[OutRecord]) -> Awaitable[Sequence[Position]]:
         # Inside an exactly-once handler, held: appended when its offset commits, with it.
         held = hold(outs)
         if held:

@@ -116,7 +116,7 @@ class Transport(abc.ABC):
         """Create the topic if missing; return its partition count."""
 
     @abc.abstractmethod
-    def append(self, records: Sequence[OutRecord]) -> Awaitable[list[Position]]:
+    def append(self, records: Sequence[OutRecord]) -> Awaitable[Sequence[Position]]:
         """Append records durably; creates missing topics with the default partitions.
         (An ``async def`` does; a backend may also take the records before returning
         the awaitable, so that the caller need not keep them while it waits.)"""

@@ -26,7 +26,7 @@ log = logging.getLogger("tidings.kafka")
 
 T = TypeVar("T")
 
-Send = Callable[[Sequence[OutRecord]], Awaitable[list[Position]]]
+Send = Callable[[Sequence[OutRecord]], Awaitable[Sequence[Position]]]
 EnsureTopics = Callable[[Sequence[str], int], Awaitable[object]]
 
 _IDLE = 0.5  # longest wait for new tier records

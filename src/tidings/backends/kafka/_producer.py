@@ -15,8 +15,8 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Iterator, Sequence
+from typing import Any, cast, overload
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -49,7 +49,7 @@ class _Append:
     __slots__ = ("by_key", "chain", "error", "finished", "future", "heads", "offsets",
                  "partitions", "remaining", "tails", "topics")
 
-    def __init__(self, future: asyncio.Future[list[Position]], topics: list[str],
+    def __init__(self, future: asyncio.Future[Sequence[Position]], topics: list[str],
                  finished: deque[_Append], ordered: bool) -> None:
         self.future = future
         self.topics = topics
@@ -103,8 +103,44 @@ class _Append:
         if self.error is not None:
             self.future.set_exception(self.error)
         else:
-            self.future.set_result(list(map(Position, self.topics, self.partitions,
-                                            self.offsets)))
+            self.future.set_result(_Positions(self.topics, self.partitions, self.offsets))
+
+
+class _Positions(Sequence[Position]):
+    """An append's positions, each made when it is read. Made all at once, a thousand
+    Positions live through the collections that building the caller's results
+    triggers, and are promoted for the full collections to walk."""
+
+    __slots__ = ("_offsets", "_partitions", "_topics")
+
+    def __init__(self, topics: list[str], partitions: list[int], offsets: list[int]) -> None:
+        self._topics, self._partitions, self._offsets = topics, partitions, offsets
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    @overload
+    def __getitem__(self, index: int) -> Position: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Position]: ...
+
+    def __getitem__(self, index: int | slice) -> Position | list[Position]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return Position(self._topics[index], self._partitions[index], self._offsets[index])
+
+    def __iter__(self) -> Iterator[Position]:
+        return map(Position, self._topics, self._partitions, self._offsets)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like a list
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 class DeliveryProducer:
@@ -131,7 +167,7 @@ class DeliveryProducer:
         self._loop = loop
         self._timer = loop.call_soon(self._poll)
 
-    def queue(self, records: Sequence[OutRecord]) -> asyncio.Future[list[Position]]:
+    def queue(self, records: Sequence[OutRecord]) -> asyncio.Future[Sequence[Position]]:
         """Queue ``records`` now; return the future of their positions, resolved once the
         broker acknowledged every one.
 
@@ -143,7 +179,7 @@ class DeliveryProducer:
         appended.
         """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Position]] = loop.create_future()
+        future: asyncio.Future[Sequence[Position]] = loop.create_future()
         if not records:
             future.set_result([])
             return future
@@ -159,7 +195,7 @@ class DeliveryProducer:
             self._reschedule(_BUSY_POLL)
         return future
 
-    async def send(self, records: Sequence[OutRecord]) -> list[Position]:
+    async def send(self, records: Sequence[OutRecord]) -> Sequence[Position]:
         """Queue ``records`` and wait until the broker acknowledged all of them."""
         return await self.queue(records)
 

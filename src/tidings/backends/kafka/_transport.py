@@ -142,7 +142,7 @@ class KafkaTransport(Transport, SupportsTransactions):
         admin, _, _ = self._require()
         return {topic: await admin.ensure_topic(topic, partitions) for topic in set(topics)}
 
-    def append(self, records: Sequence[OutRecord]) -> Awaitable[list[Position]]:
+    def append(self, records: Sequence[OutRecord]) -> Awaitable[Sequence[Position]]:
         """Append durably (acks from every in-sync replica); delayed records go to a tier.
 
         Records due now, to known topics, are queued before this returns (the caller
@@ -154,7 +154,7 @@ class KafkaTransport(Transport, SupportsTransactions):
             return _acknowledged(producer.queue(records))
         return self._append_routed(records)
 
-    async def _append_routed(self, records: Sequence[OutRecord]) -> list[Position]:
+    async def _append_routed(self, records: Sequence[OutRecord]) -> Sequence[Position]:
         if not records:
             return []
         now = _delay.now()
@@ -181,7 +181,7 @@ class KafkaTransport(Transport, SupportsTransactions):
         return outgoing
 
     async def _send_now(self, records: Sequence[OutRecord], targets: Iterable[str] = ()
-                        ) -> list[Position]:
+                        ) -> Sequence[Position]:
         _, producer, _ = self._require()
         topics = {r.topic for r in records} | set(targets)
         tiers = {t for t in topics if t.startswith(_delay.PREFIX)}
@@ -290,7 +290,7 @@ class KafkaTransport(Transport, SupportsTransactions):
         return result
 
 
-async def _acknowledged(queued: Awaitable[list[Position]]) -> list[Position]:
+async def _acknowledged(queued: Awaitable[Sequence[Position]]) -> Sequence[Position]:
     """A coroutine (as ``append`` callers may expect: ``create_task`` takes no future)
     that waits for records already queued, without holding them."""
     return await queued
