@@ -58,7 +58,11 @@ class Backend:
         """Every message any member reported as handled."""
         if not self.outfile.exists():
             return []
-        return [json.loads(line) for line in self.outfile.read_text().splitlines() if line]
+        text = self.outfile.read_text()
+        # Only whole lines: a member may be writing one as this reads (a read raced a
+        # write in CI once, and saw half a line); it is read whole by the next look.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line]
 
 
 class Member:

@@ -270,7 +270,8 @@ class Child:
 def handled(outfile: Path) -> list[tuple[int, int]]:
     if not outfile.exists():
         return []
-    lines = [json.loads(line) for line in outfile.read_text().splitlines()]
+    text = outfile.read_text()  # whole lines only: a member may be writing one now
+    lines = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
     return [(line["p"], line["o"]) for line in lines]
 
 
