@@ -63,7 +63,7 @@ class Message:
     def from_record(cls, record: Record, attempt: int) -> Message:
         """Build the envelope of ``record`` for delivery number ``attempt``."""
         headers = record.headers
-        message_id = headers.get(Headers.ID) or f"{record.topic}-{record.partition}-{record.offset}"
+        message_id, correlation_id = _ids_of(record)
         return cls(  # positional: this runs once per handled message
             message_id,
             record.topic,
@@ -73,10 +73,18 @@ class Message:
             headers,
             record.timestamp,
             attempt,
-            headers.get(Headers.CORRELATION_ID) or message_id,
+            correlation_id,
             headers.get(Headers.CAUSATION_ID),
             record.value,
         )
+
+
+def _ids_of(record: Record) -> tuple[str, str]:
+    """``(id, correlation id)`` of a received record: its id header (else its place in
+    the log), and the correlation header (else its own id: it starts a conversation)."""
+    headers = record.headers
+    message_id = headers.get(Headers.ID) or f"{record.topic}-{record.partition}-{record.offset}"
+    return message_id, headers.get(Headers.CORRELATION_ID) or message_id
 
 
 @dataclass(slots=True, unsafe_hash=True)  # hashable, as it was when frozen
@@ -141,9 +149,7 @@ class _CurrentMessage:
             return None
         if isinstance(value, Message):
             return value.id, value.correlation_id or value.id
-        headers = value.headers
-        message_id = headers.get(Headers.ID) or f"{value.topic}-{value.partition}-{value.offset}"
-        return message_id, headers.get(Headers.CORRELATION_ID) or message_id
+        return _ids_of(value)
 
 
 #: The message whose handler is running in this task (for correlation and causation).
