@@ -279,7 +279,7 @@ class App:
         exactly-once handler it is held and appended with the handler's offset commit
         (``partition`` and ``offset`` of the result are then None)."""
         out = self._out(topic, payload, key, headers, delay, partition)
-        position = (await self._append([out]))[0]
+        position = (await self._appending([out]))[0]
         return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
 
     async def publish_many(
@@ -358,19 +358,14 @@ class App:
         if not self._open:
             raise NotRunningError(f"app {self.name!r} is not running: use 'async with app:'")
 
-    async def _append(self, outs: list[OutRecord]) -> Sequence[Position]:
-        return await self._appending(outs)
-
     def _appending(self, outs: list[OutRecord]) -> Awaitable[Sequence[Position]]:
         """Hand ``outs`` to the transport now; the awaitable gives their positions. (A
         backend may take the records at once, so the caller need not keep them.)"""
         self._require_running()
-        return self._emit_now(outs)
+        return self._emit(outs)
 
-    async def _emit(self, outs: list[OutRecord]) -> Sequence[Position]:
-        return await self._emit_now(outs)
-
-    def _emit_now(self, outs: list[OutRecord]) -> Awaitable[Sequence[Position]]:
+    def _emit(self, outs: list[OutRecord]) -> Awaitable[Sequence[Position]]:
+        """``_appending`` without the running check: the runtime's own appends (dead letters)."""
         # Inside an exactly-once handler, held: appended when its offset commits, with it.
         held = hold(outs)
         if held:
