@@ -32,11 +32,8 @@ class OffsetTracker:
         if pending and pending[0] == offset:
             pending.popleft()
             self.commit_point = offset + 1
-            done = self._done
-            while pending and pending[0] in done:
-                head = pending.popleft()
-                done.discard(head)
-                self.commit_point = head + 1
+            if self._done:
+                self._drain()
         else:
             self._done.add(offset)
 
@@ -49,6 +46,11 @@ class OffsetTracker:
                 self.commit_point = offset + 1
             else:
                 done.add(offset)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Move the commit point past finished offsets now at the head."""
+        pending, done = self._pending, self._done
         while pending and pending[0] in done:
             head = pending.popleft()
             done.discard(head)
