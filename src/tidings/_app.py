@@ -386,11 +386,9 @@ class App:
         decode, invoke, takes_payload = handler.decode, handler.invoke, handler.takes_payload
         wants_message = handler.message_param is not None
         set_current, reset_current = current_message.var.set, current_message.var.reset
-        resolves, redrive = Headers.DLQ_RESOLVES, Headers.REDRIVE_GROUP
 
         async def process(record: Record, attempt: int) -> float | None:
-            headers = record.headers
-            if (resolves in headers or redrive in headers) and not_for(record, group):
+            if not_for(record, group):
                 return None
             # A first delivery to a handler that takes no Message leaves the envelope
             # unbuilt: current_message makes it if anyone asks (see _message).

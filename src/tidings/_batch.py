@@ -20,7 +20,7 @@ from ._consumer import BatchProcess
 from ._dlq import dead_letter_record, not_for
 from ._errors import DecodeError
 from ._handler import Handler
-from ._message import Headers, Message
+from ._message import Message
 from ._records import OutRecord, Record
 from ._retry import Retry, RetryPolicy
 
@@ -36,15 +36,13 @@ def batch_process(handler: Handler, group: str, policy: RetryPolicy, emit: Emit)
     decode, invoke, takes_payload = handler.decode, handler.invoke, handler.takes_payload
     wants_messages = handler.message_param is not None
     name = handler.func.__qualname__
-    resolves, redrive = Headers.DLQ_RESOLVES, Headers.REDRIVE_GROUP
 
     async def process(records: list[Record], attempt: int) -> tuple[list[Record], float] | None:
         todo: list[Record] = []
         payloads: list[Any] = []
         undecodable: list[OutRecord] = []
         for record in records:
-            headers = record.headers  # not_for's test, its cheap part inline
-            if (resolves in headers or redrive in headers) and not_for(record, group):
+            if not_for(record, group):
                 continue
             if takes_payload:
                 try:

@@ -220,11 +220,10 @@ class DeliveryProducer:
             if self._closed:
                 self._open.discard(append)
                 raise TransportError("append: the Kafka producer is closed")
-            record = records[index]  # produce_args, inline: once per record
-            key, partition, headers = record.key, record.partition, record.headers
-            wire_headers = cast(WireHeaders, headers if type(headers) is dict else dict(headers))
+            record = records[index]
+            key, partition, wire_headers = produce_args(record)
             try:
-                if key is not None and partition is None and keyed is not None:
+                if key is not None and partition < 0 and keyed is not None:
                     wire = key.encode()
                     produce(record.topic, record.value, wire, -1, on_delivery=keyed,
                             headers=wire_headers)
@@ -235,8 +234,7 @@ class DeliveryProducer:
                         chain[previous] = index
                     tails[wire] = index
                 else:
-                    produce(record.topic, record.value, key,
-                            -1 if partition is None else partition,
+                    produce(record.topic, record.value, key, partition,
                             on_delivery=partial(report, index), headers=wire_headers)
             except BufferError:
                 return index
