@@ -25,7 +25,7 @@ from ._errors import (
     TransportError,
     UnknownTopicError,
 )
-from ._message import Headers, Message, Outgoing, Published
+from ._message import Headers, Message, Outgoing, Published, PublishedMany
 from ._records import GroupInfo, MemberInfo, Record, Start, TopicInfo, TopicPartition
 from ._retry import RetryPolicy
 
@@ -51,6 +51,7 @@ __all__ = [
     "NotRunningError",
     "Outgoing",
     "Published",
+    "PublishedMany",
     "Record",
     "RemoteError",
     "RequestTimeoutError",

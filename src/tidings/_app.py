@@ -18,8 +18,8 @@ from ._cron import CatchUp, cron
 from ._dlq import DeadLetters, dead_letter_record, not_for
 from ._errors import ConfigurationError, NotRunningError, RemoteError
 from ._handler import Handler, inspect_handler
-from ._message import Headers, Message, Outgoing, Published, current_message
-from ._outgoing import Delay, check_name, make_record
+from ._message import Headers, Message, Outgoing, Published, PublishedMany, current_message
+from ._outgoing import Delay, check_name, make_record, make_records
 from ._records import OutRecord, Position, Record, Start
 from ._reply import REPLIES_TOPIC, ReplyListener
 from ._retry import Retry, RetryPolicy
@@ -288,31 +288,24 @@ class App:
         payloads: Iterable[Any],
         *,
         key: Callable[[Any], str | None] | None = None,
-    ) -> list[Published]:
-        """Append many messages in one durable batch; ``key(payload)`` picks each key."""
-        outs = [make_record(topic, p, key(p) if key else None, None, None, None)
-                for p in payloads]
+    ) -> PublishedMany:
+        """Append many messages in one durable batch; ``key(payload)`` picks each key.
+        Returns a sequence of :class:`Published`, in order (made as it is read)."""
+        outs = make_records(topic, payloads, key)
         ids = [o.headers[Headers.ID] for o in outs]
         appending = self._appending(outs)
         del outs  # handed over: not kept alive while the broker acknowledges them
-        positions = await appending
-        return [
-            Published(message_id, topic, pos.partition, pos.offset)
-            for message_id, pos in zip(ids, positions, strict=True)
-        ]
+        return PublishedMany(ids, topic, await appending)
 
-    async def publish_batch(self, messages: Iterable[Outgoing]) -> list[Published]:
+    async def publish_batch(self, messages: Iterable[Outgoing]) -> PublishedMany:
         """Append messages to any topics, each with its own key, headers and delay, in one
-        durable batch, in the given order."""
+        durable batch, in the given order. Returns a sequence of :class:`Published`."""
         outs = [self._out(m.topic, m.payload, m.key, m.headers, m.delay, None) for m in messages]
-        ids = [(o.headers[Headers.ID], o.topic) for o in outs]
+        ids = [o.headers[Headers.ID] for o in outs]
+        topics = [o.topic for o in outs]
         appending = self._appending(outs)
         del outs  # handed over: not kept alive while the broker acknowledges them
-        positions = await appending
-        return [
-            Published(message_id, topic, pos.partition, pos.offset)
-            for (message_id, topic), pos in zip(ids, positions, strict=True)
-        ]
+        return PublishedMany(ids, topics, await appending)
 
     async def enqueue(
         self, queue: str, payload: Any, *, priority: int = 0, delay: Delay = None,

@@ -28,4 +28,4 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_id() -> str:
     """A fresh message id: 32 lowercase hex digits."""
-    return f"{_prefix}{next(_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return _prefix + (next(_counter) & 0xFFFFFFFFFFFFFFFF).to_bytes(8).hex()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._records import Record
+from ._errors import TransportError
+from ._lazy import LazySequence
+from ._records import Position, Record
 
 __all__ = ["Headers", "Message", "Outgoing", "Published", "current_message"]
 
@@ -98,6 +100,28 @@ class Published:
     topic: str
     partition: int | None
     offset: int | None
+
+
+class PublishedMany(LazySequence[Published]):
+    """What ``App.publish_many`` and ``publish_batch`` return: a read-only sequence of
+    :class:`Published`, each made when it is read (most callers read none)."""
+
+    __slots__ = ("_ids", "_positions", "_topics")
+
+    def __init__(self, ids: list[str], topics: str | list[str],
+                 positions: Sequence[Position]) -> None:
+        if len(positions) != len(ids):
+            raise TransportError(f"the transport reported {len(positions)} positions "
+                                 f"for {len(ids)} messages")
+        self._ids, self._topics, self._positions = ids, topics, positions
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _item(self, index: int) -> Published:
+        position = self._positions[index]
+        topic = self._topics if isinstance(self._topics, str) else self._topics[index]
+        return Published(self._ids[index], topic, position.partition, position.offset)
 
 
 @dataclass(frozen=True, slots=True)

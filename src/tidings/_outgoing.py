@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,7 @@ from ._ids import new_id
 from ._message import Headers, current_message
 from ._records import OutRecord
 
-__all__ = ["Delay", "check_name", "deliver_at", "make_record"]
+__all__ = ["Delay", "check_name", "deliver_at", "make_record", "make_records"]
 
 Delay = float | timedelta | datetime | None
 _delivery = current_message.var  # read directly first: most publishes have no parent
@@ -67,23 +67,53 @@ def make_record(
     causation ids when there is a parent (or the caller gave them).
     """
     check_name("topic", topic)
-    if key is not None and not isinstance(key, str):
-        raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
+    _check_key(key)
     value, content_type = encode(payload)
-    parent = current_message.ids() if _delivery.get() is not None else None
-    if headers:
-        merged = {**headers}
-        message_id = merged.setdefault(Headers.ID, new_id())
-    else:  # the common case: this runs once per published message
-        message_id = new_id()
-        merged = {Headers.ID: message_id}
-    # Written only when they say something (each header costs the Kafka client ~1 us):
-    # JSON is the default content type, and a message that starts a conversation is
-    # its own correlation id (``Message.correlation_id`` falls back to ``Message.id``).
-    if content_type is not JSON:
-        merged.setdefault(Headers.CONTENT_TYPE, content_type)
-    if parent is not None:
-        merged.setdefault(Headers.CORRELATION_ID, parent[1])
-        merged.setdefault(Headers.CAUSATION_ID, parent[0])
+    merged = {**headers} if headers else {}
+    merged.setdefault(Headers.ID, new_id())
+    _add_headers(merged, content_type, _parent())
     return OutRecord(topic, value, key, merged, partition,
                      deliver_at(delay) if delay is not None else None)
+
+
+def make_records(
+    topic: str, payloads: Iterable[Any], key: Callable[[Any], str | None] | None,
+) -> list[OutRecord]:
+    """``make_record`` for many payloads to one topic, without headers, delays or chosen
+    partitions (``publish_many``): the topic is checked once, and the common record,
+    a JSON payload with no parent, costs a dict and the record."""
+    check_name("topic", topic)
+    parent = _parent()
+    records = []
+    for payload in payloads:
+        record_key = key(payload) if key is not None else None
+        if record_key is not None and type(record_key) is not str:
+            _check_key(record_key)
+        value, content_type = encode(payload)
+        headers = {Headers.ID: new_id()}
+        if content_type is not JSON or parent is not None:
+            _add_headers(headers, content_type, parent)
+        records.append(OutRecord(topic, value, record_key, headers))
+    return records
+
+
+def _check_key(key: object) -> None:
+    if key is not None and not isinstance(key, str):
+        raise ConfigurationError(f"a message key is a str or None, not {type(key).__name__}")
+
+
+def _parent() -> tuple[str, str] | None:
+    """``(id, correlation id)`` of the message being handled, if any."""
+    return current_message.ids() if _delivery.get() is not None else None
+
+
+def _add_headers(headers: dict[str, str], content_type: str,
+                 parent: tuple[str, str] | None) -> None:
+    """The headers written only when they say something (each costs the Kafka client
+    ~1 us): JSON is the default content type, and a message that starts a conversation
+    is its own correlation id (``Message.correlation_id`` falls back to ``Message.id``)."""
+    if content_type is not JSON:
+        headers.setdefault(Headers.CONTENT_TYPE, content_type)
+    if parent is not None:
+        headers.setdefault(Headers.CORRELATION_ID, parent[1])
+        headers.setdefault(Headers.CAUSATION_ID, parent[0])

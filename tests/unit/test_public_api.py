@@ -12,7 +12,8 @@ def test_exported_members() -> None:
         "CronError", "DeadLetter",
         "DeadLetters", "DecodeError", "FencedError", "GroupInfo", "Headers", "MemberInfo",
         "Message", "MessageTooLargeError", "MissingDependencyError", "NotRunningError",
-        "Outgoing", "Published", "Record", "RemoteError", "RequestTimeoutError", "RetryPolicy",
+        "Outgoing", "Published", "PublishedMany", "Record", "RemoteError",
+        "RequestTimeoutError", "RetryPolicy",
         "SerializationError", "Start", "TidingsError", "TopicInfo", "TopicPartition",
         "TransportError", "UnknownTopicError", "__version__", "cron",
     ])

@@ -16,11 +16,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any, cast, overload
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ..._errors import MessageTooLargeError, TransportError
+from ..._lazy import LazySequence
 from ..._records import OutRecord, Position
 from ._translate import translate, translate_exception
 
@@ -106,10 +107,8 @@ class _Append:
             self.future.set_result(_Positions(self.topics, self.partitions, self.offsets))
 
 
-class _Positions(Sequence[Position]):
-    """An append's positions, each made when it is read. Made all at once, a thousand
-    Positions live through the collections that building the caller's results
-    triggers, and are promoted for the full collections to walk."""
+class _Positions(LazySequence[Position]):
+    """An append's positions, each made when it is read (see ``LazySequence``)."""
 
     __slots__ = ("_offsets", "_partitions", "_topics")
 
@@ -119,28 +118,11 @@ class _Positions(Sequence[Position]):
     def __len__(self) -> int:
         return len(self._topics)
 
-    @overload
-    def __getitem__(self, index: int) -> Position: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Position]: ...
-
-    def __getitem__(self, index: int | slice) -> Position | list[Position]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _item(self, index: int) -> Position:
         return Position(self._topics[index], self._partitions[index], self._offsets[index])
 
     def __iter__(self) -> Iterator[Position]:
         return map(Position, self._topics, self._partitions, self._offsets)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence):
-            return NotImplemented
-        return list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like a list
-
-    def __repr__(self) -> str:
-        return repr(list(self))
 
 
 class DeliveryProducer:
