@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ._errors import ConfigurationError, FencedError, TransportError
 from ._offsets import OffsetTracker
@@ -32,6 +33,8 @@ from .ports import Subscription, SupportsTransactions, TransactionalSubscription
 __all__ = ["BatchProcess", "Consumer", "ConsumerSpec", "Process"]
 
 log = logging.getLogger("tidings.consumer")
+
+T = TypeVar("T")
 
 #: Handle one record at delivery ``attempt``; None when finished, else seconds to retry after.
 Process = Callable[[Record, int], Awaitable[float | None]]
@@ -83,6 +86,10 @@ class _Partition:
 
 _Item = tuple[Record, int, _Partition]  # record, delivery attempt, its partition
 _Run = tuple[_Partition, list[Record]]  # a batch consumer's records of one partition
+# A sequential consumer's queue entry: records of one partition and their attempt;
+# _FRESH marks fetched records (attempt 1, held back if their key waits for a retry).
+_Step = tuple[_Partition, list[Record], int]
+_FRESH = 0
 
 
 class _Ready:
@@ -126,6 +133,13 @@ class Consumer:
         self._stopped = asyncio.Event()
         self._ready = _Ready(spec.priority_of)
         self._runs: deque[_Run] = deque()  # a batch consumer's, in place of _ready
+        self._steps: deque[_Step] = deque()  # a sequential consumer's, in place of _ready
+        # One worker, no priorities, no transaction: records run in fetch order, and
+        # per-key lanes are only needed for keys whose record waits for a retry.
+        self._sequential = spec.concurrency == 1 and not spec.batch \
+            and spec.priority_of is None and not spec.transactional
+        self._queue: deque[_Run] | deque[_Step] | _Ready = \
+            self._runs if spec.batch else self._steps if self._sequential else self._ready
         self._parts: dict[TopicPartition, _Partition] = {}
         self._inflight = 0
         self._timers: set[asyncio.TimerHandle] = set()
@@ -157,6 +171,10 @@ class Consumer:
         self._tasks = [asyncio.create_task(self._fetch_loop(), name="tidings-fetch")]
         if spec.batch:
             self._tasks.append(asyncio.create_task(self._batch_worker(), name="tidings-batch"))
+            return
+        if self._sequential:
+            self._tasks.append(asyncio.create_task(self._sequential_worker(),
+                                                   name="tidings-worker-0"))
             return
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"tidings-worker-{i}")
@@ -270,7 +288,12 @@ class Consumer:
 
     def _submit(self, records: list[Record]) -> None:
         if self.spec.batch:
-            self._submit_runs(records)
+            self._runs.extend(self._runs_of(records))
+            self._has_work.set()
+            return
+        if self._sequential:
+            self._steps.extend((part, run, _FRESH) for part, run in self._runs_of(records))
+            self._has_work.set()
             return
         push = self._ready.push
         part: _Partition | None = None
@@ -294,9 +317,11 @@ class Consumer:
         self._inflight += len(records)
         self._has_work.set()
 
-    def _submit_runs(self, records: list[Record]) -> None:
-        """A batch consumer's records: queued as runs of one partition each, not one by
-        one (a batch runs whole, so its records need no lanes)."""
+    def _runs_of(self, records: list[Record]) -> list[_Run]:
+        """``records`` tracked (in flight, offsets pending) and cut into runs of one
+        partition each, in order: how batch and sequential consumers queue them (no
+        entry per record)."""
+        runs: list[_Run] = []
         start = 0
         while start < len(records):
             first = records[start]
@@ -310,14 +335,14 @@ class Consumer:
             for record in run:
                 add(record.offset)
             part.inflight += len(run)
-            self._runs.append((part, run))
+            runs.append((part, run))
             start = end
         self._inflight += len(records)
-        self._has_work.set()
+        return runs
 
     async def _work_ready(self) -> bool:
         """Wait until a record is ready; False once the consumer is stopping."""
-        while not (self._runs if self.spec.batch else self._ready):
+        while not self._queue:
             if self._stopped.is_set():
                 return False
             self._has_work.clear()
@@ -354,8 +379,58 @@ class Consumer:
                 if delay is None:
                     self._finish(record, part)
                 else:
-                    self._retry_later((record, attempt + 1, part), delay)
+                    self._retry_later(self._ready.push, (record, attempt + 1, part), delay)
             self._progress.set()
+
+    async def _sequential_worker(self) -> None:
+        """The one worker of a sequential consumer: each partition's records in offset
+        order, one at a time. A failed record waits for its retry off the worker and
+        parks its key: that key's later records wait in its lane (in order), the other
+        keys go on; the lane drains one record at a time once the retry succeeded."""
+        steps, process, progress = self._steps, self._process, self._progress
+        stopped = self._stopped
+        while await self._work_ready():
+            part, run, attempt = steps.popleft()
+            lanes = part.lanes
+            for record in run:
+                if not part.accepting or stopped.is_set():
+                    break  # revoked, lost or stopping: the rest is stale
+                key = record.key
+                if attempt == _FRESH and lanes and key is not None and key in lanes:
+                    lanes[key].append(record)  # type: ignore[union-attr]  # a parked key
+                    continue
+                part.active += 1
+                try:
+                    delay = await process(record, attempt or 1)
+                except Exception:
+                    log.exception("tidings failed to process %s[%d]@%d; retrying",
+                                  record.topic, record.partition, record.offset)
+                    delay = 1.0
+                finally:
+                    part.active -= 1
+                if part.tracked:
+                    if delay is None:
+                        part.tracker.finish(record.offset)
+                        part.inflight -= 1
+                        self._inflight -= 1
+                        if attempt != _FRESH and key is not None:  # released or retried
+                            self._release_next(part, key)
+                    else:
+                        if key is not None and key not in lanes:
+                            lanes[key] = deque()  # park the key behind the retry
+                        self._retry_later(steps.append, (part, [record], (attempt or 1) + 1),
+                                          delay)
+                progress.set()
+
+    def _release_next(self, part: _Partition, key: str) -> None:
+        """A parked key's retried (or released) record finished: queue the next record
+        of its lane, or unpark the key."""
+        lane = part.lanes.get(key)
+        if lane:
+            self._steps.append((part, [lane.popleft()], 1))
+            self._has_work.set()
+        else:
+            part.lanes.pop(key, None)
 
     async def _batch_worker(self) -> None:
         """One batch at a time: what is ready (in fetch order, so each partition's in
@@ -415,11 +490,11 @@ class Consumer:
                 return  # done, revoked, or stopping: what is unfinished is redelivered
             attempt += 1
 
-    def _retry_later(self, item: _Item, delay: float) -> None:
+    def _retry_later(self, push: Callable[[T], None], item: T, delay: float) -> None:
         def requeue() -> None:
             self._timers.discard(timer)
             if not self._stopped.is_set():
-                self._ready.push(item)
+                push(item)
                 self._has_work.set()
 
         timer = asyncio.get_running_loop().call_later(delay, requeue)

@@ -6,6 +6,8 @@ import asyncio
 import itertools
 import time
 
+import pytest
+
 from tidings import DecodeError, Headers, Message, RetryPolicy
 
 from .util import eventually, wait_letters
@@ -74,6 +76,45 @@ def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(backe
         assert letter.record.key == "same-key"
         assert letter.record.headers["h"] == "v"
         assert letter.record.value == b'{"n":3}'
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_retrying_record_holds_back_only_its_own_key_in_order(
+        backend, names, concurrency: int) -> None:
+    """Axon's ordering-preserving retry, not Spring's retry topics: while a record waits
+    for its retry, the later records of its key wait behind it, in order (those
+    fetched before the failure and after it), and the other keys of the partition go on."""
+    topic = names("parked")
+    failures = {("slow", 0): 2, ("slow", 2): 1}  # (key, seq): attempts that fail
+
+    async def main() -> None:
+        app = backend.app("svc")
+        handled: list[tuple[str | None, int]] = []
+
+        @app.subscriber(topic, concurrency=concurrency,
+                        retry=RetryPolicy(max_attempts=5, backoff=0.3, jitter=0))
+        async def handle(payload: dict, message: Message) -> None:
+            item = (message.key, payload["seq"])
+            if failures.get(item, 0) >= message.attempt:
+                raise ConnectionError("not yet")
+            handled.append(item)
+
+        async def publish(seqs: range) -> None:
+            for seq in seqs:  # one partition: the keys share it
+                await app.publish(topic, {"seq": seq}, key="slow", partition=0)
+                await app.publish(topic, {"seq": seq}, key="fast", partition=0)
+
+        async with app:
+            await publish(range(3))
+            await eventually(lambda: ("fast", 2) in handled, what="the other key went on")
+            await publish(range(3, 5))  # fetched while "slow" 0 still waits for a retry
+            await eventually(lambda: ("fast", 4) in handled, what="the other key went on")
+            assert ("slow", 0) not in handled, "slow 0 cannot succeed before 0.9 s"
+            await eventually(lambda: len(handled) == 10, what="every record handled")
+        assert [seq for key, seq in handled if key == "slow"] == [0, 1, 2, 3, 4]
+        assert [seq for key, seq in handled if key == "fast"] == [0, 1, 2, 3, 4]
 
     asyncio.run(main())
 
