@@ -66,7 +66,7 @@ class ConsumerSpec:
 class _Partition:
     """What the runtime tracks for one partition it owns (or reads, without a group).
 
-    ``accepting``: queued records of it may still start (cleared on revoke and loss).
+    ``accepting``: queued records of it may still start (cleared on revoke, loss, stop).
     ``tracked``: results of running handlers still count (cleared when forgotten).
     A re-assigned partition gets a new object, so stale work can never touch it.
     """
@@ -194,6 +194,8 @@ class Consumer:
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish, commit, and leave the group."""
         self._stopped.set()
+        for part in self._parts.values():
+            part.accepting = False  # queued records start no more
         self._has_work.set()
         self._progress.set()
         for timer in self._timers:
@@ -387,13 +389,12 @@ class Consumer:
         order, one at a time. A failed record waits for its retry off the worker and
         parks its key: that key's later records wait in its lane (in order), the other
         keys go on; the lane drains one record at a time once the retry succeeded."""
-        steps, process, progress = self._steps, self._process, self._progress
-        stopped = self._stopped
+        steps, process = self._steps, self._process
         while await self._work_ready():
             part, run, attempt = steps.popleft()
             lanes = part.lanes
             for record in run:
-                if not part.accepting or stopped.is_set():
+                if not part.accepting:
                     break  # revoked, lost or stopping: the rest is stale
                 key = record.key
                 if attempt == _FRESH and lanes and key is not None and key in lanes:
@@ -420,7 +421,7 @@ class Consumer:
                             lanes[key] = deque()  # park the key behind the retry
                         self._retry_later(steps.append, (part, [record], (attempt or 1) + 1),
                                           delay)
-                progress.set()
+            self._progress.set()  # once a run: handlers that never wait run it whole
 
     def _release_next(self, part: _Partition, key: str) -> None:
         """A parked key's retried (or released) record finished: queue the next record
