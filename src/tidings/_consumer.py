@@ -8,6 +8,11 @@ Offsets are committed up to the first unfinished record of each partition, so no
 is committed before its handler succeeded or it was dead-lettered (at-least-once).
 An exactly-once (``transactional``) consumer holds what each handler published until
 its offset commits, and commits both in one transaction (see ``_transaction``).
+
+Three ways to run, one set of guarantees: several workers over a ready queue with a
+lane per running key (``concurrency > 1``, priorities, transactions); one worker over
+fetched runs of one partition, with lanes only for keys waiting for a retry (the
+default, ``concurrency=1``: no queue entry per record); and a batch worker.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from ._errors import TransportError
 from ._lazy import LazySequence
 from ._records import Position, Record
 
-__all__ = ["Headers", "Message", "Outgoing", "Published", "current_message"]
+__all__ = ["Headers", "Message", "Outgoing", "Published", "PublishedMany", "current_message"]
 
 
 class Headers:
