@@ -122,6 +122,14 @@ class _Ready:
         return bool(self._fifo) or bool(self._heap)
 
 
+def _crashed(record: Record) -> float:
+    """The process callback itself raised (a bug, not a handler error): log it, and
+    retry the record after a second."""
+    log.exception("tidings failed to process %s[%d]@%d; retrying",
+                  record.topic, record.partition, record.offset)
+    return 1.0
+
+
 class Consumer:
     """Runs one subscriber until stopped."""
 
@@ -371,9 +379,7 @@ class Consumer:
             try:
                 delay = await process(record, attempt)
             except Exception:
-                log.exception("tidings failed to process %s[%d]@%d; retrying",
-                              record.topic, record.partition, record.offset)
-                delay = 1.0
+                delay = _crashed(record)
             finally:
                 part.active -= 1
                 if token is not None:
@@ -409,9 +415,7 @@ class Consumer:
                 try:
                     delay = await process(record, attempt or 1)
                 except Exception:
-                    log.exception("tidings failed to process %s[%d]@%d; retrying",
-                                  record.topic, record.partition, record.offset)
-                    delay = 1.0
+                    delay = _crashed(record)
                 finally:
                     part.active -= 1
                 if part.tracked:
