@@ -152,10 +152,13 @@ class _CurrentMessage:
         )
 
     def get(self) -> Message | None:
-        """The message being handled, or None outside a handler."""
+        """The message being handled, or None outside a handler (the same object for
+        every call within one handler call)."""
         value = self.var.get()
-        if isinstance(value, Record):
-            return Message.from_record(value, 1)
+        if isinstance(value, Record):  # built on first use, then kept for this delivery
+            message = Message.from_record(value, 1)
+            self.var.set(message)  # the worker's reset() still restores what came before
+            return message
         return value
 
     def set(self, value: Message | Record | None) -> contextvars.Token[Message | Record | None]:

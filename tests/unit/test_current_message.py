@@ -13,11 +13,13 @@ def test_a_handler_without_a_message_parameter_still_has_its_current_message() -
     async def main() -> None:
         app = App("current", broker="memory://current-message")
         seen: list[tuple[Message | None, tuple[str, str] | None]] = []
+        same: list[bool] = []  # one envelope per delivery, however often asked for
         done = asyncio.Event()
 
         @app.subscriber("orders", retry=RetryPolicy(max_attempts=3, backoff=0.01))
         async def handle(payload: dict[str, int]) -> None:
             seen.append((current_message.get(), current_message.ids()))
+            same.append(current_message.get() is seen[-1][0])
             if len(seen) == 1:
                 raise RuntimeError("fail the first delivery once")
             done.set()
@@ -34,5 +36,6 @@ def test_a_handler_without_a_message_parameter_still_has_its_current_message() -
         assert first_ids == (published.id, published.id)
         assert first.body == b'{"n":1}'
         assert (first.attempt, second.attempt) == (1, 2)
+        assert same == [True, True]
 
     asyncio.run(main())
