@@ -420,27 +420,13 @@ class Consumer:
                     part.active -= 1
                 if part.tracked:
                     if delay is None:
-                        part.tracker.finish(record.offset)
-                        part.inflight -= 1
-                        self._inflight -= 1
-                        if attempt != _FRESH and key is not None:  # released or retried
-                            self._release_next(part, key)
+                        self._finish(record, part)
                     else:
                         if key is not None and key not in lanes:
                             lanes[key] = deque()  # park the key behind the retry
                         self._retry_later(steps.append, (part, [record], (attempt or 1) + 1),
                                           delay)
             self._progress.set()  # once a run: handlers that never wait run it whole
-
-    def _release_next(self, part: _Partition, key: str) -> None:
-        """A parked key's retried (or released) record finished: queue the next record
-        of its lane, or unpark the key."""
-        lane = part.lanes.get(key)
-        if lane:
-            self._steps.append((part, [lane.popleft()], 1))
-            self._has_work.set()
-        else:
-            part.lanes.pop(key, None)
 
     async def _batch_worker(self) -> None:
         """One batch at a time: what is ready (in fetch order, so each partition's in
@@ -511,18 +497,24 @@ class Consumer:
         self._timers.add(timer)
 
     def _finish(self, record: Record, part: _Partition) -> None:
+        """``record`` is done: past it for the offsets, and the next record waiting in
+        its key's lane (if any) may run, else the key's lane goes."""
         part.tracker.finish(record.offset)
         part.inflight -= 1
         self._inflight -= 1
-        key = record.key
-        if key is not None:
-            lanes = part.lanes
-            queue = lanes.get(key)
-            if queue:
-                self._ready.push((queue.popleft(), 1, part))
-                self._has_work.set()
+        key, lanes = record.key, part.lanes
+        if key is None or not lanes:  # no lanes (a sequential consumer, mostly): done
+            return
+        queue = lanes.get(key)
+        if queue:
+            following = queue.popleft()
+            if self._sequential:  # a lane's record runs at attempt 1, past the lanes
+                self._steps.append((part, [following], 1))
             else:
-                lanes.pop(key, None)
+                self._ready.push((following, 1, part))
+            self._has_work.set()
+        else:
+            lanes.pop(key, None)
 
     # -- commits -------------------------------------------------------------------
 
