@@ -12,19 +12,21 @@ from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
 from ._batch import batch_process
-from ._codec import decoder_for, encode
-from ._consumer import Consumer, Process
+from ._codec import decoder_for
+from ._consumer import Consumer
 from ._cron import CatchUp, cron
-from ._dlq import DeadLetters, dead_letter_record, not_for
+from ._dlq import DeadLetters
 from ._errors import ConfigurationError, NotRunningError, RemoteError
-from ._handler import Handler, inspect_handler
-from ._message import Headers, Message, Outgoing, Published, PublishedMany, current_message
+from ._handler import inspect_handler
+from ._message import Headers, Outgoing, Published, PublishedMany
+from ._middleware import AppendCall, AppendNext, Middleware, append_chain, check_middleware
 from ._outgoing import Delay, check_name, make_record, make_records
-from ._records import OutRecord, Position, Record, Start
+from ._process import Runtime, message_process
+from ._records import OutRecord, Position, Start
 from ._reply import REPLIES_TOPIC, ReplyListener
-from ._retry import Retry, RetryPolicy
+from ._retry import RetryPolicy
 from ._subscriber import Role, SubscriberSpec
-from ._transaction import discard_held, hold, require_transactions
+from ._transaction import hold, require_transactions
 from ._workqueue import PRIORITIES, queue_group, queue_topics
 from .ports import Transport
 
@@ -35,6 +37,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 log = logging.getLogger("tidings")
+
+
 class App:
     """One service's connection to the bus.
 
@@ -43,7 +47,9 @@ class App:
     ``sqlite:///.tidings/bus.db``. Subscribers run, and the app can publish, inside
     ``async with app:``, which returns once every subscriber has joined its group (at
     most ``join_timeout`` seconds). Subscribers join the consumer group named after the
-    app unless they name another.
+    app unless they name another. ``middleware`` wraps every handler call and every
+    append (see :class:`~tidings.Middleware`); more can be added with
+    :meth:`add_middleware` before the app starts.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class App:
         retry: RetryPolicy | None = None,
         shutdown_timeout: float = 30.0,
         join_timeout: float = 30.0,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.name = check_name("app", name)
         if isinstance(broker, Transport):
@@ -68,7 +75,12 @@ class App:
         self.instance_id = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._subscribers: list[SubscriberSpec] = []
         self._consumers: list[Consumer] = []
-        self._replies = ReplyListener(self._transport, self.instance_id)
+        self._middlewares: list[Middleware] = []
+        self._append_next: AppendNext | None = None
+        for each in middleware:
+            self.add_middleware(each)
+        self._replies = ReplyListener(self._transport, self.instance_id,
+                                      lambda outs: self._emit(outs, "request"))
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._running = False  # started and not stopping
@@ -84,7 +96,21 @@ class App:
         """The backend this app talks to (for admin calls)."""
         return self._transport
 
+    @property
+    def system(self) -> str:
+        """The messaging system's name (``sqlite``, ``memory``, ``kafka``, ...)."""
+        return self._transport.system
+
     # -- declarations ----------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware inside those added before (see :class:`~tidings.Middleware`).
+        A middleware of the wrong shape is refused here with the expected signature."""
+        check_middleware(middleware)
+        if self._running:
+            raise ConfigurationError("add middleware before the app starts")
+        self._middlewares.append(middleware)
+        self._append_next = append_chain(self._middlewares, self._append_inner)
 
     def subscriber(
         self,
@@ -201,16 +227,16 @@ class App:
         )
         await self._transport.start()
         self._running = self._open = True
+        runtime = Runtime(self.name, self.system, self._emit, tuple(self._middlewares))
         try:
             for hook in self._startup:
                 await hook()
             for spec in self._subscribers:
                 for topic in spec.topics:
                     await self._transport.ensure_topic(topic, spec.partitions)
-                batch = batch_process(spec.handler, spec.group, spec.retry, self._emit) \
-                    if spec.batch else None
                 consumer = Consumer(self._transport, spec.consumer_spec(self),
-                                    self._process_for(spec), batch)
+                                    message_process(spec, runtime),
+                                    batch_process(spec, runtime) if spec.batch else None)
                 await consumer.start()
                 self._consumers.append(consumer)
             await self._wait_joined()
@@ -300,10 +326,14 @@ class App:
     async def publish_batch(self, messages: Iterable[Outgoing]) -> PublishedMany:
         """Append messages to any topics, each with its own key, headers and delay, in one
         durable batch, in the given order. Returns a sequence of :class:`Published`."""
+        return await self._publish_batch(messages, "publish")
+
+    async def _publish_batch(self, messages: Iterable[Outgoing], kind: str) -> PublishedMany:
+        """``publish_batch`` as an append of ``kind`` (the outbox relay's is "relay")."""
         outs = [self._out(m.topic, m.payload, m.key, m.headers, m.delay, None) for m in messages]
         ids = [o.headers[Headers.ID] for o in outs]
         topics = [o.topic for o in outs]
-        appending = self._appending(outs)
+        appending = self._appending(outs, kind)
         del outs  # handed over: not kept alive while the broker acknowledges them
         return PublishedMany(ids, topics, await appending)
 
@@ -345,94 +375,51 @@ class App:
 
     def dead_letters(self, topic: str) -> DeadLetters:
         """Inspect, re-drive and purge the dead letters of ``topic``."""
-        return DeadLetters(self._transport, topic)
+        return DeadLetters(self._transport, topic, lambda outs: self._emit(outs, "redrive"))
 
     def _require_running(self) -> None:
         if not self._open:
             raise NotRunningError(f"app {self.name!r} is not running: use 'async with app:'")
 
-    def _appending(self, outs: list[OutRecord]) -> Awaitable[Sequence[Position]]:
+    def _appending(self, outs: list[OutRecord], kind: str = "publish",
+                   ) -> Awaitable[Sequence[Position]]:
         """Hand ``outs`` to the transport now; the awaitable gives their positions. (A
         backend may take the records at once, so the caller need not keep them.)"""
         self._require_running()
-        return self._emit(outs)
+        return self._emit(outs, kind)
 
-    def _emit(self, outs: list[OutRecord]) -> Awaitable[Sequence[Position]]:
-        """``_appending`` without the running check: the runtime's own appends (dead letters)."""
+    def _emit(self, outs: list[OutRecord], kind: str = "publish",
+              ) -> Awaitable[Sequence[Position]]:
+        """``_appending`` without the running check, through the append middleware: the
+        runtime's own appends (replies, dead letters, ...) name their ``kind``."""
+        if self._append_next is not None:
+            return self._append_next(AppendCall(self.name, kind, self.system, outs))
         # Inside an exactly-once handler, held: appended when its offset commits, with it.
         held = hold(outs)
         if held:
             return _resolved(held)
         return self._transport.append(outs)
 
+    async def _append_inner(self, call: AppendCall) -> Sequence[Position]:
+        """The end of the append chain: hold, append, or (an outbox row) nothing."""
+        if call.kind == "create":
+            return []
+        held = hold(call.records)
+        if held:
+            return held
+        return await self._transport.append(call.records)
+
+    async def _stamp(self, records: list[OutRecord]) -> None:
+        """Run the append middleware over records recorded for later (an outbox row),
+        so they carry what it adds (a trace context) when relayed."""
+        if self._append_next is not None:
+            await self._append_next(AppendCall(self.name, "create", self.system, records))
+
     def _out(
         self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
         delay: Delay, partition: int | None,
     ) -> OutRecord:
         return make_record(topic, payload, key, headers, delay, partition)
-
-    # -- consuming -------------------------------------------------------------------
-
-    def _process_for(self, spec: SubscriberSpec) -> Process:
-        handler, policy, group = spec.handler, spec.retry, spec.group
-        replies = spec.role is Role.RESPONDER
-        decode, invoke, takes_payload = handler.decode, handler.invoke, handler.takes_payload
-        wants_message = handler.message_param is not None
-        set_current, reset_current = current_message.var.set, current_message.var.reset
-
-        async def process(record: Record, attempt: int) -> float | None:
-            if not_for(record, group):
-                return None
-            # A first delivery to a handler that takes no Message leaves the envelope
-            # unbuilt: current_message makes it if anyone asks (see _message).
-            message = Message.from_record(record, attempt) \
-                if wants_message or attempt > 1 else None
-            token = set_current(message if message is not None else record)
-            try:
-                payload = decode(record.value) if takes_payload else None
-                result = await invoke(payload, message)
-            except Exception as exc:
-                if replies:
-                    await self._reply(record, exc)
-                    return None
-                discard_held()  # a failed attempt published nothing
-                return await self._failed(record, group, policy, attempt, exc, handler)
-            finally:
-                reset_current(token)
-            if replies:
-                await self._reply(record, result)
-            return None
-
-        return process
-
-    async def _failed(self, record: Record, group: str | None, policy: RetryPolicy,
-                      attempt: int, exc: Exception, handler: Handler) -> float | None:
-        decision = policy.decide(attempt, exc)
-        where = f"{record.topic}[{record.partition}]@{record.offset}"
-        if isinstance(decision, Retry):
-            log.warning("%s failed on %s (attempt %d), retrying in %.2f s: %r",
-                        handler.func.__qualname__, where, attempt, decision.delay, exc)
-            return decision.delay
-        log.error("%s failed on %s (attempt %d), dead-lettered: %s: %r",
-                  handler.func.__qualname__, where, attempt, decision.reason, exc)
-        await self._emit([dead_letter_record(record, group, exc, attempt)])
-        return None
-
-    async def _reply(self, request: Record, result: Any) -> None:
-        reply_to = request.headers.get(Headers.REPLY_TO)
-        if reply_to is None:
-            return
-        headers = {Headers.CORRELATION_ID: request.headers.get(Headers.ID, "")}
-        if isinstance(result, Exception):
-            headers[Headers.REPLY_STATUS] = "error"
-            result = {"error_type": type(result).__name__, "message": str(result)}
-        try:
-            value, content_type = encode(result)
-        except Exception as exc:
-            headers[Headers.REPLY_STATUS] = "error"
-            value, content_type = encode({"error_type": type(exc).__name__, "message": str(exc)})
-        headers[Headers.CONTENT_TYPE] = content_type
-        await self._transport.append([OutRecord(reply_to, value, headers=headers)])
 
 
 async def _resolved(positions: list[Position]) -> list[Position]:

@@ -13,29 +13,36 @@ message that caused them).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._consumer import BatchProcess
 from ._dlq import dead_letter_record, not_for
 from ._errors import DecodeError
-from ._handler import Handler
 from ._message import Message
+from ._middleware import HandlerCall, handler_chain
+from ._process import Runtime, decide
 from ._records import OutRecord, Record
-from ._retry import Retry, RetryPolicy
+from ._subscriber import SubscriberSpec
 
 __all__ = ["batch_process"]
 
 log = logging.getLogger("tidings")
 
-Emit = Callable[[list[OutRecord]], Awaitable[Any]]
 
-
-def batch_process(handler: Handler, group: str, policy: RetryPolicy, emit: Emit) -> BatchProcess:
-    """The runtime's batch callback for a batch ``handler`` in ``group``."""
+def batch_process(spec: SubscriberSpec, runtime: Runtime) -> BatchProcess:
+    """The runtime's batch callback for ``spec``'s batch handler."""
+    handler, group, policy, emit = spec.handler, spec.group, spec.retry, runtime.emit
     decode, invoke, takes_payload = handler.decode, handler.invoke, handler.takes_payload
-    wants_messages = handler.message_param is not None
     name = handler.func.__qualname__
+    async def inner(call: HandlerCall) -> Any:
+        try:
+            return await invoke(call.payload, call.messages)
+        except Exception as exc:
+            decide(call, policy, exc)
+            raise
+
+    chain = handler_chain(runtime.middlewares, inner)
+    wants_messages = handler.message_param is not None or chain is not None
 
     async def process(records: list[Record], attempt: int) -> tuple[list[Record], float] | None:
         todo: list[Record] = []
@@ -54,21 +61,23 @@ def batch_process(handler: Handler, group: str, policy: RetryPolicy, emit: Emit)
                     continue
             todo.append(record)
         if undecodable:
-            await emit(undecodable)
+            await emit(undecodable, "dead-letter")
         if not todo:
             return None
         messages = [Message.from_record(r, attempt) for r in todo] if wants_messages else []
+        call = HandlerCall(runtime.app, "batch", name, group, runtime.system, messages, attempt,
+                           payload=payloads)
         try:
-            await invoke(payloads, messages)
+            await (invoke(payloads, messages) if chain is None else chain(call))
         except Exception as exc:
-            decision = policy.decide(attempt, exc)
-            if isinstance(decision, Retry):
+            decide(call, policy, exc)
+            if call.retry_in is not None:
                 log.warning("%s failed on a batch of %d (attempt %d), retrying in %.2f s: %r",
-                            name, len(todo), attempt, decision.delay, exc)
-                return todo, decision.delay
+                            name, len(todo), attempt, call.retry_in, exc)
+                return todo, call.retry_in
             log.error("%s failed on a batch of %d (attempt %d), dead-lettered: %s: %r",
-                      name, len(todo), attempt, decision.reason, exc)
-            await emit([dead_letter_record(r, group, exc, attempt) for r in todo])
+                      name, len(todo), attempt, call.reason, exc)
+            await emit([dead_letter_record(r, group, exc, attempt) for r in todo], "dead-letter")
         return None
 
     return process

@@ -32,6 +32,7 @@ from ._errors import ConfigurationError, NotRunningError, TransportError
 from ._message import Headers, Message
 from ._records import Start, TopicPartition
 from ._retry import RetryPolicy
+from ._subscriber import Role
 
 if TYPE_CHECKING:
     from ._app import App
@@ -120,7 +121,7 @@ def cron(app: App, expression: str, *, name: str | None = None,
     def register(func: F) -> F:
         job_name = name if name is not None else str(getattr(func, "__name__", ""))
         job = _CronJob(app, job_name, schedule, policy, max_catch_up, func)
-        app.subscriber(job.topic, partitions=1, retry=retry)(job.fire)
+        app._register(Role.CRON, (job.topic,), partitions=1, retry=retry)(job.fire)
         app.on_startup(job.start)
         app.on_shutdown(job.stop)
         return func

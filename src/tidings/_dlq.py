@@ -10,12 +10,12 @@ dead-letter topic so the entry no longer shows as pending. Purging resolves ever
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ._errors import UnknownTopicError
 from ._message import Headers
-from ._records import OutRecord, Record
+from ._records import OutRecord, Position, Record
 from .ports import Transport
 
 __all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dlq_topic"]
@@ -94,10 +94,15 @@ class DeadLetter:
 
 
 class DeadLetters:
-    """Inspect, re-drive and purge the dead letters of one topic."""
+    """Inspect, re-drive and purge the dead letters of one topic. Re-driven messages
+    are appended with ``append`` (an app's, through its middleware), else directly."""
 
-    def __init__(self, transport: Transport, topic: str) -> None:
+    def __init__(
+        self, transport: Transport, topic: str,
+        append: Callable[[list[OutRecord]], Awaitable[Sequence[Position]]] | None = None,
+    ) -> None:
         self._transport = transport
+        self._append = append or transport.append
         self.topic = topic
         self.dlq = topic if topic.endswith(".dlq") else dlq_topic(topic)
 
@@ -126,7 +131,7 @@ class DeadLetters:
         chosen = list(await self.pending() if entries is None else entries)
         if not chosen:
             return 0
-        await self._transport.append([_redriven(entry) for entry in chosen])
+        await self._append([_redriven(entry) for entry in chosen])
         await self._resolve(chosen)
         return len(chosen)
 

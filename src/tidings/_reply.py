@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 
 from ._consumer import Consumer, ConsumerSpec
 from ._errors import RequestTimeoutError
 from ._message import Headers
-from ._records import OutRecord, Record, Start
+from ._records import OutRecord, Position, Record, Start
 from .ports import Transport
 
 __all__ = ["REPLIES_TOPIC", "ReplyListener"]
@@ -23,8 +24,10 @@ REPLIES_TOPIC = "tidings.replies"
 class ReplyListener:
     """Waits for replies to this instance's requests."""
 
-    def __init__(self, transport: Transport, client: str) -> None:
+    def __init__(self, transport: Transport, client: str,
+                 append: Callable[[list[OutRecord]], Awaitable[Sequence[Position]]]) -> None:
         self._transport = transport
+        self._append = append  # the app's, through its middleware
         self._waiting: dict[str, asyncio.Future[Record]] = {}
         spec = ConsumerSpec(group=None, topics=(REPLIES_TOPIC,), start=Start.LATEST,
                             client=client, commit_interval=0.05, shutdown_timeout=1.0)
@@ -53,7 +56,7 @@ class ReplyListener:
         future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = future
         try:
-            await self._transport.append([record])
+            await self._append([record])
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise RequestTimeoutError(

@@ -25,6 +25,7 @@ class Role(enum.Enum):
     SUBSCRIBER = "subscriber"
     RESPONDER = "responder"
     WORKER = "worker"
+    CRON = "cron"
 
 
 @dataclass(frozen=True, slots=True)

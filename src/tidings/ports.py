@@ -102,6 +102,8 @@ class Transport(abc.ABC):
 
     #: Whether several OS processes can share this broker (the memory backend cannot).
     shared_between_processes: bool = True
+    #: The messaging system's name, as OpenTelemetry's ``messaging.system`` gives it.
+    system: str = "unknown"
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .._message import Headers
 from .._outgoing import Delay, make_record
+from .._records import OutRecord
 from ._schema import outbox_table
 from ._sql import Executor, in_transaction
 
@@ -41,6 +42,7 @@ class Outbox:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._wake: asyncio.Event | None = None
+        self._app: App | None = None  # the relaying app, whose middleware stamps rows
         # Once per engine, not per transaction: adding a listener is costly. A commit on
         # a connection that recorded an event wakes the relay; a rollback forgets it.
         self._flag = f"tidings.outbox.{id(self)}"
@@ -65,7 +67,13 @@ class Outbox:
         payload JSON cannot hold) raises here, before anything is written.
         """
         executor = in_transaction(transaction, self.engine, "outbox.publish")
-        row = _row(topic, payload, key, headers, delay)
+        # Built now, in the caller's transaction, so the handled message's correlation
+        # and causation ids (and, through the relaying app's middleware, the caller's
+        # trace context) are kept although the relay publishes it later.
+        record = make_record(topic, payload, key, headers, delay, None)
+        if self._app is not None:
+            await self._app._stamp([record])
+        row = _row(record)
         connection = await executor.connection() if isinstance(executor, AsyncSession) \
             else executor
         await connection.execute(_INSERT, row)
@@ -84,6 +92,7 @@ class Outbox:
         from ._relay import OutboxRelay
 
         relay = OutboxRelay(self, app, interval=interval, batch=batch, lease=lease)
+        self._app = app
         app.on_startup(relay.start)
         app.on_shutdown(relay.stop)
         return relay
@@ -106,11 +115,7 @@ class Outbox:
 _INSERT = sa.insert(outbox_table)
 
 
-def _row(topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
-         delay: Delay) -> dict[str, Any]:
-    # Built now, in the caller's transaction, so the handled message's correlation and
-    # causation ids are kept although the relay publishes it later.
-    record = make_record(topic, payload, key, headers, delay, None)
-    return {"message_id": record.headers[Headers.ID], "topic": topic, "key": key,
+def _row(record: OutRecord) -> dict[str, Any]:
+    return {"message_id": record.headers[Headers.ID], "topic": record.topic, "key": record.key,
             "value": record.value, "headers": json.dumps(dict(record.headers)),
             "deliver_at": record.deliver_at, "created_at": time.time()}

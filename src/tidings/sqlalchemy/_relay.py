@@ -73,10 +73,10 @@ class OutboxRelay:
         # One append for the whole batch (one durable write on the bus, not one per
         # row), in recorded order, so each key's events keep theirs. If it fails nothing
         # is deleted and the batch is published again, under the same message ids.
-        await app.publish_batch([
+        await app._publish_batch([
             Outgoing(row.topic, row.value, row.key, json.loads(row.headers), _delay(row.deliver_at))
             for row in rows
-        ])
+        ], "relay")
         async with self._outbox.engine.begin() as conn:
             if len(rows) == rows[-1].seq - rows[0].seq + 1:  # no gaps: a range
                 await conn.execute(_DELETE_RANGE, {"first": rows[0].seq, "last": rows[-1].seq})

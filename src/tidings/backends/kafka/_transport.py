@@ -52,6 +52,8 @@ log = logging.getLogger("tidings.kafka")
 class KafkaTransport(Transport, SupportsTransactions):
     """A transport over a Kafka cluster (or any Kafka-protocol broker such as tansu)."""
 
+    system = "kafka"
+
     shared_between_processes = True
 
     def __init__(self, settings: KafkaSettings) -> None:

@@ -30,6 +30,8 @@ __all__ = ["MemorySubscription", "MemoryTransport"]
 class MemoryTransport(Transport):
     """A transport over a :class:`MemoryBroker` shared within one process."""
 
+    system = "memory"
+
     shared_between_processes = False
 
     def __init__(self, broker: MemoryBroker) -> None:

@@ -55,6 +55,8 @@ log = logging.getLogger("tidings.sqlite")
 class SqliteTransport(Transport):
     """A durable log with consumer groups in one SQLite file (WAL mode)."""
 
+    system = "sqlite"
+
     shared_between_processes = True
 
     def __init__(self, options: SqliteOptions) -> None:
