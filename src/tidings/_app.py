@@ -75,16 +75,16 @@ class App:
         self.instance_id = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._subscribers: list[SubscriberSpec] = []
         self._consumers: list[Consumer] = []
-        self._middlewares: list[Middleware] = []
-        self._append_next: AppendNext | None = None
-        for each in middleware:
-            self.add_middleware(each)
         self._replies = ReplyListener(self._transport, self.instance_id,
                                       lambda outs: self._emit(outs, "request"))
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._running = False  # started and not stopping
         self._open = False  # the transport is connected: publishing is allowed
+        self._middlewares: list[Middleware] = []
+        self._append_next: AppendNext | None = None
+        for each in middleware:
+            self.add_middleware(each)
 
     @property
     def running(self) -> bool:
