@@ -25,7 +25,9 @@ from ._errors import (
     TransportError,
     UnknownTopicError,
 )
+from ._lag import Health, PartitionLag
 from ._message import Headers, Message, Outgoing, Published, PublishedMany
+from ._middleware import AppendCall, AppendNext, CallNext, HandlerCall, Middleware
 from ._records import GroupInfo, MemberInfo, Record, Start, TopicInfo, TopicPartition
 from ._retry import RetryPolicy
 
@@ -34,7 +36,10 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_BROKER",
     "App",
+    "AppendCall",
+    "AppendNext",
     "BrokerUnavailableError",
+    "CallNext",
     "CatchUp",
     "ConfigurationError",
     "CronError",
@@ -43,13 +48,17 @@ __all__ = [
     "DecodeError",
     "FencedError",
     "GroupInfo",
+    "HandlerCall",
     "Headers",
+    "Health",
     "MemberInfo",
     "Message",
     "MessageTooLargeError",
+    "Middleware",
     "MissingDependencyError",
     "NotRunningError",
     "Outgoing",
+    "PartitionLag",
     "Published",
     "PublishedMany",
     "Record",

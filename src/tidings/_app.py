@@ -16,8 +16,9 @@ from ._codec import decoder_for
 from ._consumer import Consumer
 from ._cron import CatchUp, cron
 from ._dlq import DeadLetters
-from ._errors import ConfigurationError, NotRunningError, RemoteError
+from ._errors import ConfigurationError, NotRunningError, RemoteError, TransportError
 from ._handler import inspect_handler
+from ._lag import Health, PartitionLag, group_lag
 from ._message import Headers, Outgoing, Published, PublishedMany
 from ._middleware import AppendCall, AppendNext, Middleware, append_chain, check_middleware
 from ._outgoing import Delay, check_name, make_record, make_records
@@ -372,6 +373,41 @@ class App:
             body = decoder_for(dict[str, str])(reply.value)
             raise RemoteError(body.get("error_type", "Exception"), body.get("message", ""))
         return decoder_for(response_type if response_type is not None else Any)(reply.value)
+
+    # -- observing -------------------------------------------------------------------
+
+    async def lag(self, *, all_groups: bool = False) -> list[PartitionLag]:
+        """Per group and partition of this app's subscribers (or every group on the
+        bus), the end offset minus the committed offset."""
+        groups = None if all_groups else {spec.group for spec in self._subscribers}
+        return await group_lag(self._transport, groups)
+
+    async def health(self, *, max_lag: int | None = None, timeout: float = 5.0) -> Health:
+        """Whether this app is ready: running, its bus answering within ``timeout``
+        seconds, every subscriber running, and (given ``max_lag``) its groups' total
+        lag at most ``max_lag``. Never raises: what fails is in ``reasons``."""
+        reasons: list[str] = []
+        if not self._running:
+            reasons.append("the app is not running")
+        running = sum(1 for c in self._consumers if c.alive)
+        if running < len(self._subscribers):
+            reasons.append(f"{len(self._subscribers) - running} of {len(self._subscribers)} "
+                           "subscribers are not running")
+        connected, total = False, None
+        if self._open:
+            try:
+                async with asyncio.timeout(timeout):
+                    lags = await self.lag()
+                connected, total = True, sum(p.lag for p in lags)
+            except TimeoutError:
+                reasons.append(f"the bus did not answer within {timeout:g} s")
+            except TransportError as exc:
+                reasons.append(f"the bus is unreachable: {exc}")
+        if max_lag is not None and total is not None and total > max_lag:
+            reasons.append(f"lag {total} is over {max_lag}")
+        return Health(ready=not reasons, running=self._running, connected=connected,
+                      subscribers=len(self._subscribers), subscribers_running=running,
+                      lag=total, reasons=tuple(reasons))
 
     def dead_letters(self, topic: str) -> DeadLetters:
         """Inspect, re-drive and purge the dead letters of ``topic``."""

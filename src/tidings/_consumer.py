@@ -131,6 +131,12 @@ class Consumer:
         return ParallelDispatch(self)
 
     @property
+    def alive(self) -> bool:
+        """Whether it joined and its fetch loop and workers are still running."""
+        return self.started.is_set() and not self.stopped.is_set() \
+            and all(not task.done() for task in self._tasks)
+
+    @property
     def in_flight(self) -> int:
         """Records fetched and not yet finished (bounded by ``max_in_flight``)."""
         return self.inflight
