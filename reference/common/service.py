@@ -13,10 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import MetaData
 
-from tidings import App, RetryPolicy
+from tidings import App, Middleware, RetryPolicy
+from tidings.otel import TracingMiddleware, configure_tracing
+from tidings.prometheus import CONTENT_TYPE, PrometheusMetrics
 
 from .db import Database
 from .messaging import UnitOfWork
@@ -37,11 +41,38 @@ class Service:
         self.name = name
         self.settings = settings
         self.db = Database(settings.database(name), metadata)
+        # Traces are exported when OTEL_EXPORTER_OTLP_ENDPOINT is set (the supervisor
+        # passes its environment on); metrics are always served on /metrics.
+        tracing = configure_tracing(name)
+        self.metrics = PrometheusMetrics()
+        middleware: list[Middleware] = [self.metrics]
+        if tracing is not None:
+            middleware.insert(0, TracingMiddleware(tracing))
         self.bus = App(name, broker=settings.broker_url, retry=HANDLER_RETRY,
-                       shutdown_timeout=10)
+                       shutdown_timeout=10, middleware=middleware)
         self.uow = UnitOfWork(self.db, self.bus)
+        self.metrics.watch(self.bus)
+        self.metrics.watch_outbox(self.uow.outbox)
         self.api: FastAPI = build_api(name, self._lifespan)
+        if tracing is not None:
+            FastAPIInstrumentor.instrument_app(self.api, tracer_provider=tracing)
+        self._ops_routes()
         self._startup: list[Callable[[], Awaitable[None]]] = []
+
+    def _ops_routes(self) -> None:
+        api, bus, metrics = self.api, self.bus, self.metrics
+
+        @api.get("/ready", tags=["ops"], responses={503: {"description": "not ready"}})
+        async def ready() -> JSONResponse:
+            """Readiness: the bus answers and every subscriber runs (503 with the
+            reasons when not)."""
+            health = await bus.health(timeout=2.0)
+            return JSONResponse(health.as_dict(), 200 if health.ready else 503)
+
+        @api.get("/metrics", tags=["ops"], response_class=Response)
+        async def scrape() -> Response:
+            """Metrics in the Prometheus text format."""
+            return Response(await metrics.render(), media_type=CONTENT_TYPE)
 
     def on_startup(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` once the database is ready, before the bus and the API start."""

@@ -28,7 +28,15 @@ from ._errors import (
 from ._lag import Health, PartitionLag
 from ._message import Headers, Message, Outgoing, Published, PublishedMany
 from ._middleware import AppendCall, AppendNext, CallNext, HandlerCall, Middleware
-from ._records import GroupInfo, MemberInfo, Record, Start, TopicInfo, TopicPartition
+from ._records import (
+    GroupInfo,
+    MemberInfo,
+    Position,
+    Record,
+    Start,
+    TopicInfo,
+    TopicPartition,
+)
 from ._retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -59,6 +67,7 @@ __all__ = [
     "NotRunningError",
     "Outgoing",
     "PartitionLag",
+    "Position",
     "Published",
     "PublishedMany",
     "Record",

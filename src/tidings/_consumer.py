@@ -331,5 +331,8 @@ class Consumer:
             entries = self.held.before(offsets)
             await self._transaction.commit_appending(offsets, records_of(entries))
             self.held.release(offsets, entries)
-        for _, tracker in trackers:
-            tracker.committed = max(tracker.committed, tracker.commit_point)
+        # What was committed, not the commit point now: handlers that finished while
+        # the commit was under way moved it on, and their offsets still need a commit
+        # (else the tail of an idle partition stays uncommitted and shows as lag).
+        for tp, tracker in trackers:
+            tracker.committed = max(tracker.committed, offsets[tp])

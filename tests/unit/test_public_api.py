@@ -12,7 +12,7 @@ def test_exported_members() -> None:
     assert sorted(tidings.__all__) == sorted([
         "DEFAULT_BROKER", "App", "AppendCall", "AppendNext", "BrokerUnavailableError",
         "CallNext", "CatchUp", "ConfigurationError", "HandlerCall", "Health", "Middleware",
-        "PartitionLag",
+        "PartitionLag", "Position",
         "CronError", "DeadLetter",
         "DeadLetters", "DecodeError", "FencedError", "GroupInfo", "Headers", "MemberInfo",
         "Message", "MessageTooLargeError", "MissingDependencyError", "NotRunningError",

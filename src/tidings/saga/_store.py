@@ -122,6 +122,14 @@ class SagaStore(abc.ABC):
     async def history(self, saga_id: str) -> list[StepEvent]:
         """The saga's step history, oldest first."""
 
+    async def count_by_status(self) -> dict[SagaStatus, int]:
+        """How many sagas are in each status (for metrics); stores may count faster."""
+        counts: dict[SagaStatus, int] = {}
+        for status in SagaStatus:
+            found = await self.find(statuses=[status], limit=1_000_000)
+            counts[status] = len(found)
+        return counts
+
     @abc.abstractmethod
     async def claim(self, owner: str, names: Collection[str], lease: float, *,
                     saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:

@@ -103,6 +103,13 @@ class Outbox:
             count = await conn.scalar(sa.select(sa.func.count()).select_from(outbox_table))
         return int(count or 0)
 
+    async def oldest_age(self) -> float | None:
+        """Seconds since the oldest unpublished event was recorded, or None."""
+        query = sa.select(sa.func.min(outbox_table.c.created_at))
+        async with self.engine.connect() as conn:
+            oldest = await conn.scalar(query)
+        return None if oldest is None else max(time.time() - float(oldest), 0.0)
+
     def _committed(self, connection: sa.Connection) -> None:
         if connection.info.pop(self._flag, None) and self._wake is not None:
             self._wake.set()

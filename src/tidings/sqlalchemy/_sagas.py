@@ -98,6 +98,15 @@ class SqlSagaStore(SagaStore):
         async with self.engine.connect() as conn:
             return [_record(row) for row in (await conn.execute(query)).all()]
 
+    async def count_by_status(self) -> dict[SagaStatus, int]:
+        """How many sagas are in each status, in one query."""
+        query = sa.select(_T.c.status, sa.func.count()).group_by(_T.c.status)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        counts = dict.fromkeys(SagaStatus, 0)
+        counts.update({SagaStatus(status): int(count) for status, count in rows})
+        return counts
+
     async def history(self, saga_id: str) -> list[StepEvent]:
         """The saga's step history, oldest first."""
         query = sa.select(_E).where(_E.c.saga_id == saga_id).order_by(_E.c.seq)
