@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -32,6 +33,10 @@ __all__ = ["SagaEngine"]
 log = logging.getLogger("tidings.saga")
 
 S = TypeVar("S", bound=pydantic.BaseModel)
+
+
+#: At most this many starts wait for their transaction to commit with their context.
+_MAX_CONTEXTS = 10_000
 
 
 class SagaEngine:
@@ -59,6 +64,9 @@ class SagaEngine:
         for saga in sagas:
             self.register(saga)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # The context a saga started in (within a transaction), so that once it runs
+        # here its steps continue the starter's trace and causation (see _spawn).
+        self._contexts: dict[str, contextvars.Context] = {}
         self._poller: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         app.on_startup(self._startup)
@@ -104,6 +112,10 @@ class SagaEngine:
             lease_until=None if within is not None else now + self.lease,
         )
         event = StepEvent(saga_id, "", "saga", str(SagaStatus.RUNNING))
+        if within is not None:
+            while len(self._contexts) >= _MAX_CONTEXTS:  # starts whose transaction failed
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[saga_id] = contextvars.copy_context()
         await self.store.create(record, event, within=within, on_commit=self._poke)
         if within is None:
             self._spawn(record)
@@ -190,7 +202,10 @@ class SagaEngine:
                 self._spawn(record)
 
     def _spawn(self, record: SagaRecord) -> None:
-        task = asyncio.create_task(self._drive(record), name=f"tidings-saga-{record.id}")
+        # A saga started here runs in its starter's context (a copy, as create_task
+        # makes); one resumed after a restart or by another instance starts afresh.
+        task = asyncio.create_task(self._drive(record), name=f"tidings-saga-{record.id}",
+                                   context=self._contexts.pop(record.id, None))
         self._tasks[record.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(record.id, None))
 
