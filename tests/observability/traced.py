@@ -71,7 +71,8 @@ FAST = RetryPolicy(max_attempts=3, backoff=0.05, jitter=0)
 
 def build(role: str, broker: str, work: Path, suffix: str) -> App:
     provider = TracerProvider(resource=Resource.create({"service.name": role}))
-    provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(work / f"spans-{role}.jsonl")))
+    exporter = JsonLinesExporter(work / f"spans-{role}.jsonl")
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = App(role, broker=broker, retry=FAST, middleware=[TracingMiddleware(provider)])
     engine = create_async_engine(f"sqlite+aiosqlite:///{work}/{role}.db")
     app.on_startup(lambda: create_tables(engine))
