@@ -91,6 +91,7 @@ class PrometheusMetrics(Middleware):
                                 "outbox row not yet relayed", registry=r)
         self.sagas = Gauge("tidings_sagas", "Saga instances by status", ("status",),
                            registry=r)
+        self._bound: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._apps: list[App] = []
         self._outboxes: list[Outbox] = []
         self._stores: list[SagaStore] = []
@@ -101,30 +102,33 @@ class PrometheusMetrics(Middleware):
         """Count the call and time it."""
         count = len(call.messages)
         labels = (call.topic, call.group or "", call.handler)
-        self.consumed.labels(*labels).inc(count)
-        in_flight = self.in_flight.labels(*labels)
+        bound = self._bound.get(labels) or self._bind(labels)
+        consumed, handled, failed, retried, dead_lettered, duration, in_flight = bound
+        consumed.inc(count)
         in_flight.inc()
         started = time.perf_counter()
         try:
             result = await call_next(call)
         except Exception:
-            self._failed(labels, count, call)
+            failed.inc(count)
+            if call.retry_in is not None:
+                retried.inc(count)
+            elif call.dead_lettered:
+                dead_lettered.inc(count)
             raise
         finally:
-            self.duration.labels(*labels).observe(time.perf_counter() - started)
+            duration.observe(time.perf_counter() - started)
             in_flight.dec()
-        if call.error is not None:
-            self.failed.labels(*labels).inc(count)
-        else:
-            self.handled.labels(*labels).inc(count)
+        (failed if call.error is not None else handled).inc(count)
         return result
 
-    def _failed(self, labels: tuple[str, str, str], count: int, call: HandlerCall) -> None:
-        self.failed.labels(*labels).inc(count)
-        if call.retry_in is not None:
-            self.retried.labels(*labels).inc(count)
-        elif call.dead_lettered:
-            self.dead_lettered.labels(*labels).inc(count)
+    def _bind(self, labels: tuple[str, str, str]) -> tuple[Any, ...]:
+        """The metrics of one handler, made (and so reported, at 0) on its first call."""
+        bound = tuple(m.labels(*labels) for m in (
+            self.consumed, self.handled, self.failed, self.retried, self.dead_lettered,
+            self.duration, self.in_flight))
+        self._bound[labels] = bound
+        return bound
 
     async def append(self, call: AppendCall, call_next: AppendNext) -> Sequence[Position]:
         """Count appended messages per topic and time the append."""

@@ -1,0 +1,136 @@
+"""Prometheus metrics after a known workload: exact counts, lag, dead letters pending,
+outbox rows pending, sagas by status, and the text format a scrape gets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tidings import App, RetryPolicy, testing
+from tidings.prometheus import PrometheusMetrics
+from tidings.saga import MemorySagaStore, Saga, SagaEngine, SagaStatus, Step
+from tidings.sqlalchemy import Outbox, create_tables
+
+from .models import Order
+
+
+async def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_counts_after_a_known_workload(tmp_path: Path) -> None:
+    async def main() -> None:
+        metrics = PrometheusMetrics()
+        app = App("svc", broker=testing.memory_url(), middleware=[metrics],
+                  retry=RetryPolicy(max_attempts=2, backoff=0.01, jitter=0))
+        metrics.watch(app)
+        handled: list[int] = []
+
+        @app.subscriber("good", concurrency=4)
+        async def good(body: dict[str, int]) -> None:
+            handled.append(body["n"])
+
+        @app.subscriber("bad")
+        async def bad(body: dict[str, int]) -> None:
+            raise ValueError("no")
+
+        @app.subscriber("many", batch=True)
+        async def many(bodies: list[dict[str, int]]) -> None:
+            handled.extend(b["n"] for b in bodies)
+
+        @app.responder("ask")
+        async def ask(body: dict[str, int]) -> int:
+            return 1
+
+        async with app:
+            for n in range(5):
+                await app.publish("good", {"n": n})
+            await app.publish_many("bad", [{"n": 1}, {"n": 2}])
+            await app.publish_many("many", [{"n": n} for n in range(3)])
+            assert await app.request("ask", {}) == 1
+            await _until(lambda: len(handled) == 8)
+            await _until(lambda: metrics.registry.get_sample_value(
+                "tidings_messages_dead_lettered_total",
+                {"topic": "bad", "group": "svc", "handler": _name(bad)}) == 2)
+            await asyncio.sleep(0.5)  # idle: offsets committed
+            text = (await metrics.render()).decode()
+
+        def value(name: str, **labels: str) -> float | None:
+            return metrics.registry.get_sample_value(name, labels)
+
+        good_labels = {"topic": "good", "group": "svc", "handler": _name(good)}
+        bad_labels = {"topic": "bad", "group": "svc", "handler": _name(bad)}
+        many_labels = {"topic": "many", "group": "svc", "handler": _name(many)}
+        assert value("tidings_messages_consumed_total", **good_labels) == 5
+        assert value("tidings_messages_handled_total", **good_labels) == 5
+        assert value("tidings_messages_failed_total", **good_labels) == 0
+        assert value("tidings_messages_consumed_total", **bad_labels) == 4  # 2 x 2 attempts
+        assert value("tidings_messages_failed_total", **bad_labels) == 4
+        assert value("tidings_messages_retried_total", **bad_labels) == 2
+        assert value("tidings_messages_dead_lettered_total", **bad_labels) == 2
+        assert value("tidings_messages_handled_total", **many_labels) == 3
+        assert value("tidings_handler_duration_seconds_count", **good_labels) == 5
+        assert value("tidings_handlers_in_flight", **good_labels) == 0
+        assert value("tidings_messages_published_total", topic="good", kind="publish") == 5
+        assert value("tidings_messages_published_total", topic="bad.dlq",
+                     kind="dead-letter") == 2
+        assert value("tidings_messages_published_total", topic="ask", kind="request") == 1
+        assert value("tidings_messages_published_total", topic="tidings.replies",
+                     kind="reply") == 1
+        assert value("tidings_dead_letters_pending", topic="bad") == 2
+        lags = {s.labels["topic"]: s.value for f in text_string_to_metric_families(text)
+                if f.name == "tidings_consumer_lag" for s in f.samples}
+        assert set(lags) >= {"good", "bad", "many", "ask"} and set(lags.values()) == {0.0}
+
+    asyncio.run(main())
+
+
+def _name(func: object) -> str:
+    return str(func.__qualname__)  # type: ignore[attr-defined]
+
+
+def test_outbox_and_saga_gauges(tmp_path: Path) -> None:
+    async def main() -> None:
+        metrics = PrometheusMetrics()
+        app = App("svc", broker=testing.memory_url())
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/svc.db")
+        await create_tables(engine)
+        outbox = Outbox(engine)  # no relay: rows stay pending
+        store = MemorySagaStore()
+
+        async def fail(order: Order) -> Order:
+            raise RuntimeError("down")
+
+        saga = Saga("s", Order, [Step("ok", _same, compensation=_same), Step("no", fail)])
+        sagas = SagaEngine(app, store, [saga])
+        metrics.watch_outbox(outbox)
+        metrics.watch_sagas(store)
+        async with app:
+            async with engine.begin() as conn:
+                for n in range(3):
+                    await outbox.publish(conn, "t", {"n": n})
+            await sagas.wait(await sagas.start(saga, Order(order_id="1")))
+            await asyncio.sleep(0.2)
+            await metrics.refresh()
+        assert metrics.registry.get_sample_value("tidings_outbox_pending") == 3
+        age = metrics.registry.get_sample_value("tidings_outbox_oldest_age_seconds")
+        assert age is not None and 0.1 < age < 30
+        compensated = metrics.registry.get_sample_value(
+            "tidings_sagas", {"status": str(SagaStatus.COMPENSATED)})
+        assert compensated == 1
+        assert metrics.registry.get_sample_value(
+            "tidings_sagas", {"status": str(SagaStatus.RUNNING)}) == 0
+        await engine.dispose()
+
+    asyncio.run(main())
+
+
+async def _same(order: Order) -> Order:
+    return order
