@@ -69,22 +69,24 @@ class Shop:
 
 @contextmanager
 def running_shop(tmp: Path, mode: str = "choreography", broker: str | None = None,
-                 fraud_rules: Path | None = None) -> Iterator[Shop]:
+                 fraud_rules: Path | None = None, env: dict[str, str] | None = None,
+                 ) -> Iterator[Shop]:
     """Start every service under the supervisor (orders with ``fraud_rules``, if
-    given, instead of its own rule file); stop them all afterwards."""
+    given, instead of its own rule file; with ``env`` added to the environment); stop
+    them all afterwards."""
     settings = Settings(base_port=free_base_port(), data_dir=tmp / "data", broker=broker)
     log = tmp / "shop.log"
     command = [sys.executable, "-m", "reference.supervisor", "--base-port",
                str(settings.base_port), "--data-dir", str(settings.data_dir), "--mode", mode]
     if broker:
         command += ["--broker", broker]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("TIDINGS_BROKER", None)
-    env.pop("REFERENCE_FRAUD_RULES", None)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    environ.pop("TIDINGS_BROKER", None)
+    environ.pop("REFERENCE_FRAUD_RULES", None)
     if fraud_rules is not None:
-        env["REFERENCE_FRAUD_RULES"] = str(fraud_rules)
+        environ["REFERENCE_FRAUD_RULES"] = str(fraud_rules)
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
+        process = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=out,
                                    stderr=subprocess.STDOUT)
     shop = Shop(settings, process, log)
     try:

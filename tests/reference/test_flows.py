@@ -6,10 +6,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from shop import Shop
+
+from otlp_collector import Collector
 
 APPROVE = "4242424242424242"
 DECLINE = "4000000000000002"
+SERVER, CONSUMER = 2, 5  # OTLP span kinds
 
 
 def register(shop: Shop, username: str) -> dict[str, Any]:
@@ -108,3 +112,70 @@ def test_declined_payment_restores_stock(shop: Shop) -> None:
     assert payment["status"] == "DECLINED"
     wait_stock(shop, "PEN-004", available=before["available"], reserved=before["reserved"],
                sold=before["sold"])
+
+
+BUS_SERVICES = ("users", "orders", "inventory", "payments", "notifications")
+
+
+def _new_trace(collector: Collector, service: str, name: str, before: set[str],
+               needs: set[str]) -> set[str]:
+    """The services in the one trace of the new ``name`` server span of ``service``,
+    once it holds ``needs`` (spans are batched: wait up to 15 s)."""
+    deadline = time.monotonic() + 15
+    while True:
+        spans = collector.spans()
+        roots = [s for s in spans if s.service == service and s.name == name
+                 and s.kind == SERVER and s.trace_id not in before]
+        assert len(roots) <= 1, "one request, one server span"
+        services = {s.service for s in spans if roots and s.trace_id == roots[0].trace_id}
+        if needs <= services or time.monotonic() > deadline:
+            return services
+        time.sleep(0.1)
+
+
+def _traces(collector: Collector, service: str, name: str) -> set[str]:
+    return {s.trace_id for s in collector.spans() if s.service == service and s.name == name}
+
+
+def test_one_request_is_one_trace_across_every_service_it_touches(
+        shop: Shop, collector: Collector) -> None:
+    before = _traces(collector, "users", "POST /register")
+    user = register(shop, "Tracy Trace")
+    services = _new_trace(collector, "users", "POST /register", before,
+                          {"users", "notifications"})
+    assert {"users", "notifications"} <= services, services
+
+    before = _traces(collector, "orders", "POST /orders")
+    order_id = place(shop, user["id"], [("TEA-001", 1)])
+    assert final(shop, order_id)["status"] == "CONFIRMED"
+    services = _new_trace(collector, "orders", "POST /orders", before,
+                          {"orders", "inventory", "payments"})
+    assert {"orders", "inventory", "payments"} <= services, services
+    process = [s for s in collector.spans() if s.name.startswith("process ")
+               and s.attributes.get("messaging.message.id")]
+    assert process and all(s.kind == CONSUMER for s in process)
+    assert {s.attributes["messaging.system"] for s in process} <= {"sqlite", "kafka"}
+
+
+def test_an_idle_shop_has_lag_0_everywhere(shop: Shop) -> None:
+    register(shop, "Idle Ida")
+    deadline = time.monotonic() + 15
+    while True:
+        lags = {}
+        for service in BUS_SERVICES:
+            response = shop.http.get(shop.url(service, "/metrics"))
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            for family in text_string_to_metric_families(response.text):
+                if family.name == "tidings_consumer_lag":
+                    lags.update({(service, s.labels["topic"], s.labels["partition"]): s.value
+                                 for s in family.samples})
+        # users only publishes: it has no group, hence no lag
+        assert {service for service, _, _ in lags} == set(BUS_SERVICES) - {"users"}
+        if set(lags.values()) == {0.0}:
+            break
+        assert time.monotonic() < deadline, {k: v for k, v in lags.items() if v}
+        time.sleep(0.5)
+    for service in BUS_SERVICES:
+        ready = shop.http.get(shop.url(service, "/ready"))
+        assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
