@@ -17,10 +17,13 @@ async def main() -> None:
     assert provider is not None
     app = App("down", broker=testing.memory_url(), middleware=[TracingMiddleware()])
     handled: list[int] = []
+    all_handled = asyncio.Event()
 
     @app.subscriber("t")
     async def handle(body: dict[str, int]) -> None:
         handled.append(body["n"])
+        if len(handled) == 200:
+            all_handled.set()
 
     started = time.monotonic()
     async with app:
@@ -28,8 +31,7 @@ async def main() -> None:
             await app.publish("t", {"n": n})
             if n % 50 == 0:
                 await asyncio.sleep(0.3)  # several export attempts fail meanwhile
-        while len(handled) < 200:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(all_handled.wait(), 60)
     print(f"handled {len(handled)} in {time.monotonic() - started:.1f} s", flush=True)
     provider.shutdown()
 
