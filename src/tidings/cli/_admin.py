@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._records import GroupInfo, TopicInfo
+from .._lag import group_lag
+from .._records import TopicInfo
 from ..ports import Transport
 
 __all__ = ["group_rows", "topic_rows"]
@@ -24,12 +25,15 @@ def topic_rows(topics: list[TopicInfo]) -> tuple[list[dict[str, Any]], list[list
 
 
 async def group_rows(transport: Transport) -> tuple[list[dict[str, Any]], list[list[Any]]]:
-    """JSON objects and table rows describing groups: members, assignment and lag."""
-    ends = {(t.name, p): o for t in await transport.describe_topics()
-            for p, o in t.end_offsets.items()}
+    """JSON objects and table rows describing groups: members, assignment and lag (the
+    same figures as ``App.lag()``: end minus committed offset, never clamped)."""
+    lags: dict[str, dict[str, int]] = {}
+    for p in await group_lag(transport):
+        per_topic = lags.setdefault(p.group, {})
+        per_topic[p.topic] = per_topic.get(p.topic, 0) + p.lag
     data, rows = [], []
     for g in await transport.describe_groups():
-        lag = _lag(g, ends)
+        lag = lags.get(g.name, {})
         data.append({
             "group": g.name,
             "members": [{"member": m.member_id, "client": m.client,
@@ -51,11 +55,3 @@ async def group_rows(transport: Transport) -> tuple[list[dict[str, Any]], list[l
 
 def _owned(member: str, partitions: list[int]) -> str:
     return f"{member}:{','.join(map(str, partitions))}" if partitions else ""
-
-
-def _lag(group: GroupInfo, ends: dict[tuple[str, int], int]) -> dict[str, int]:
-    lag: dict[str, int] = {}
-    for tp, committed in group.committed.items():
-        end = ends.get((tp.topic, tp.partition), committed)
-        lag[tp.topic] = lag.get(tp.topic, 0) + max(end - committed, 0)
-    return lag
