@@ -9,9 +9,13 @@ Prints one JSON document. Figures:
 - ``cpu``: consumer-process CPU per consumed message, total and minus the baseline's
   per-row read+validate cost (the framework's share).
 - ``latency``: publish-to-handler p50/p99 across two processes at a paced rate.
+- ``observability`` (with ``--observability``): publish and consume CPU per message
+  with no middleware, with tracing (the OpenTelemetry SDK, spans batched to an exporter
+  that drops them) and with Prometheus metrics, in alternating runs of the same process.
 
 Usage: python benchmarks/bench_embedded.py [--n 100000] [--rate 1000] [--seconds 5]
        [--broker sqlite:///path]   (default: a fresh SQLite file in a temp dir)
+       [--observability [--repeat 3]]
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from pydantic import BaseModel
 
-from tidings import App
+from tidings import App, Middleware
+from tidings.otel import TracingMiddleware
+from tidings.prometheus import PrometheusMetrics
 
 PAYLOAD_PAD = "x" * 120  # makes the encoded event ~200 bytes
 
@@ -79,21 +88,23 @@ def baseline(n: int, directory: Path) -> dict[str, float]:
             "read_validate_cpu_us_per_row": round(read_cpu / n * 1e6, 2)}
 
 
-async def throughput(n: int, broker: str) -> dict[str, float]:
+async def throughput(n: int, broker: str, middleware: Sequence[Middleware] = (),
+                     topic: str = "bench") -> dict[str, float]:
     """Publish N, then consume N through a typed handler with commits."""
-    producer = App("bench-producer", broker=broker)
+    producer = App("bench-producer", broker=broker, middleware=middleware)
     async with producer:
         events = [make_event(i) for i in range(n)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for i in range(0, n, 1000):
-            await producer.publish_many("bench", events[i : i + 1000], key=lambda e: e["user"])
+            await producer.publish_many(topic, events[i : i + 1000], key=lambda e: e["user"])
         publish_s = time.perf_counter() - started
+        publish_cpu = time.process_time() - cpu
 
-    consumer = App("bench-consumer", broker=broker)
+    consumer = App("bench-consumer", broker=broker, middleware=middleware)
     done = asyncio.Event()
     seen = 0
 
-    @consumer.subscriber("bench")
+    @consumer.subscriber(topic)
     async def handle(event: Event) -> None:
         nonlocal seen
         seen += 1
@@ -110,8 +121,45 @@ async def throughput(n: int, broker: str) -> dict[str, float]:
         "publish_msg_per_s": round(n / publish_s),
         "consume_msg_per_s": round(n / consume_s),
         "end_to_end_msg_per_s": round(n / (publish_s + consume_s)),
+        "publish_cpu_us_per_msg": round(publish_cpu / n * 1e6, 2),
         "consume_cpu_us_per_msg": round(consume_cpu / n * 1e6, 2),
     }
+
+
+class _Dropped(SpanExporter):
+    """Takes the spans and keeps none: the cost measured is tidings' and the SDK's."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def _variants() -> dict[str, Callable[[], list[Middleware]]]:
+    def tracing() -> list[Middleware]:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(_Dropped()))
+        return [TracingMiddleware(provider)]
+
+    return {"none": list, "tracing": tracing, "metrics": lambda: [PrometheusMetrics()]}
+
+
+def observability(n: int, directory: Path, repeat: int) -> dict[str, object]:
+    """CPU per message with no middleware, tracing, and metrics; best of ``repeat``
+    alternating runs each, each on a fresh topic of its own bus."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in _variants()}
+    for r in range(repeat):
+        for name, make in _variants().items():
+            broker = f"sqlite:///{directory}/obs-{name}-{r}.db"
+            runs[name].append(asyncio.run(throughput(n, broker, make())))
+    best = {name: {"publish_cpu_us_per_msg": min(x["publish_cpu_us_per_msg"] for x in xs),
+                   "consume_cpu_us_per_msg": min(x["consume_cpu_us_per_msg"] for x in xs),
+                   "end_to_end_msg_per_s": max(x["end_to_end_msg_per_s"] for x in xs)}
+            for name, xs in runs.items()}
+    none = best["none"]
+    for name in ("tracing", "metrics"):
+        for what in ("publish", "consume"):
+            key = f"{what}_cpu_us_per_msg"
+            best[name][f"{what}_added_us_per_msg"] = round(best[name][key] - none[key], 2)
+    return {"messages": n, "repeat": repeat, **best}
 
 
 def _child(role: str, broker: str, arg: float, seconds: float) -> subprocess.Popen[bytes]:
@@ -184,6 +232,8 @@ def main() -> None:
     parser.add_argument("--broker", default=None)
     parser.add_argument("--child", choices=["consume", "produce"], default=None)
     parser.add_argument("--arg", type=float, default=0.0)
+    parser.add_argument("--observability", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if args.child == "consume":
         asyncio.run(child_consume(args.broker, int(args.arg)))
@@ -193,6 +243,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
+        if args.observability:
+            print(json.dumps({"machine": {"cpus": os.cpu_count(),
+                                          "python": sys.version.split()[0]},
+                              "observability": observability(args.n, directory, args.repeat)},
+                             indent=2))
+            return
         broker = args.broker or f"sqlite:///{directory}/bus.db"
         base = baseline(args.n, directory)
         result = asyncio.run(throughput(args.n, broker))

@@ -137,8 +137,12 @@ class PrometheusMetrics(Middleware):
         started = time.perf_counter()
         positions = await call_next(call)
         self.publish_duration.labels(call.kind).observe(time.perf_counter() - started)
-        for record in call.records:
-            self.published.labels(record.topic, call.kind).inc()
+        records = call.records
+        if len({r.topic for r in records}) == 1:
+            self.published.labels(records[0].topic, call.kind).inc(len(records))
+        else:
+            for record in records:
+                self.published.labels(record.topic, call.kind).inc()
         return positions
 
     # -- gauges read when scraped --------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from .. import __version__
@@ -50,16 +50,18 @@ class TracingMiddleware(Middleware):
             _name("process", {m.topic for m in messages}), context=parent,
             kind=SpanKind.CONSUMER, attributes=_process_attributes(call), links=links,
         )
-        with trace.use_span(span, end_on_exit=True, record_exception=False,
-                            set_status_on_exception=False):
-            try:
-                result = await call_next(call)
-            except Exception as exc:
-                _failed(span, exc, call)
-                raise
+        token = attach(trace.set_span_in_context(span))  # what the handler publishes
+        try:
+            result = await call_next(call)
             if call.error is not None:  # a responder's failure, sent as an error reply
                 _failed(span, call.error, call)
             return result
+        except Exception as exc:
+            _failed(span, exc, call)
+            raise
+        finally:
+            detach(token)
+            span.end()
 
     # -- appending -----------------------------------------------------------------
 
