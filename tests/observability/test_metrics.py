@@ -1,15 +1,19 @@
-"""Prometheus metrics after a known workload: exact counts, lag, dead letters pending,
-outbox rows pending, sagas by status, and the text format a scrape gets."""
+"""Metrics after a known workload: exact counts, lag, dead letters pending, outbox rows
+pending, sagas by status, and the text format a scrape gets; through prometheus-client
+and through OpenTelemetry metrics."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tidings import App, RetryPolicy, testing
+from tidings.otel import OtelMetrics
 from tidings.prometheus import PrometheusMetrics
 from tidings.saga import MemorySagaStore, Saga, SagaEngine, SagaStatus, Step
 from tidings.sqlalchemy import Outbox, create_tables
@@ -134,3 +138,61 @@ def test_outbox_and_saga_gauges(tmp_path: Path) -> None:
 
 async def _same(order: Order) -> Order:
     return order
+
+
+def test_the_same_metrics_through_opentelemetry() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+
+    async def main() -> None:
+        metrics = OtelMetrics(provider, refresh_interval=0.1)
+        app = App("svc", broker=testing.memory_url(), middleware=[metrics],
+                  retry=RetryPolicy(max_attempts=1))
+        metrics.watch(app)
+        handled: list[int] = []
+
+        @app.subscriber("good")
+        async def good(body: dict[str, int]) -> None:
+            handled.append(body["n"])
+
+        @app.subscriber("bad")
+        async def bad(body: dict[str, int]) -> None:
+            raise ValueError("no")
+
+        async with app:
+            for n in range(4):
+                await app.publish("good", {"n": n})
+            await app.publish("bad", {"n": 0})
+            await _until(lambda: len(handled) == 4)
+            await asyncio.sleep(0.6)  # idle, and refreshed since
+
+    asyncio.run(main())
+    points: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    value = getattr(point, "value", None)
+                    if value is None:
+                        value = point.count  # a histogram: how many observations
+                    points[(metric.name, tuple(sorted(point.attributes.items())))] = value
+
+    def value(name: str, **labels: str) -> float | None:
+        return points.get((name, tuple(sorted(labels.items()))))
+
+    good_labels = {"topic": "good", "group": "svc", "handler": _name_of("good")}
+    bad_labels = {"topic": "bad", "group": "svc", "handler": _name_of("bad")}
+    assert value("tidings_messages_consumed", **good_labels) == 4
+    assert value("tidings_messages_handled", **good_labels) == 4
+    assert value("tidings_handler_duration_seconds", **good_labels) == 4
+    assert value("tidings_handlers_in_flight", **good_labels) == 0
+    assert value("tidings_messages_dead_lettered", **bad_labels) == 1
+    assert value("tidings_messages_published", topic="good", kind="publish") == 4
+    assert value("tidings_dead_letters_pending", topic="bad") == 1
+    lags = {k: v for k, v in points.items() if k[0] == "tidings_consumer_lag"}
+    assert lags and set(lags.values()) == {0}
+
+
+def _name_of(handler: str) -> str:
+    return f"test_the_same_metrics_through_opentelemetry.<locals>.main.<locals>.{handler}"

@@ -13,6 +13,9 @@ from the standard ``OTEL_*`` environment variables (OTLP over HTTP)::
 
     if configure_tracing("orders"):            # OTEL_EXPORTER_OTLP_ENDPOINT is set
         app.add_middleware(TracingMiddleware())
+
+:class:`OtelMetrics` records tidings' metrics (see docs/observability.md) through the
+OpenTelemetry metrics API instead of prometheus-client.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ except ImportError as exc:  # pragma: no cover
 
     raise MissingDependencyError("tidings.otel", "otel") from exc
 
+from ._metrics import OtelMetrics
 from ._setup import configure_tracing
 from ._tracing import TracingMiddleware
 
-__all__ = ["TracingMiddleware", "configure_tracing"]
+__all__ = ["OtelMetrics", "TracingMiddleware", "configure_tracing"]
