@@ -19,14 +19,7 @@ from tidings.saga import MemorySagaStore, Saga, SagaEngine, SagaStatus, Step
 from tidings.sqlalchemy import Outbox, create_tables
 
 from .models import Order
-
-
-async def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out")
+from .util import until
 
 
 def test_counts_after_a_known_workload(tmp_path: Path) -> None:
@@ -59,8 +52,8 @@ def test_counts_after_a_known_workload(tmp_path: Path) -> None:
             await app.publish_many("bad", [{"n": 1}, {"n": 2}])
             await app.publish_many("many", [{"n": n} for n in range(3)])
             assert await app.request("ask", {}) == 1
-            await _until(lambda: len(handled) == 8)
-            await _until(lambda: metrics.registry.get_sample_value(
+            await until(lambda: len(handled) == 8)
+            await until(lambda: metrics.registry.get_sample_value(
                 "tidings_messages_dead_lettered_total",
                 {"topic": "bad", "group": "svc", "handler": _name(bad)}) == 2)
             await asyncio.sleep(0.5)  # idle: offsets committed
@@ -163,7 +156,7 @@ def test_the_same_metrics_through_opentelemetry() -> None:
             for n in range(4):
                 await app.publish("good", {"n": n})
             await app.publish("bad", {"n": 0})
-            await _until(lambda: len(handled) == 4)
+            await until(lambda: len(handled) == 4)
             await asyncio.sleep(0.6)  # idle, and refreshed since
 
     asyncio.run(main())

@@ -17,6 +17,8 @@ from opentelemetry.trace import SpanKind
 from tidings import App, Message, RemoteError, RetryPolicy, testing
 from tidings.otel import TracingMiddleware
 
+from .util import until
+
 
 @pytest.fixture
 def traced() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
@@ -30,13 +32,6 @@ def traced() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
 def _named(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name == name]
 
-
-async def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def test_batches_delays_redrives_and_responder_failures(traced) -> None:  # type: ignore[no-untyped-def]
@@ -65,12 +60,12 @@ def test_batches_delays_redrives_and_responder_failures(traced) -> None:  # type
 
         async with app:
             await app.publish_many("many", [{"n": n} for n in range(3)])
-            await _until(lambda: sum(map(len, batches)) == 3)
+            await until(lambda: sum(map(len, batches)) == 3)
             await app.publish("later", {"n": 1}, delay=0.2)
-            await _until(lambda: bool(_named(exporter.get_finished_spans(), "send later.dlq")))
+            await until(lambda: bool(_named(exporter.get_finished_spans(), "send later.dlq")))
             fail[0] = False
             await app.dead_letters("later").redrive()
-            await _until(lambda: len(later) == 1)
+            await until(lambda: len(later) == 1)
             with pytest.raises(RemoteError):
                 await app.request("ask", {}, timeout=5)
             await asyncio.sleep(0.1)
@@ -121,7 +116,7 @@ def test_without_the_middleware_no_header_is_added() -> None:
 
         async with app:
             await app.publish("t", {"n": 1})
-            await _until(lambda: bool(got))
+            await until(lambda: bool(got))
         assert "traceparent" not in got[0].headers
 
     asyncio.run(main())

@@ -5,7 +5,6 @@ liveness probe, stays 200 meanwhile."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 from reference.common.settings import Settings, free_base_port
-from shop import ROOT
+from shop import ROOT, stop
 
 from kafka_broker import running_tansu
 
@@ -37,11 +36,7 @@ def test_ready_goes_503_when_the_bus_is_unreachable(tmp_path: Path) -> None:
                 assert any("bus" in reason for reason in down["reasons"]), down
                 assert http.get("/health").status_code == 200
         finally:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(30)
-            except subprocess.TimeoutExpired:
-                service.kill()
+            stop(service)
             log.close()
 
 
