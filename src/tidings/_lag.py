@@ -35,15 +35,20 @@ class PartitionLag:
 async def group_lag(transport: Transport,
                     groups: Collection[str] | None = None) -> list[PartitionLag]:
     """Lag per partition of every group (or of ``groups``) that has committed offsets
-    or members, sorted by group, topic and partition."""
+    or members, sorted by group, topic and partition: every partition of each topic the
+    group reads, those it never committed counted from their first offset."""
     topics = await transport.describe_topics()
     ends = {TopicPartition(t.name, p): o for t in topics for p, o in t.end_offsets.items()}
     starts = {TopicPartition(t.name, p): o for t in topics for p, o in t.start_offsets.items()}
+    counts = {t.name: t.partitions for t in topics}
     out: list[PartitionLag] = []
     for info in await transport.describe_groups():
         if groups is not None and info.name not in groups:
             continue
-        partitions = set(info.committed) | {tp for m in info.members for tp in m.assignment}
+        read = {tp.topic for tp in info.committed} | \
+            {tp.topic for m in info.members for tp in m.assignment}
+        partitions = {TopicPartition(topic, p) for topic in read
+                      for p in range(counts.get(topic, 0))} | set(info.committed)
         for tp in partitions:
             end = ends.get(tp, 0)
             committed = info.committed.get(tp)

@@ -53,7 +53,7 @@ def test_every_handler_call_and_every_append_goes_through_the_middleware(
 
     async def main() -> None:
         recorder = Recorder()
-        app = backend.app("svc", middleware=[recorder])
+        app = backend.app(names("svc"), middleware=[recorder])
         done: list[str] = []
 
         @app.subscriber(topic)
@@ -76,19 +76,23 @@ def test_every_handler_call_and_every_append_goes_through_the_middleware(
         async def fail(body: dict[str, int]) -> None:
             raise ValueError("always")
 
+        @app.cron("* * * * * *", name=names("tick"))
+        async def tick() -> None:
+            done.append("cron")
+
         async with app:
             await app.publish(topic, {"n": 1})
             await app.publish_many(batch, [{"n": 1}, {"n": 2}])
             await app.enqueue(queue, {"n": 1}, priority=5)
             assert await app.request(ask, {"n": 1}, timeout=10) == {"n": 2}
             await app.publish(bad, {"n": 1})
-            await eventually(lambda: len(done) == 4)
+            await eventually(lambda: {"subscriber", "batch", "worker", "cron"} <= set(done))
             letters = await wait_letters(app, bad, 1)
             await app.dead_letters(bad).redrive(letters)
             await eventually(lambda: recorder.outcomes.count((bad, None, True)) == 2)
         kinds = {kind for kind, _, _ in recorder.calls}
-        assert kinds == {"subscriber", "batch", "worker", "responder"}
-        assert ("batch", batch, 2) in recorder.calls
+        assert kinds == {"subscriber", "batch", "worker", "responder", "cron"}
+        assert sum(n for kind, _, n in recorder.calls if kind == "batch") == 2
         assert recorder.outcomes[:2] == [(bad, 0.02, False), (bad, None, True)]
         appended = {(kind, topics[0]) for kind, topics in recorder.appends}
         assert {("publish", topic), ("publish", batch), ("request", ask),
@@ -118,7 +122,7 @@ def test_a_raising_middleware_counts_as_its_handler_or_publish_raising(
     topic = names("mw-raise")
 
     async def main() -> None:
-        app = backend.app("svc", middleware=[Raising()], retry=FAST)
+        app = backend.app(names("svc"), middleware=[Raising()], retry=FAST)
         called: list[int] = []
 
         @app.subscriber(topic)
@@ -153,7 +157,8 @@ def test_an_idle_group_has_lag_0_and_waiting_messages_are_lag(backend, names) ->
     topic = names("lag")
 
     async def main() -> None:
-        app = backend.app("svc")
+        group = names("svc")
+        app = backend.app(group)
         handled: list[int] = []
 
         @app.subscriber(topic, concurrency=32)
@@ -174,7 +179,7 @@ def test_an_idle_group_has_lag_0_and_waiting_messages_are_lag(backend, names) ->
         async with waiting:
             for n in range(5):
                 await waiting.publish(topic, {"n": n})
-            lags = [p for p in await waiting.lag(all_groups=True) if p.group == "svc"]
+            lags = [p for p in await waiting.lag(all_groups=True) if p.group == group]
         assert sum(p.lag for p in lags) == 5, lags
 
     asyncio.run(main())
