@@ -189,6 +189,7 @@ def orchestrate(service: Service, store: OrderStore) -> Starter:
     saga = order_saga(service, store)
     saga_store = LockedSagaStore(service.db.engine, service.db.write_lock)
     engine = SagaEngine(service.bus, saga_store, [saga], lease=10.0)
+    service.metrics.watch_sagas(saga_store)  # tidings_sagas{status=...} on /metrics
 
     async def start(tx: Tx, order_id: str, order: NewOrder, total_cents: int) -> None:
         state = OrderState(

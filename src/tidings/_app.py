@@ -38,6 +38,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 log = logging.getLogger("tidings")
+#: Appends an exactly-once handler holds for its commit: what it publishes, and its
+#: dead letters; a request (it waits for the reply) or a re-drive goes out at once.
+_HELD = frozenset({"publish", "dead-letter"})
 
 
 class App:
@@ -431,7 +434,7 @@ class App:
         if self._append_next is not None:
             return self._append_next(AppendCall(self.name, kind, self.system, outs))
         # Inside an exactly-once handler, held: appended when its offset commits, with it.
-        held = hold(outs)
+        held = hold(outs) if kind in _HELD else None
         if held:
             return _resolved(held)
         return self._transport.append(outs)
@@ -440,7 +443,7 @@ class App:
         """The end of the append chain: hold, append, or (an outbox row) nothing."""
         if call.kind == "create":
             return []
-        held = hold(call.records)
+        held = hold(call.records) if call.kind in _HELD else None
         if held:
             return held
         return await self._transport.append(call.records)

@@ -58,3 +58,29 @@ def test_outputs_commit_with_the_offset_or_the_backend_refuses(backend, names) -
         assert all(p.offset is None for p in returned), "held until the commit"
 
     asyncio.run(main())
+
+
+def test_an_exactly_once_handler_can_make_requests(backend, names) -> None:
+    """A request is sent at once (its handler waits for the reply), not held for the
+    commit like what the handler publishes."""
+    source, ask = names("orders"), names("ask")
+
+    async def main() -> None:
+        app = backend.app(names("billing"))
+        answers: list[int] = []
+
+        @app.responder(ask)
+        async def answer(body: dict) -> int:
+            return body["n"] * 10
+
+        @app.subscriber(source, exactly_once=True)
+        async def bill(payload: dict) -> None:
+            answers.append(await app.request(ask, payload, timeout=10))
+
+        if not isinstance(app.transport, SupportsTransactions):
+            return  # refused at start: see the test above
+        async with app:
+            await app.publish(source, {"n": 4})
+            await eventually(lambda: answers == [40], 20, "the answer")
+
+    asyncio.run(main())

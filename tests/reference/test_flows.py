@@ -176,6 +176,11 @@ def test_an_idle_shop_has_lag_0_everywhere(shop: Shop) -> None:
             break
         assert time.monotonic() < deadline, {k: v for k, v in lags.items() if v}
         time.sleep(0.5)
+    if shop.settings.mode.value == "orchestration":  # orders settled by sagas before
+        text = shop.http.get(shop.url("orders", "/metrics")).text
+        sagas = {s.labels["status"]: s.value for f in text_string_to_metric_families(text)
+                 if f.name == "tidings_sagas" for s in f.samples}
+        assert sagas["COMPLETED"] >= 1 and sagas["RUNNING"] == 0, sagas
     for service in BUS_SERVICES:
         ready = shop.http.get(shop.url(service, "/ready"))
         assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
