@@ -12,7 +12,7 @@ is appended after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,7 @@ def _direct(spec: SubscriberSpec, runtime: Runtime) -> Process:
             result = await invoke(payload, message)
         except Exception as exc:
             if replies:
-                await _reply(emit, record, exc)
+                await _reply(emit, record.headers, exc)
                 return None
             discard_held()  # a failed attempt published nothing
             decision = policy.decide(attempt, exc)
@@ -96,7 +96,7 @@ def _direct(spec: SubscriberSpec, runtime: Runtime) -> Process:
         finally:
             reset_current(token)
         if replies:
-            await _reply(emit, record, result)
+            await _reply(emit, record.headers, result)
         return None
 
     return process
@@ -120,7 +120,7 @@ def _inner(spec: SubscriberSpec, runtime: Runtime) -> CallNext:
                 raise
             call.error, result = exc, exc
         if replies:
-            await _reply(emit, _record_of(message), result)
+            await _reply(emit, message.headers, result)
         return result
 
     return inner
@@ -166,17 +166,13 @@ async def _failed(emit: Emit, record: Record, group: str | None, attempt: int,
     return None
 
 
-def _record_of(message: Message) -> Record:
-    return Record(message.topic, message.partition, message.offset, message.key,
-                  message.body, message.headers, message.timestamp)
-
-
-async def _reply(emit: Emit, request: Record, result: Any) -> None:
-    """Send a responder's result (or its exception, as an error) to the requester."""
-    reply_to = request.headers.get(Headers.REPLY_TO)
+async def _reply(emit: Emit, request: Mapping[str, str], result: Any) -> None:
+    """Send a responder's result (or its exception, as an error) to the requester whose
+    request had the headers ``request``."""
+    reply_to = request.get(Headers.REPLY_TO)
     if reply_to is None:
         return
-    headers = {Headers.CORRELATION_ID: request.headers.get(Headers.ID, "")}
+    headers = {Headers.CORRELATION_ID: request.get(Headers.ID, "")}
     if isinstance(result, Exception):
         headers[Headers.REPLY_STATUS] = "error"
         result = {"error_type": type(result).__name__, "message": str(result)}
