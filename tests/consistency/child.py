@@ -65,8 +65,8 @@ async def relay_dies_after_publish(db: str, bus: str, after: str) -> None:
     published = 0
     real_appending = app._appending  # every publish hands its records over here
 
-    def appending(outs: list[Any]) -> Any:
-        waiting, count = real_appending(outs), len(outs)
+    def appending(outs: list[Any], *kind: Any) -> Any:
+        waiting, count = real_appending(outs, *kind), len(outs)
 
         async def appended() -> Any:
             nonlocal published
