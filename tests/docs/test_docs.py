@@ -31,6 +31,8 @@ def _snippets() -> list[tuple[str, str]]:
 SNIPPETS = _snippets()
 EXAMPLES = {p: p.read_text() for p in (ROOT / "examples").rglob("*.py")}
 
+KAFKA_EXAMPLE = "examples/guides/kafka_exactly_once.py"
+
 #: Example programs and how a test here runs them (see test_example_runs).
 RUN = {
     "examples/tutorial/main.py": "accounts after a duplicate delivery: 3",
@@ -73,7 +75,7 @@ def test_snippet_runs(where: str, code: str, tmp_path: Path) -> None:
     homes = [p for p, text in EXAMPLES.items() if code in text]
     if homes:  # an excerpt of an example program: that program must be one we run
         names = {str(p.relative_to(ROOT)) for p in homes}
-        assert names & (set(RUN) | set(QUICKSTART) | {"examples/testing/test_billing.py",
+        assert names & (set(RUN) | set(QUICKSTART) | {KAFKA_EXAMPLE,
                                                        "examples/testing/billing.py"}), \
             f"{where} is in {names}, which no test runs"
         return
@@ -90,6 +92,14 @@ def test_example_runs(path: str, expected: str, tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, env=_env(tmp_path))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert expected in out.stdout + out.stderr
+
+
+def test_the_kafka_example_runs(tmp_path: Path, kafka_url: str) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / KAFKA_EXAMPLE)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120,
+                         env=_env(tmp_path, TIDINGS_BROKER=kafka_url))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "invoice: {'order_id': 'o-1', 'amount': 30}" in out.stdout
 
 
 def test_the_testing_example_passes(tmp_path: Path) -> None:
