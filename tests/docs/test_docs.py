@@ -153,3 +153,10 @@ def test_the_readme_install_builds_a_wheel(tmp_path: Path) -> None:
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [p.name for p in tmp_path.glob("*.whl")] == ["tidings-0.1.0-py3-none-any.whl"]
+
+
+def test_the_rules_guide_runs_the_rule_file_it_shows() -> None:
+    guide = (ROOT / "docs" / "rules.md").read_text()
+    shown = re.search(r"^```yaml\n(# rules/fraud.yaml\n.*?)^```", guide, re.S | re.M)
+    assert shown is not None
+    assert shown.group(1) in (ROOT / "examples" / "guides" / "rules.py").read_text()
