@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from queue import Empty, Queue
 
+from processes import service_process
+
 SERVICE = '''
 from tidings import App
 
@@ -52,14 +54,11 @@ def test_reload_restarts_the_app_with_the_changed_code(tmp_path: Path) -> None:
     code.mkdir()
     module = code / "pinger.py"
     module.write_text(SERVICE.format(version="v1"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tidings.cli", "--broker", broker, "run", "--reload",
-         "--reload-dir", str(code), "pinger:app"],
-        cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines: Queue[str] = Queue()
-    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
-    try:
+    command = [sys.executable, "-m", "tidings.cli", "--broker", broker, "run", "--reload",
+               "--reload-dir", str(code), "pinger:app"]
+    with service_process(command, code) as (proc, output):
+        lines: Queue[str] = Queue()
+        threading.Thread(target=_lines, args=(output, lines), daemon=True).start()
         _wait_for(lines, "running on")
         _publish(broker, 1)
         _wait_for(lines, "v1 got 1")
@@ -71,8 +70,3 @@ def test_reload_restarts_the_app_with_the_changed_code(tmp_path: Path) -> None:
         assert "v2 got 2" in seen[-1], seen
         proc.terminate()
         assert proc.wait(30) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()

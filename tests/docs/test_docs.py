@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import service_process
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -123,12 +125,9 @@ def test_the_readme_shows_the_quickstart_files_as_they_are() -> None:
 
 def test_the_quickstart_runs_in_two_processes(tmp_path: Path) -> None:
     env = _env(tmp_path)
-    service = subprocess.Popen([sys.executable, str(ROOT / QUICKSTART[0])], cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    try:
-        assert service.stdout is not None
-        line = service.stdout.readline()
+    with service_process([sys.executable, str(ROOT / QUICKSTART[0])], tmp_path, env) as (
+            service, output):
+        line = output.readline()
         assert "running on" in line, line
         publisher = subprocess.run([sys.executable, str(ROOT / QUICKSTART[1])], cwd=tmp_path,
                                    env=env, capture_output=True, text=True, timeout=60)
@@ -136,15 +135,10 @@ def test_the_quickstart_runs_in_two_processes(tmp_path: Path) -> None:
         assert publisher.stdout.strip() == "{'hello': 'Bob'}"
         seen = []
         while not any("user 2 (Bob)" in s for s in seen):  # Bob's was delayed by 2 s
-            seen.append(service.stdout.readline())
+            seen.append(output.readline())
         assert "Received registration event for user 1 (Alice)\n" in seen
         service.terminate()
         assert service.wait(30) == 0
-    finally:
-        service.kill()
-        service.wait()
-        if service.stdout is not None:
-            service.stdout.close()
 
 
 def test_the_readme_install_builds_a_wheel(tmp_path: Path) -> None:
