@@ -43,7 +43,7 @@ demo-check: setup-demo
 	$(BIN)/python -m reference.supervisor --once --fresh
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks examples reference
+	$(BIN)/ruff check src tests benchmarks examples reference docs
 	$(BIN)/mypy
 
 test: setup system-deps lint
