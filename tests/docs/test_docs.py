@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,11 +144,18 @@ def test_the_quickstart_runs_in_two_processes(tmp_path: Path) -> None:
 
 
 def test_the_readme_install_builds_a_wheel(tmp_path: Path) -> None:
+    # From a copy of the checkout: building in place would leave build/ in the tree.
+    source = tmp_path / "checkout"
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                          str(tmp_path), str(ROOT)], capture_output=True, text=True,
-                         timeout=300)
+                          str(tmp_path / "dist"), str(source)], capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert [p.name for p in tmp_path.glob("*.whl")] == ["tidings-0.1.0-py3-none-any.whl"]
+    wheels = [p.name for p in (tmp_path / "dist").glob("*.whl")]
+    assert wheels == ["tidings-0.1.0-py3-none-any.whl"]
 
 
 def test_the_rules_guide_runs_the_rule_file_it_shows() -> None:
