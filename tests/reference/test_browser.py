@@ -107,6 +107,9 @@ def test_every_outcome_is_one_click_away_and_refusals_read_as_sentences(
     _order(page, "MUG-002", 1, "4242 4242 4242 4242")
     _outcome(page, "Payment successful", "confirmed")
 
+    (ROOT / ".artifacts").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / ".artifacts" / "reference-every-outcome.png"),
+                    full_page=True)
     headers = page.locator("#orders-table thead th").all_text_contents()
     assert headers == ["Order", "Total", "Status", "Reason"]
     expect(page.locator("#orders tr")).to_have_count(4, timeout=10_000)
