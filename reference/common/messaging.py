@@ -7,10 +7,11 @@ through the :class:`~tidings.sqlalchemy.Outbox` relay only once its transaction 
 committed, under an id fixed when it was recorded, so a relay that dies between publish
 and delete re-publishes a copy the consumer's inbox drops.
 
-SQLite has one writer. Our own write transactions take an in-process lock first, so
-they queue in asyncio instead of spinning in SQLite's busy handler; and units of work
-arriving together (concurrent requests, a consumer's concurrent handlers) share one
-transaction, each in its own savepoint, and one COMMIT (:meth:`Database.run`).
+SQLite has one writer. Every write goes through the database's
+:class:`~tidings.sqlalchemy.GroupCommit`, so writes queue in asyncio instead of spinning
+in SQLite's busy handler, and units of work arriving together (concurrent requests, a
+consumer's concurrent handlers) share one transaction, each in its own savepoint, and
+one COMMIT.
 """
 
 from __future__ import annotations
@@ -76,11 +77,5 @@ class UnitOfWork:
         if inbox is None:
             inbox = self._inboxes[consumer] = Inbox(self.db.engine, consumer)
         outbox = self.outbox
-
         # A plain connection, not an ORM session per message: far less CPU.
-        async def once(conn: AsyncConnection) -> T | None:
-            if not await inbox.claim(conn, message):
-                return None
-            return await work(Tx(conn, outbox))
-
-        return await self.db.run(once)
+        return await inbox.handle(message, lambda conn: work(Tx(conn, outbox)))

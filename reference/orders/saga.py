@@ -21,19 +21,14 @@ step after it fails, so the compensations run and the cancellation knows its rea
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import RetryPolicy
-from tidings.saga import Command, Saga, SagaEngine, SagaRecord, Step, StepEvent
+from tidings.saga import Command, Saga, SagaEngine, Step
 from tidings.sqlalchemy import SqlSagaStore
 
-from ..common.db import refuse_nesting
 from ..common.events import (
     INVENTORY_COMMANDS,
     PAYMENTS_COMMANDS,
@@ -130,64 +125,10 @@ def order_saga(service: Service, store: OrderStore) -> Saga[OrderState]:
     ])
 
 
-class LockedSagaStore(SqlSagaStore):
-    """The saga store, its own transactions taking the service's write lock like every
-    other writer of the database: the engine's writes then never meet an open
-    transaction of ours in SQLite's busy handler (which would block the event loop)."""
-
-    def __init__(self, engine: AsyncEngine, lock: asyncio.Lock) -> None:
-        super().__init__(engine)
-        self._lock = lock
-
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[None]:
-        """The service's write lock (refused inside a unit of work, which holds it)."""
-        refuse_nesting("a saga store write")
-        async with self._lock:
-            yield
-
-    async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
-                     on_commit: Callable[[], None] | None = None) -> None:
-        """Insert a saga: in ``within`` (the caller's transaction holds the lock already),
-        else in a transaction of its own."""
-        if within is not None:
-            await super().create(record, event, within=within, on_commit=on_commit)
-            return
-        async with self._writing():
-            await super().create(record, event, on_commit=on_commit)
-
-    async def claim(self, owner: str, names: Collection[str], lease: float, *,
-                    saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
-        """Take free or expired leases (under the write lock)."""
-        async with self._writing():
-            return await super().claim(owner, names, lease, saga_id=saga_id, limit=limit)
-
-    async def save(self, record: SagaRecord, events: Sequence[StepEvent],
-                   lease: float) -> SagaRecord:
-        """Write the record and its events (under the write lock)."""
-        async with self._writing():
-            return await super().save(record, events, lease)
-
-    async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
-        """Extend leases (under the write lock)."""
-        async with self._writing():
-            return await super().renew(owner, saga_ids, lease)
-
-    async def release(self, owner: str, saga_ids: Collection[str]) -> None:
-        """Drop leases (under the write lock)."""
-        async with self._writing():
-            await super().release(owner, saga_ids)
-
-    async def request_retry(self, saga_id: str, note: str = "retry requested") -> SagaRecord:
-        """Put a parked saga back to work (under the write lock)."""
-        async with self._writing():
-            return await super().request_retry(saga_id, note)
-
-
 def orchestrate(service: Service, store: OrderStore) -> Starter:
     """Set up the saga engine on the orders service; return what starts an order's saga."""
     saga = order_saga(service, store)
-    saga_store = LockedSagaStore(service.db.engine, service.db.write_lock)
+    saga_store = SqlSagaStore(service.db.engine)
     engine = SagaEngine(service.bus, saga_store, [saga], lease=10.0)
     service.metrics.watch_sagas(saga_store)  # tidings_sagas{status=...} on /metrics
 

@@ -13,14 +13,14 @@ from tidings.sqlalchemy import OutsideTransactionError
 def test_exported_members() -> None:
     assert sorted(tidings.saga.__all__) == [
         "ACTIVE", "Action", "Command", "Direction", "MemorySagaStore", "PARKED_STATES",
-        "SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Saga", "SagaConflictError",
+        "Parallel", "SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Saga", "SagaConflictError",
         "SagaDefinitionError", "SagaEngine", "SagaError", "SagaNotFoundError", "SagaRecord",
-        "SagaStatus", "SagaStore", "Step", "StepEvent",
+        "SagaStatus", "SagaStore", "Sleep", "Step", "StepEvent",
     ]
     assert sorted(tidings.sqlalchemy.__all__) == [
-        "Inbox", "Lease", "Outbox", "OutboxRelay", "OutsideTransactionError", "SqlSagaStore",
-        "create_tables", "inbox_table", "leases_table", "metadata", "outbox_table",
-        "saga_events_table", "sagas_table",
+        "GroupCommit", "Inbox", "Lease", "Outbox", "OutboxRelay", "OutsideTransactionError",
+        "SqlSagaStore", "create_tables", "inbox_table", "leases_table", "metadata",
+        "outbox_table", "saga_events_table", "sagas_table", "sqlite_engine",
     ]
     for module in (tidings.saga, tidings.sqlalchemy):
         for name in module.__all__:

@@ -254,7 +254,7 @@ def test_a_state_that_no_longer_validates_is_parked(db_url: str) -> None:
             store = SqlSagaStore(engine)
             old = SagaRecord("old-1", "versioned", SagaStatus.RUNNING, Direction.FORWARD,
                              json.dumps({"amount": "not a number"}))
-            await store.create(old, StepEvent("old-1", "", "saga", "RUNNING"))
+            await store.create(old, [StepEvent("old-1", "", "saga", "RUNNING")])
             app = App("svc", broker=testing.memory_url())
             saga_engine = SagaEngine(app, store, [saga], poll_interval=0.05)
             async with app:

@@ -27,7 +27,7 @@ The engine is storage-agnostic; :mod:`tidings.sqlalchemy` provides the SQL store
 
 from __future__ import annotations
 
-from ._definition import Action, Command, Saga, Step
+from ._definition import Action, Command, Parallel, Saga, Sleep, Step
 from ._engine import SagaEngine
 from ._errors import SagaConflictError, SagaDefinitionError, SagaError, SagaNotFoundError
 from ._run import SAGA_ID_HEADER, SAGA_STEP_HEADER
@@ -51,6 +51,7 @@ __all__ = [
     "Command",
     "Direction",
     "MemorySagaStore",
+    "Parallel",
     "Saga",
     "SagaConflictError",
     "SagaDefinitionError",
@@ -60,6 +61,7 @@ __all__ = [
     "SagaRecord",
     "SagaStatus",
     "SagaStore",
+    "Sleep",
     "Step",
     "StepEvent",
 ]

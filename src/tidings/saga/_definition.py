@@ -17,7 +17,7 @@ import pydantic
 from .._retry import RetryPolicy
 from ._errors import SagaDefinitionError
 
-__all__ = ["Action", "Command", "Saga", "Step"]
+__all__ = ["Action", "Command", "Parallel", "Saga", "Sleep", "Step", "StepLike"]
 
 S = TypeVar("S", bound=pydantic.BaseModel)
 
@@ -104,23 +104,88 @@ def _check_action(step: str, what: str, action: object) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Sleep(Generic[S]):
+    """A step that waits ``seconds`` once it is reached, or until ``until(state)`` (a
+    Unix time, e.g. a deadline kept in the state). The wake-up time is stored, so a
+    restarted service wakes the saga at that time: not at once, not a full wait later.
+    A long sleep holds no task and no lease. It never fails and has nothing to undo."""
+
+    name: str
+    seconds: float | None = None
+    until: Callable[[S], float] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SagaDefinitionError(f"invalid step name {self.name!r}")
+        if (self.seconds is None) == (self.until is None):
+            raise SagaDefinitionError(f"Sleep {self.name!r}: give seconds or until, not both")
+        if self.seconds is not None and not self.seconds >= 0:
+            raise SagaDefinitionError(f"Sleep {self.name!r}: seconds must be >= 0")
+        if self.until is not None and not callable(self.until):
+            raise SagaDefinitionError(f"Sleep {self.name!r}: until must be callable")
+
+    def wake_at(self, state: S, now: float) -> float:
+        """When a saga that reaches this step at ``now`` goes on."""
+        if self.until is not None:
+            return float(self.until(state))
+        assert self.seconds is not None
+        return now + self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel(Generic[S]):
+    """Steps run at once, joined: the saga goes on when every branch succeeded.
+
+    Each branch is a :class:`Step` with its own timeout, retries and compensation, and
+    gets a copy of the state; the fields a branch changes are merged into the state
+    (branches should change different fields: on a clash the later branch wins). When
+    a branch fails for good, the others finish their attempts, then every branch that
+    succeeded (or timed out, so may have taken effect) is compensated, and the steps
+    before. Branches are all ``retriable`` (past the point of no return) or none is.
+    """
+
+    name: str
+    branches: tuple[Step[S], ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SagaDefinitionError(f"invalid step name {self.name!r}")
+        object.__setattr__(self, "branches", tuple(self.branches))
+        if len(self.branches) < 2 or not all(isinstance(b, Step) for b in self.branches):
+            raise SagaDefinitionError(f"Parallel {self.name!r} takes two or more Steps")
+        if len({b.retriable for b in self.branches}) > 1:
+            raise SagaDefinitionError(f"Parallel {self.name!r}: its branches are all "
+                                      "retriable or none is")
+
+    @property
+    def retriable(self) -> bool:
+        """Whether the group comes after the saga's point of no return."""
+        return self.branches[0].retriable
+
+
+#: What a saga is made of.
+StepLike = Step[S] | Sleep[S] | Parallel[S]
+
+
 class Saga(Generic[S]):
     """A saga definition: a name, the pydantic model of its state, and its steps.
 
-    Steps run in order; when one fails for good, the compensations of the steps
-    before it run in reverse order. Every step that a later, non-retriable step can
-    undo needs a compensation: a step without one must be the last, or be followed
-    only by ``retriable`` steps (its point of no return).
+    Steps run in order (a :class:`Parallel` step runs its branches at once); when one
+    fails for good, the compensations of the steps before it run in reverse order.
+    Every step that a later, non-retriable step can undo needs a compensation: a step
+    without one must be the last, or be followed only by ``retriable`` steps (its
+    point of no return); a parallel branch needs one if a sibling can fail too.
     """
 
-    def __init__(self, name: str, state: type[S], steps: Sequence[Step[S]]) -> None:
+    def __init__(self, name: str, state: type[S], steps: Sequence[StepLike[S]]) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise SagaDefinitionError(f"invalid saga name {name!r}")
         if not (isinstance(state, type) and issubclass(state, pydantic.BaseModel)):
             raise SagaDefinitionError(f"saga {name!r}: state must be a pydantic model class")
         self.name = name
         self.state = state
-        self.steps: tuple[Step[S], ...] = tuple(steps)
+        self.steps: tuple[StepLike[S], ...] = tuple(steps)
         _check_steps(name, self.steps)
 
     def __repr__(self) -> str:
@@ -134,28 +199,47 @@ class Saga(Generic[S]):
         raise KeyError(name)
 
 
-def _check_steps(saga: str, steps: tuple[Step[Any], ...]) -> None:
+def _can_fail(step: StepLike[Any]) -> bool:
+    """Whether a step can fail for good and so undo the steps before it."""
+    if isinstance(step, Sleep):
+        return False
+    return not step.retriable
+
+
+def _check_steps(saga: str, steps: tuple[StepLike[Any], ...]) -> None:
     if not steps:
         raise SagaDefinitionError(f"saga {saga!r} has no steps")
-    names = [s.name for s in steps]
+    for step in steps:
+        if not isinstance(step, Step | Sleep | Parallel):
+            raise SagaDefinitionError(f"saga {saga!r}: {step!r} is not a Step")
+    names = [s.name for s in steps] + \
+        [b.name for s in steps if isinstance(s, Parallel) for b in s.branches]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SagaDefinitionError(f"saga {saga!r} has duplicate step names: {duplicates}")
     for index, step in enumerate(steps):
-        if not isinstance(step, Step):
-            raise SagaDefinitionError(f"saga {saga!r}: {step!r} is not a Step")
         later = steps[index + 1:]
-        if step.retriable and any(not s.retriable for s in later):
-            bad = next(s for s in later if not s.retriable)
-            raise SagaDefinitionError(
-                f"saga {saga!r}: step {bad.name!r} comes after the retriable step "
-                f"{step.name!r}, so it must be retriable too (no compensation after "
-                "the point of no return)"
-            )
-        undoable = [s for s in later if not s.retriable]
-        if step.compensation is None and not step.retriable and undoable:
-            raise SagaDefinitionError(
-                f"saga {saga!r}: step {step.name!r} needs a compensation, since step "
-                f"{undoable[0].name!r} after it can fail and would leave it in effect; "
-                "add compensation=..., or mark the steps after it retriable=True"
-            )
+        if not isinstance(step, Sleep) and step.retriable:
+            bad = next((s for s in later if _can_fail(s)), None)
+            if bad is not None:
+                raise SagaDefinitionError(
+                    f"saga {saga!r}: step {bad.name!r} comes after the retriable step "
+                    f"{step.name!r}, so it must be retriable too (no compensation after "
+                    "the point of no return)"
+                )
+        undoable = [s.name for s in later if _can_fail(s)]
+        if isinstance(step, Step):
+            _check_compensation(saga, step, undoable, "step")
+        elif isinstance(step, Parallel):
+            for branch in step.branches:
+                siblings = [b.name for b in step.branches if b is not branch and _can_fail(b)]
+                _check_compensation(saga, branch, siblings + undoable, "parallel branch")
+
+
+def _check_compensation(saga: str, step: Step[Any], undoable: list[str], what: str) -> None:
+    if step.compensation is None and not step.retriable and undoable:
+        raise SagaDefinitionError(
+            f"saga {saga!r}: {what} {step.name!r} needs a compensation, since step "
+            f"{undoable[0]!r} can fail and would leave it in effect; "
+            "add compensation=..., or mark the steps after it retriable=True"
+        )

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic
 
 from .._errors import ConfigurationError, NotRunningError
-from ._definition import Saga
+from ._attempt import started
+from ._definition import Saga, Step
 from ._errors import SagaConflictError, SagaDefinitionError, SagaNotFoundError
 from ._run import SagaRun, StepInterrupted
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
@@ -67,6 +68,7 @@ class SagaEngine:
         # The context a saga started in (within a transaction), so that once it runs
         # here its steps continue the starter's trace and causation (see _spawn).
         self._contexts: dict[str, contextvars.Context] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         app.on_startup(self._startup)
@@ -105,20 +107,17 @@ class SagaEngine:
         if self._poller is None:
             raise NotRunningError("the saga engine runs with its app: use 'async with app:'")
         saga_id = saga_id or uuid.uuid4().hex
-        now = time.time()
-        record = SagaRecord(
-            saga_id, saga.name, SagaStatus.RUNNING, Direction.FORWARD,
-            state.model_dump_json(), owner=None if within is not None else self.owner,
-            lease_until=None if within is not None else now + self.lease,
-        )
-        event = StepEvent(saga_id, "", "saga", str(SagaStatus.RUNNING))
+        record, events = _first_record(saga, saga_id, state, self.owner, self.lease)
         if within is not None:
             while len(self._contexts) >= _MAX_CONTEXTS:  # starts whose transaction failed
                 self._contexts.pop(next(iter(self._contexts)))
             self._contexts[saga_id] = contextvars.copy_context()
-        await self.store.create(record, event, within=within, on_commit=self._poke)
         if within is None:
-            self._spawn(record)
+            await self.store.create(record, events)
+            self._spawn(record, armed=True)
+        else:  # it runs here once the caller's transaction commits
+            await self.store.create(record, events, within=within,
+                                    on_commit=lambda: self._spawn(record, armed=True))
         return saga_id
 
     async def get(self, saga_id: str) -> SagaRecord:
@@ -133,13 +132,25 @@ class SagaEngine:
         return await self.store.history(saga_id)
 
     async def wait(self, saga_id: str, timeout: float = 30.0) -> SagaRecord:
-        """Wait until the saga stops being active (completed, compensated or parked)."""
+        """Wait until the saga stops being active (completed, compensated or parked):
+        woken by this engine's run of it, else found by looking every half second."""
         async with asyncio.timeout(timeout):
             while True:
                 record = await self.get(saga_id)
                 if record.status not in ACTIVE:
                     return record
-                await asyncio.sleep(0.02)
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(saga_id, []).append(waiter)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            await waiter
+                finally:
+                    waiters = self._waiters.get(saga_id, [])
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+                    if not waiters:
+                        self._waiters.pop(saga_id, None)
 
     async def retry(self, saga_id: str) -> SagaRecord:
         """Put a parked saga (FAILED_COMPENSATION or PARKED) back to work."""
@@ -201,16 +212,26 @@ class SagaEngine:
             if record.id not in self._tasks:
                 self._spawn(record)
 
-    def _spawn(self, record: SagaRecord) -> None:
+    def _spawn(self, record: SagaRecord, *, armed: bool = False) -> None:
+        context = self._contexts.pop(record.id, None)
+        if self._poller is None or record.id in self._tasks:
+            return  # stopped (its lease expires and it is resumed) or running already
         # A saga started here runs in its starter's context (a copy, as create_task
         # makes); one resumed after a restart or by another instance starts afresh.
-        task = asyncio.create_task(self._drive(record), name=f"tidings-saga-{record.id}",
-                                   context=self._contexts.pop(record.id, None))
+        task = asyncio.create_task(self._drive(record, armed), name=f"tidings-saga-{record.id}",
+                                   context=context)
         self._tasks[record.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(record.id, None))
+        task.add_done_callback(lambda _: self._ended(record.id))
 
-    async def _drive(self, record: SagaRecord) -> None:
-        run = SagaRun(self._sagas[record.name], record, self.store, self._app, self.lease)
+    def _ended(self, saga_id: str) -> None:
+        self._tasks.pop(saga_id, None)
+        for waiter in self._waiters.pop(saga_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _drive(self, record: SagaRecord, armed: bool) -> None:
+        run = SagaRun(self._sagas[record.name], record, self.store, self._app, self.lease,
+                      armed=armed)
         try:
             await run.drive()
         except SagaConflictError:
@@ -224,5 +245,21 @@ class SagaEngine:
             log.exception("saga %s: the engine failed; resumed after its lease expires",
                           record.id)
             return
-        with contextlib.suppress(Exception):
-            await self.store.release(self.owner, [record.id])
+        if not run.released:
+            with contextlib.suppress(Exception):
+                await self.store.release(self.owner, [record.id])
+
+
+def _first_record(saga: Saga[Any], saga_id: str, state: pydantic.BaseModel, owner: str,
+                  lease: float) -> tuple[SagaRecord, list[StepEvent]]:
+    """A new saga's record, held by ``owner``, and its first history lines; when its first
+    step is a plain step, its first attempt is recorded as started in the same write."""
+    now = time.time()
+    record = SagaRecord(saga_id, saga.name, SagaStatus.RUNNING, Direction.FORWARD,
+                        state.model_dump_json(), owner=owner, lease_until=now + lease)
+    events = [StepEvent(saga_id, "", "saga", str(SagaStatus.RUNNING))]
+    first = saga.steps[0]
+    if isinstance(first, Step):
+        events.append(StepEvent(saga_id, first.name, "action", "started", 1))
+        record = record.replace(**started(first, 1))
+    return record, events

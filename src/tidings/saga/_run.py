@@ -13,27 +13,30 @@ The state machine, for a saga of steps ``0..n-1``::
 
 Each attempt is counted in the store *before* it starts, so a process that dies during
 an attempt has used it up: a compensation that kills its process every time still ends
-in ``FAILED_COMPENSATION`` rather than looping.
+in ``FAILED_COMPENSATION`` rather than looping. One write per step: the write that
+records a step's success also records the start of the next one, and the last one
+completes the saga and gives its lease up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from .._errors import NotRunningError
-from .._retry import Retry, RetryPolicy
-from ._definition import Action, Command, Saga, Step
+from .._retry import RetryPolicy
+from ._attempt import Outcome, StepInterrupted, run_attempts, started
+from ._definition import Action, Command, Parallel, Saga, Sleep, Step
+from ._parallel import ParallelRun
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
 
 if TYPE_CHECKING:
     from .._app import App
 
-__all__ = ["SAGA_ID_HEADER", "SAGA_STEP_HEADER", "SagaRun", "StepInterrupted"]
+__all__ = ["SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Dormant", "SagaRun", "StepInterrupted"]
 
 log = logging.getLogger("tidings.saga")
 
@@ -41,130 +44,186 @@ SAGA_ID_HEADER = "tidings-saga-id"
 SAGA_STEP_HEADER = "tidings-saga-step"
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    ok: bool
-    state: pydantic.BaseModel | None = None
-    error: str | None = None
-    timed_out: bool = False
+class Dormant(Exception):
+    """The saga waits longer than a lease for a stored timer: it was given up until then."""
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+class _RecordTrack:
+    """A step's attempts and timers: the saga record's own columns."""
 
+    dormant = True  # a long wait gives the saga up until it is due
 
-class StepInterrupted(Exception):
-    """The app stopped during an attempt: not the step's failure; resume it later."""
+    def __init__(self, run: SagaRun) -> None:
+        self._run = run
+        self.armed = run._armed
+        run._armed = False
 
+    @property
+    def attempts(self) -> int:
+        return self._run.record.attempts
 
-def _app_running(app: App) -> bool:
-    # A request cut short by the app's shutdown must not count as the step failing
-    # (that could compensate a saga that would have succeeded).
-    return app.running
+    @property
+    def wake_at(self) -> float | None:
+        return self._run.record.wake_at
+
+    @property
+    def deadline(self) -> float | None:
+        return self._run.record.deadline
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    async def save(self, events: list[StepEvent], **timers: Any) -> None:
+        await self._run.save(events, **timers)
 
 
 class SagaRun:
-    """Runs one claimed saga instance until it completes, is compensated or parks."""
+    """Runs one claimed saga instance until it completes, is compensated or parks.
+
+    ``armed``: the record's last write recorded the start of its current step's first
+    attempt (a saga started in this process), so the attempt runs without another write.
+    """
 
     def __init__(self, saga: Saga[Any], record: SagaRecord, store: SagaStore, app: App,
-                 lease: float) -> None:
+                 lease: float, *, armed: bool = False) -> None:
         self.saga = saga
         self.record = record
         self._store = store
         self._app = app
         self._lease = lease
-        self._state: pydantic.BaseModel | None = None
+        self._armed = armed
+        self._lock = asyncio.Lock()
+        self.state: pydantic.BaseModel | None = None
+        self.released = False  #: the last write gave the lease up
 
     async def drive(self) -> SagaRecord:
         """Advance the saga as far as it goes; return its last saved record."""
         try:
-            self._state = self.saga.state.model_validate_json(self.record.state)
+            self.state = self.saga.state.model_validate_json(self.record.state)
         except pydantic.ValidationError as exc:
             error = f"state does not validate against {self.saga.state.__name__}: {exc}"
             await self._park(SagaStatus.PARKED, error)
             return self.record
-        while self.record.status in ACTIVE:
-            if self.record.direction is Direction.FORWARD:
-                await self._forward()
-            else:
-                await self._backward()
+        try:
+            while self.record.status in ACTIVE:
+                if self.record.direction is Direction.FORWARD:
+                    await self._forward()
+                else:
+                    await self._backward()
+        except Dormant:
+            log.debug("saga %s sleeps until %s", self.record.id, self.record.wake_at)
         return self.record
 
     async def _forward(self) -> None:
         index = self.record.step
         if index >= len(self.saga.steps):
-            await self._transition(SagaStatus.COMPLETED)
+            await self._finish(SagaStatus.COMPLETED)
             return
         step = self.saga.steps[index]
-        outcome = await self._attempts(step, step.action, step.retry, "action")
+        if isinstance(step, Sleep):
+            await self._sleep(step)
+            await self._advance(step.name, "action", Outcome(True, state=self.state), index + 1)
+            return
+        if isinstance(step, Parallel):
+            outcome = await ParallelRun(self, step).forward()
+        else:
+            outcome = await self.attempts(step, step.action, step.retry, "action",
+                                          _RecordTrack(self))
         if outcome.ok:
-            await self._advance(step, "action", outcome, index + 1)
+            await self._advance(step.name, "action", outcome, index + 1)
         elif step.retriable:
             await self._park(SagaStatus.PARKED, f"step {step.name!r}: {outcome.error}")
         else:
-            # A step that timed out may have taken effect: compensate it too.
-            start = index if outcome.timed_out else index - 1
-            await self._save(
-                [self._event("", "saga", SagaStatus.COMPENSATING, error=outcome.error)],
-                status=SagaStatus.COMPENSATING, direction=Direction.BACKWARD, step=start,
-                attempts=0, error=f"step {step.name!r}: {outcome.error}",
-            )
+            await self._compensate_from(index, step, outcome)
+
+    async def _compensate_from(self, index: int, step: Step[Any] | Parallel[Any],
+                               outcome: Outcome) -> None:
+        # A step that timed out may have taken effect: compensate it too; a parallel
+        # step compensates the branches that succeeded.
+        undo = ParallelRun.undo_list(self, step) if isinstance(step, Parallel) else None
+        start = index if outcome.timed_out or undo else index - 1
+        await self.save(
+            [self.event("", "saga", SagaStatus.COMPENSATING, error=outcome.error)],
+            status=SagaStatus.COMPENSATING, direction=Direction.BACKWARD, step=start,
+            attempts=0, error=f"step {step.name!r}: {outcome.error}", branches=undo,
+            wake_at=None, deadline=None,
+        )
 
     async def _backward(self) -> None:
         index = self.record.step
         if index < 0:
-            await self._transition(SagaStatus.COMPENSATED)
+            await self._finish(SagaStatus.COMPENSATED)
             return
         step = self.saga.steps[index]
-        if step.compensation is None:
-            await self._save([], step=index - 1, attempts=0)
+        if isinstance(step, Parallel):
+            outcome = await ParallelRun(self, step).backward()
+        elif isinstance(step, Step) and step.compensation is not None:
+            outcome = await self.attempts(step, step.compensation, step.compensation_retry,
+                                          "compensation", _RecordTrack(self))
+        else:  # nothing to undo: move on (written with the next step's write)
+            self.record = self.record.replace(step=index - 1, attempts=0)
             return
-        outcome = await self._attempts(step, step.compensation, step.compensation_retry,
-                                       "compensation")
         if outcome.ok:
-            await self._advance(step, "compensation", outcome, index - 1)
+            await self._advance(step.name, "compensation", outcome, index - 1)
         else:
             await self._park(SagaStatus.FAILED_COMPENSATION,
                              f"compensation of step {step.name!r}: {outcome.error}")
 
-    async def _advance(self, step: Step[Any], phase: str, outcome: _Outcome, to: int) -> None:
+    async def _advance(self, name: str, phase: str, outcome: Outcome, to: int) -> None:
+        """Record a step's success, and in the same write the start of the next step's
+        first attempt, or the end of the saga."""
         assert outcome.state is not None
-        self._state = outcome.state
-        await self._save([self._event(step.name, phase, "succeeded", self.record.attempts)],
-                         step=to, attempts=0, state=outcome.state.model_dump_json())
+        self.state = outcome.state
+        events = [self.event(name, phase, "succeeded", self.record.attempts)]
+        changes: dict[str, Any] = {"step": to, "attempts": 0, "wake_at": None,
+                                   "deadline": None, "branches": None,
+                                   "state": outcome.state.model_dump_json()}
+        forward = self.record.direction is Direction.FORWARD
+        end = to >= len(self.saga.steps) if forward else to < 0
+        if end:
+            status = SagaStatus.COMPLETED if forward else SagaStatus.COMPENSATED
+            events.append(self.event("", "saga", status))
+            await self.save(events, release=True, status=status, **changes)
+            return
+        following = self.saga.steps[to]
+        if isinstance(following, Step) and (forward or following.compensation is not None):
+            events.append(self.event(following.name, phase, "started", 1))
+            changes.update(started(following, 1))
+            self._armed = True
+        await self.save(events, **changes)
 
-    async def _attempts(self, step: Step[Any], action: Action[Any], policy: RetryPolicy,
-                        phase: str) -> _Outcome:
+    async def _sleep(self, step: Sleep[Any]) -> None:
+        if self.record.wake_at is None:
+            assert self.state is not None
+            wake_at = step.wake_at(self.state, time.time())
+            await self.save([self.event(step.name, "action", "sleeping")], wake_at=wake_at)
+        assert self.record.wake_at is not None
+        await self.wait_until(self.record.wake_at, dormant=True)
+
+    async def wait_until(self, when: float, *, dormant: bool) -> None:
+        """Sleep until ``when`` (stored already); for longer than a third of a lease,
+        give the saga up instead (:class:`Dormant`): the engine claims it when due."""
+        delay = when - time.time()
+        if delay <= 0:
+            return
+        if dormant and delay > self._lease / 3:
+            await self.save([], release=True)
+            raise Dormant(self.record.id)
+        await asyncio.sleep(delay)
+
+    async def attempts(self, step: Step[Any], action: Action[Any], policy: RetryPolicy,
+                       phase: str, track: Any) -> Outcome:
         """Run ``action`` until it succeeds or ``policy`` gives up."""
-        while True:
-            attempt = self.record.attempts + 1
-            if attempt > policy.max_attempts:  # the process died during the last one
-                return _Outcome(False, error=f"gave up after {attempt - 1} attempts "
-                                "(the last one did not finish)")
-            await self._save([self._event(step.name, phase, "started", attempt)],
-                             attempts=attempt)
-            try:
-                state = await self._call(step, action, phase)
-            except Exception as exc:
-                if isinstance(exc, NotRunningError) or not _app_running(self._app):
-                    raise StepInterrupted(step.name) from exc
-                timed_out = isinstance(exc, TimeoutError)
-                error = _describe(exc) if not timed_out or str(exc) else \
-                    f"timed out after {step.timeout:g} s"
-                outcome = "timed_out" if timed_out else "failed"
-                event = self._event(step.name, phase, outcome, attempt, error)
-                decision = policy.decide(attempt, exc)
-                await self._save([event])
-                if not isinstance(decision, Retry):
-                    return _Outcome(False, error=error, timed_out=timed_out)
-                await asyncio.sleep(decision.delay)
-                continue
-            return _Outcome(True, state=state)
+        return await run_attempts(self, track, step, action, policy, phase,
+                                  lambda: self._call(step, action, phase))
+
+    def running(self) -> bool:
+        """Whether the app still runs (an attempt it cut short is not the step's failure)."""
+        return self._app.running
 
     async def _call(self, step: Step[Any], action: Action[Any], phase: str) -> pydantic.BaseModel:
-        assert self._state is not None
-        state = self._state.model_copy(deep=True)
+        assert self.state is not None
+        state = self.state.model_copy(deep=True)
         if isinstance(action, Command):
             return await self._command(step, action, state, phase)
         async with asyncio.timeout(step.timeout):
@@ -196,18 +255,25 @@ class SagaRun:
                             f"not {model.__name__} or None")
         return result
 
-    async def _transition(self, status: SagaStatus) -> None:
-        await self._save([self._event("", "saga", status)], status=status)
+    async def _finish(self, status: SagaStatus) -> None:
+        await self.save([self.event("", "saga", status)], release=True, status=status)
 
     async def _park(self, status: SagaStatus, error: str) -> None:
         log.error("saga %s (%s) parked as %s: %s", self.record.id, self.saga.name, status, error)
-        await self._save([self._event("", "saga", status, error=error)], status=status,
-                         error=error)
+        await self.save([self.event("", "saga", status, error=error)], status=status,
+                        error=error)
 
-    def _event(self, step: str, phase: str, outcome: str, attempt: int = 0,
-               error: str | None = None) -> StepEvent:
+    def event(self, step: str, phase: str, outcome: str, attempt: int = 0,
+              error: str | None = None) -> StepEvent:
+        """A history line of this saga."""
         return StepEvent(self.record.id, step, phase, str(outcome), attempt, error)
 
-    async def _save(self, events: list[StepEvent], **changes: Any) -> None:
-        updated = self.record.replace(**changes) if changes else self.record
-        self.record = await self._store.save(updated, events, self._lease)
+    async def save(self, events: list[StepEvent], *, release: bool = False,
+                   **changes: Any) -> None:
+        """Write the record with ``changes`` and append ``events`` (one write at a time:
+        parallel branches share the record)."""
+        async with self._lock:
+            updated = self.record.replace(**changes) if changes else self.record
+            self.record = await self._store.save(updated, events, self._lease,
+                                                 release=release)
+            self.released = release

@@ -77,7 +77,11 @@ class SagaRecord:
 
     ``step`` is the index of the next action to run (forward) or of the next
     compensation to run (backward); ``attempts`` counts attempts at that one, written
-    before each attempt starts, so a crash counts as a failed attempt.
+    before each attempt starts, so a crash counts as a failed attempt. The timers are
+    stored, never only slept in memory: ``wake_at`` is when the next attempt (or a
+    sleeping step) may go on (None while an attempt runs), and ``deadline`` when the
+    running attempt times out, so an attempt cut short by a crash times out at its
+    stored time. ``branches`` is the JSON progress of a parallel step's branches.
     """
 
     id: str
@@ -93,6 +97,9 @@ class SagaRecord:
     lease_until: float | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
+    wake_at: float | None = None
+    deadline: float | None = None
+    branches: str | None = None
 
     def replace(self, **changes: Any) -> SagaRecord:
         """A copy with ``changes`` applied."""
@@ -103,11 +110,12 @@ class SagaStore(abc.ABC):
     """Where saga instances live: the service's database in production."""
 
     @abc.abstractmethod
-    async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
-                     on_commit: Callable[[], None] | None = None) -> None:
-        """Insert a new saga. ``within`` is a transaction of the store's database (for a
-        SQL store, an ``AsyncSession`` or ``AsyncConnection``) so the saga starts iff the
-        caller's own writes commit; ``on_commit`` is called once it has."""
+    async def create(self, record: SagaRecord, events: Sequence[StepEvent], *,
+                     within: Any = None, on_commit: Callable[[], None] | None = None) -> None:
+        """Insert a new saga and its first history lines. ``within`` is a transaction of
+        the store's database (for a SQL store, an ``AsyncSession`` or
+        ``AsyncConnection``) so the saga starts iff the caller's own writes commit;
+        ``on_commit`` is called once it has."""
 
     @abc.abstractmethod
     async def get(self, saga_id: str) -> SagaRecord | None:
@@ -134,14 +142,16 @@ class SagaStore(abc.ABC):
     async def claim(self, owner: str, names: Collection[str], lease: float, *,
                     saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
         """Take the lease of active sagas (of these definition names) that nobody holds or
-        whose lease expired; only ``saga_id`` if given. Returns the claimed records."""
+        whose lease expired, and whose ``wake_at`` is not in the future; only ``saga_id``
+        if given. Returns the claimed records."""
 
     @abc.abstractmethod
-    async def save(self, record: SagaRecord, events: Sequence[StepEvent],
-                   lease: float) -> SagaRecord:
+    async def save(self, record: SagaRecord, events: Sequence[StepEvent], lease: float, *,
+                   release: bool = False) -> SagaRecord:
         """Write ``record`` (and append ``events``) if its stored version is
         ``record.version`` and ``record.owner`` still holds the lease; return it with the
-        new version and lease. Raise :class:`SagaConflictError` otherwise."""
+        new version and lease (none, and no owner, with ``release``: the same write
+        gives the saga up). Raise :class:`SagaConflictError` otherwise."""
 
     @abc.abstractmethod
     async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
@@ -157,6 +167,16 @@ class SagaStore(abc.ABC):
         no owner); raise :class:`SagaError` if it is not parked."""
 
 
+def saved(record: SagaRecord, lease: float, release: bool) -> SagaRecord:
+    """``record`` as :meth:`SagaStore.save` writes it: the next version, the lease renewed
+    (or given up with ``release``)."""
+    now = time.time()
+    if release:
+        return record.replace(version=record.version + 1, owner=None, lease_until=None,
+                              updated_at=now)
+    return record.replace(version=record.version + 1, lease_until=now + lease, updated_at=now)
+
+
 def retried(record: SagaRecord) -> SagaRecord:
     """What a parked saga becomes when a person asks to retry it."""
     if record.status not in PARKED_STATES:
@@ -165,7 +185,7 @@ def retried(record: SagaRecord) -> SagaRecord:
         SagaStatus.COMPENSATING
     return record.replace(status=status, attempts=0, error=None, owner=None,
                           lease_until=None, version=record.version + 1,
-                          updated_at=time.time())
+                          updated_at=time.time(), wake_at=None, deadline=None)
 
 
 class MemorySagaStore(SagaStore):
@@ -175,15 +195,15 @@ class MemorySagaStore(SagaStore):
         self._records: dict[str, SagaRecord] = {}
         self._events: dict[str, list[StepEvent]] = {}
 
-    async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
-                     on_commit: Callable[[], None] | None = None) -> None:
+    async def create(self, record: SagaRecord, events: Sequence[StepEvent], *,
+                     within: Any = None, on_commit: Callable[[], None] | None = None) -> None:
         """Insert a new saga (``within`` is not supported here)."""
         if within is not None:
             raise SagaError("MemorySagaStore has no transactions to join (within=)")
         if record.id in self._records:
             raise SagaError(f"a saga with id {record.id!r} exists already")
         self._records[record.id] = record
-        self._events[record.id] = [event]
+        self._events[record.id] = list(events)
         if on_commit is not None:
             on_commit()
 
@@ -213,27 +233,26 @@ class MemorySagaStore(SagaStore):
             if saga_id is not None and record.id != saga_id:
                 continue
             free = record.owner is None or (record.lease_until or 0) < now
-            if record.status in ACTIVE and record.name in names and free:
+            due = record.wake_at is None or record.wake_at <= now
+            if record.status in ACTIVE and record.name in names and free and due:
                 record = record.replace(owner=owner, lease_until=now + lease,
                                         version=record.version + 1)
                 self._records[record.id] = record
                 claimed.append(record)
         return claimed
 
-    async def save(self, record: SagaRecord, events: Sequence[StepEvent],
-                   lease: float) -> SagaRecord:
+    async def save(self, record: SagaRecord, events: Sequence[StepEvent], lease: float, *,
+                   release: bool = False) -> SagaRecord:
         """Conditional write: same version, lease still held."""
         current = self._records.get(record.id)
         if current is None:
             raise SagaNotFoundError(record.id)
         if current.version != record.version or current.owner != record.owner:
             raise SagaConflictError(f"saga {record.id} changed hands or versions meanwhile")
-        now = time.time()
-        saved = record.replace(version=record.version + 1, lease_until=now + lease,
-                               updated_at=now)
-        self._records[record.id] = saved
+        written = saved(record, lease, release)
+        self._records[record.id] = written
         self._events[record.id].extend(events)
-        return saved
+        return written
 
     async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
         """Extend leases still held by ``owner``."""

@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
     raise MissingDependencyError("tidings.sqlalchemy", "sqlalchemy") from exc
 
+from ._group import GroupCommit
 from ._inbox import Inbox
 from ._lease import Lease
 from ._outbox import Outbox
@@ -43,8 +44,10 @@ from ._schema import (
     sagas_table,
 )
 from ._sql import OutsideTransactionError
+from ._sqlite import sqlite_engine
 
 __all__ = [
+    "GroupCommit",
     "Inbox",
     "Lease",
     "Outbox",
@@ -58,4 +61,5 @@ __all__ = [
     "outbox_table",
     "saga_events_table",
     "sagas_table",
+    "sqlite_engine",
 ]

@@ -12,10 +12,11 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from .._errors import ConfigurationError
 from .._message import Message
+from ._group import GroupCommit
 from ._schema import inbox_table
 from ._sql import Executor, in_transaction, insert_if_absent
 
@@ -55,6 +56,20 @@ class Inbox:
             if not await self.claim(session, message):
                 return None
             return await work(session)
+
+    async def handle(self, message: Message | str,
+                     work: Callable[[AsyncConnection], Awaitable[T]]) -> T | None:
+        """Like :meth:`process`, as a unit of work of the engine's
+        :class:`GroupCommit`: ``work(conn)`` and the inbox row commit together with the
+        units of other callers, in one transaction (``work`` waits on nothing but its
+        statements). Returns None, without calling ``work``, for a message seen before."""
+
+        async def once(conn: AsyncConnection) -> T | None:
+            if not await self.claim(conn, message):
+                return None
+            return await work(conn)
+
+        return await GroupCommit.of(self.engine).run(once)
 
     async def claim(self, transaction: Executor, message: Message | str) -> bool:
         """Record ``message`` (or a message id) as processed in ``transaction`` (an
@@ -119,11 +134,13 @@ class Inbox:
         many. Keep them longer than any redelivery can take (retention, retries)."""
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
         table = inbox_table
-        async with self.engine.begin() as conn:
-            result = await conn.execute(sa.delete(table).where(
-                table.c.consumer == self.consumer,
-                table.c.processed_at < time.time() - seconds))
-        return int(result.rowcount)
+        statement = sa.delete(table).where(table.c.consumer == self.consumer,
+                                           table.c.processed_at < time.time() - seconds)
+
+        async def delete(conn: AsyncConnection) -> int:
+            return int((await conn.execute(statement)).rowcount)
+
+        return await GroupCommit.of(self.engine).run(delete)
 
 
 def _inspect(func: Callable[..., Any]) -> tuple[inspect.Parameter, Any, bool]:

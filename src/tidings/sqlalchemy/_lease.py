@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ._group import GroupCommit
 from ._schema import leases_table
 from ._sql import insert_if_absent
 
@@ -36,16 +37,19 @@ class Lease:
         if now < self._held_until - self.duration * 2 / 3:
             return True
         table = leases_table
-        async with self._engine.begin() as conn:
+
+        async def take(conn: AsyncConnection) -> bool:
             result = await conn.execute(
                 sa.update(table)
                 .where(table.c.name == self.name,
                        sa.or_(table.c.owner == self.owner, table.c.expires_at < now))
                 .values(owner=self.owner, expires_at=now + self.duration)
             )
-            got = result.rowcount == 1 or await insert_if_absent(
+            return result.rowcount == 1 or await insert_if_absent(
                 conn, table, {"name": self.name, "owner": self.owner,
                               "expires_at": now + self.duration})
+
+        got = await GroupCommit.of(self._engine).run(take)
         self._held_until = now + self.duration if got else 0.0
         return got
 
@@ -53,6 +57,6 @@ class Lease:
         """Give the lease up, so another owner need not wait for it to expire."""
         self._held_until = 0.0
         table = leases_table
-        async with self._engine.begin() as conn:
-            await conn.execute(sa.delete(table).where(table.c.name == self.name,
-                                                      table.c.owner == self.owner))
+        statement = sa.delete(table).where(table.c.name == self.name,
+                                           table.c.owner == self.owner)
+        await GroupCommit.of(self._engine).run(lambda conn: conn.execute(statement))

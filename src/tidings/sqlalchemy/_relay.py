@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from .._errors import ConfigurationError
 from .._message import Outgoing
+from ._group import GroupCommit
 from ._lease import Lease
 from ._schema import outbox_table
 
@@ -77,11 +78,11 @@ class OutboxRelay:
             Outgoing(row.topic, row.value, row.key, json.loads(row.headers), _delay(row.deliver_at))
             for row in rows
         ], "relay")
-        async with self._outbox.engine.begin() as conn:
-            if len(rows) == rows[-1].seq - rows[0].seq + 1:  # no gaps: a range
-                await conn.execute(_DELETE_RANGE, {"first": rows[0].seq, "last": rows[-1].seq})
-            else:
-                await conn.execute(_DELETE_SOME, {"seqs": [row.seq for row in rows]})
+        if len(rows) == rows[-1].seq - rows[0].seq + 1:  # no gaps: a range
+            delete, values = _DELETE_RANGE, {"first": rows[0].seq, "last": rows[-1].seq}
+        else:
+            delete, values = _DELETE_SOME, {"seqs": [row.seq for row in rows]}
+        await GroupCommit.of(self._outbox.engine).run(lambda conn: conn.execute(delete, values))
         self.published += len(rows)
         return len(rows)
 

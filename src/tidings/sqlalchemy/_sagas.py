@@ -1,4 +1,9 @@
-"""Saga instances and their step history in the service's database."""
+"""Saga instances and their step history in the service's database.
+
+Every write is a unit of work of the engine's :class:`GroupCommit`, so the steps of many
+sagas running at once share transactions: one saga step costs one conditional UPDATE
+and one INSERT of its history lines, and a COMMIT shared with the others.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from ..saga._errors import SagaConflictError, SagaNotFoundError
 from ..saga._store import (
@@ -19,7 +24,9 @@ from ..saga._store import (
     SagaStore,
     StepEvent,
     retried,
+    saved,
 )
+from ._group import GroupCommit
 from ._schema import saga_events_table, sagas_table
 from ._sql import Executor, in_transaction
 
@@ -27,23 +34,21 @@ __all__ = ["SqlSagaStore"]
 
 _T = sagas_table
 _E = saga_events_table
+_COLUMNS = [c.name for c in _T.c]
+_ACTIVE = sorted(str(s) for s in ACTIVE)
 
 
 def _values(record: SagaRecord) -> dict[str, Any]:
-    return {"id": record.id, "name": record.name, "status": str(record.status),
-            "direction": str(record.direction), "state": record.state, "step": record.step,
-            "attempts": record.attempts, "error": record.error, "version": record.version,
-            "owner": record.owner, "lease_until": record.lease_until,
-            "created_at": record.created_at, "updated_at": record.updated_at}
+    values = {name: getattr(record, name) for name in _COLUMNS}
+    values["status"], values["direction"] = str(record.status), str(record.direction)
+    return values
 
 
 def _record(row: Any) -> SagaRecord:
-    return SagaRecord(
-        id=row.id, name=row.name, status=SagaStatus(row.status),
-        direction=Direction(row.direction), state=row.state, step=row.step,
-        attempts=row.attempts, error=row.error, version=row.version, owner=row.owner,
-        lease_until=row.lease_until, created_at=row.created_at, updated_at=row.updated_at,
-    )
+    values = row._asdict()
+    values["status"] = SagaStatus(values["status"])
+    values["direction"] = Direction(values["direction"])
+    return SagaRecord(**values)
 
 
 def _event_values(events: Sequence[StepEvent]) -> list[dict[str, Any]]:
@@ -51,35 +56,52 @@ def _event_values(events: Sequence[StepEvent]) -> list[dict[str, Any]]:
              "attempt": e.attempt, "error": e.error, "at": e.at} for e in events]
 
 
-def _free(now: float) -> sa.ColumnElement[bool]:
+def _free(now: Any) -> sa.ColumnElement[bool]:
     return sa.or_(_T.c.owner.is_(None), _T.c.lease_until < now)
+
+
+# Built once and executed with new parameters: building a statement costs more than
+# running it.
+_INSERT = sa.insert(_T)
+_INSERT_EVENTS = sa.insert(_E)
+_SAVE = sa.update(_T).where(
+    _T.c.id == sa.bindparam("w_id"), _T.c.version == sa.bindparam("w_version"),
+    _T.c.owner == sa.bindparam("w_owner"),
+).values({name: sa.bindparam(name) for name in _COLUMNS if name != "id"})
+_NOW: sa.BindParameter[float] = sa.bindparam("now", type_=sa.Double())
+_CLAIMABLE = sa.select(_T.c.id).where(
+    _T.c.status.in_(_ACTIVE), _T.c.name.in_(sa.bindparam("names", expanding=True)),
+    _free(_NOW), sa.or_(_T.c.wake_at.is_(None), _T.c.wake_at <= _NOW),
+).order_by(_T.c.created_at).limit(sa.bindparam("limit"))
 
 
 class SqlSagaStore(SagaStore):
     """A :class:`~tidings.saga.SagaStore` on SQLAlchemy (``tidings_sagas`` and
-    ``tidings_saga_events``); every write is one transaction, conditional on the
-    record's version and lease owner."""
+    ``tidings_saga_events``); every write is conditional on the record's version and
+    lease owner, and a unit of work of the engine's :class:`GroupCommit`."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._commits = GroupCommit.of(engine)
 
-    async def create(self, record: SagaRecord, event: StepEvent, *, within: Any = None,
-                     on_commit: Callable[[], None] | None = None) -> None:
+    async def create(self, record: SagaRecord, events: Sequence[StepEvent], *,
+                     within: Any = None, on_commit: Callable[[], None] | None = None) -> None:
         """Insert a saga, in ``within`` (an open transaction on this database) if given."""
         if within is None:
-            async with self.engine.begin() as conn:
-                await self._insert(conn, record, event)
+            await self._commits.run(lambda conn: self._insert(conn, record, events))
             if on_commit is not None:
                 on_commit()
             return
         executor = in_transaction(within, self.engine, "SagaEngine.start(within=...)")
-        await self._insert(executor, record, event)
+        await self._insert(executor, record, events)
         if on_commit is not None:
-            _after_commit(executor, on_commit)
+            await _after_commit(executor, on_commit)
 
-    async def _insert(self, executor: Executor, record: SagaRecord, event: StepEvent) -> None:
-        await executor.execute(sa.insert(_T).values(**_values(record)))
-        await executor.execute(sa.insert(_E), _event_values([event]))
+    async def _insert(self, executor: Executor, record: SagaRecord,
+                      events: Sequence[StepEvent]) -> None:
+        await executor.execute(_INSERT, _values(record))
+        if events:
+            await executor.execute(_INSERT_EVENTS, _event_values(events))
 
     async def get(self, saga_id: str) -> SagaRecord | None:
         """The saga with this id, or None."""
@@ -117,65 +139,56 @@ class SqlSagaStore(SagaStore):
 
     async def claim(self, owner: str, names: Collection[str], lease: float, *,
                     saga_id: str | None = None, limit: int = 10) -> list[SagaRecord]:
-        """Take free or expired leases of active sagas, one conditional update each."""
+        """Take free or expired leases of active, due sagas: one UPDATE for them all."""
         now = time.time()
-        query = sa.select(_T.c.id).where(
-            _T.c.status.in_([str(s) for s in ACTIVE]), _T.c.name.in_(list(names)), _free(now),
-        ).order_by(_T.c.created_at).limit(limit)
-        if saga_id is not None:
-            query = query.where(_T.c.id == saga_id)
-        claimed: list[SagaRecord] = []
-        async with self.engine.begin() as conn:
-            for (found,) in (await conn.execute(query)).all():
-                result = await conn.execute(
-                    sa.update(_T).where(_T.c.id == found, _free(now))
-                    .values(owner=owner, lease_until=now + lease, version=_T.c.version + 1)
-                    .returning(*_T.c)
-                )
-                row = result.first()
-                if row is not None:
-                    claimed.append(_record(row))
-        return claimed
+        chosen = _CLAIMABLE if saga_id is None else _CLAIMABLE.where(_T.c.id == saga_id)
+        claim = sa.update(_T).where(_T.c.id.in_(chosen), _free(_NOW)).values(
+            owner=owner, lease_until=now + lease, version=_T.c.version + 1,
+        ).returning(*_T.c)
+        values = {"now": now, "names": list(names), "limit": limit}
 
-    async def save(self, record: SagaRecord, events: Sequence[StepEvent],
-                   lease: float) -> SagaRecord:
+        async def take(conn: AsyncConnection) -> list[SagaRecord]:
+            return [_record(row) for row in (await conn.execute(claim, values)).all()]
+
+        return sorted(await self._commits.run(take), key=lambda r: r.created_at)
+
+    async def save(self, record: SagaRecord, events: Sequence[StepEvent], lease: float, *,
+                   release: bool = False) -> SagaRecord:
         """Write the record and its events if version and owner still match."""
-        now = time.time()
-        saved = record.replace(version=record.version + 1, lease_until=now + lease,
-                               updated_at=now)
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                sa.update(_T).where(_T.c.id == record.id, _T.c.version == record.version,
-                                    _T.c.owner == record.owner)
-                .values(**_values(saved))
-            )
-            if result.rowcount != 1:
+        written = saved(record, lease, release)
+        values = _values(written)
+        values.update(w_id=record.id, w_version=record.version, w_owner=record.owner)
+        rows = _event_values(events)
+
+        async def write(conn: AsyncConnection) -> None:
+            if (await conn.execute(_SAVE, values)).rowcount != 1:
                 raise SagaConflictError(f"saga {record.id} changed hands or versions meanwhile")
-            if events:
-                await conn.execute(sa.insert(_E), _event_values(events))
-        return saved
+            if rows:
+                await conn.execute(_INSERT_EVENTS, rows)
+
+        await self._commits.run(write)
+        return written
 
     async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:
         """Extend ``owner``'s leases; return the ids it still holds."""
-        ids = list(saga_ids)
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                sa.update(_T).where(_T.c.owner == owner, _T.c.id.in_(ids))
-                .values(lease_until=time.time() + lease).returning(_T.c.id)
-            )
-            return {row.id for row in result.all()}
+        statement = sa.update(_T).where(_T.c.owner == owner, _T.c.id.in_(list(saga_ids))) \
+            .values(lease_until=time.time() + lease).returning(_T.c.id)
+
+        async def extend(conn: AsyncConnection) -> set[str]:
+            return {row.id for row in (await conn.execute(statement)).all()}
+
+        return await self._commits.run(extend)
 
     async def release(self, owner: str, saga_ids: Collection[str]) -> None:
         """Drop ``owner``'s leases."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(_T).where(_T.c.owner == owner, _T.c.id.in_(list(saga_ids)))
-                .values(owner=None, lease_until=None)
-            )
+        statement = sa.update(_T).where(_T.c.owner == owner, _T.c.id.in_(list(saga_ids))) \
+            .values(owner=None, lease_until=None)
+        await self._commits.run(lambda conn: conn.execute(statement))
 
     async def request_retry(self, saga_id: str, note: str = "retry requested") -> SagaRecord:
         """Put a parked saga back to work."""
-        async with self.engine.begin() as conn:
+
+        async def retry(conn: AsyncConnection) -> SagaRecord:
             row = (await conn.execute(sa.select(_T).where(_T.c.id == saga_id))).first()
             if row is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}")
@@ -188,13 +201,33 @@ class SqlSagaStore(SagaStore):
             if result.rowcount != 1:
                 raise SagaConflictError(f"saga {saga_id} changed meanwhile; try again")
             event = StepEvent(saga_id, "", "saga", str(updated.status), error=note)
-            await conn.execute(sa.insert(_E), _event_values([event]))
-        return updated
+            await conn.execute(_INSERT_EVENTS, _event_values([event]))
+            return updated
+
+        return await self._commits.run(retry)
 
 
-def _after_commit(executor: Executor, callback: Callable[[], None]) -> None:
-    if isinstance(executor, AsyncSession):
-        sa_event.listen(executor.sync_session, "after_commit",
-                        lambda _session: callback(), once=True)
-    elif executor.sync_connection is not None:
-        sa_event.listen(executor.sync_connection, "commit", lambda _conn: callback(), once=True)
+#: Callbacks to run when a connection's transaction commits (dropped on a rollback):
+#: one listener per engine, not one per transaction, since adding a listener is costly.
+_CALLBACKS = "tidings.saga.on_commit"
+
+
+async def _after_commit(executor: Executor, callback: Callable[[], None]) -> None:
+    conn = await executor.connection() if isinstance(executor, AsyncSession) else executor
+    sync = conn.sync_connection
+    if sync is None:
+        return
+    engine = sync.engine
+    if not sa_event.contains(engine, "commit", _committed):
+        sa_event.listen(engine, "commit", _committed)
+        sa_event.listen(engine, "rollback", _rolled_back)
+    sync.info.setdefault(_CALLBACKS, []).append(callback)
+
+
+def _committed(connection: sa.Connection) -> None:
+    for callback in connection.info.pop(_CALLBACKS, ()):
+        callback()
+
+
+def _rolled_back(connection: sa.Connection) -> None:
+    connection.info.pop(_CALLBACKS, None)

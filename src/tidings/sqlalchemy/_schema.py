@@ -66,6 +66,9 @@ sagas_table = sa.Table(
     sa.Column("lease_until", sa.Double(), nullable=True),
     sa.Column("created_at", sa.Double(), nullable=False),
     sa.Column("updated_at", sa.Double(), nullable=False),
+    sa.Column("wake_at", sa.Double(), nullable=True),
+    sa.Column("deadline", sa.Double(), nullable=True),
+    sa.Column("branches", sa.Text(), nullable=True),
     sa.Index("tidings_sagas_status", "status", "lease_until"),
 )
 

@@ -16,12 +16,11 @@ harmless: readers ask for "after my position", never for "position + 1".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import pydantic
@@ -31,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..._codec import JSON
 from ..._errors import ConfigurationError
 from ..._message import Headers, current_message
-from ...sqlalchemy import Outbox
+from ...sqlalchemy import GroupCommit, Outbox
 from ...sqlalchemy._sql import Executor, dialect_of, in_transaction
 from .._aggregate import Aggregate
 from .._errors import AggregateNotFoundError, ConcurrencyConflictError
@@ -82,31 +81,31 @@ class EventStore:
                    session: Executor | None = None) -> list[Recorded[Any]]:
         """Append the aggregate's new events (and publish them, and maybe snapshot it) in
         one transaction: ``session``'s (an AsyncSession or AsyncConnection inside a
-        transaction, with your other writes) or a new one. Raises
+        transaction, with your other writes) or a unit of work of the engine's
+        :class:`~tidings.sqlalchemy.GroupCommit`. Raises
         :class:`ConcurrencyConflictError` if the stream moved on since it was loaded."""
         pending = aggregate.pending_events
         if not pending:
             return []
         loaded = aggregate.version - len(pending)
         rows = [self._row(aggregate, loaded + n, event) for n, event in enumerate(pending, 1)]
+
+        async def write(executor: Executor) -> list[Recorded[Any]]:
+            recorded = await self._append(executor, aggregate, rows, pending)
+            await self._maybe_snapshot(executor, aggregate, loaded)
+            return recorded
+
         try:
-            async with self._transaction(session) as executor:
-                recorded = await self._append(executor, aggregate, rows, pending)
-                await self._maybe_snapshot(executor, aggregate, loaded)
+            if session is not None:
+                recorded = await write(in_transaction(session, self.engine, "EventStore.save"))
+            else:
+                recorded = await GroupCommit.of(self.engine).run(write)
         except sa.exc.IntegrityError as exc:
             if "version" not in str(exc.orig):
                 raise
             raise ConcurrencyConflictError(aggregate.id, loaded) from None
         aggregate._mark_saved()
         return recorded
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self, session: Executor | None) -> AsyncIterator[Executor]:
-        if session is not None:
-            yield in_transaction(session, self.engine, "EventStore.save")
-            return
-        async with self.engine.begin() as conn:
-            yield conn
 
     def _row(self, aggregate: Aggregate, version: int,
              event: pydantic.BaseModel) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""A parallel step: its branches run at once, each with its own attempts and timers.
+
+Progress is the saga record's ``branches`` JSON, one entry per branch: its attempts and
+timers while it runs, ``done`` once it succeeded (its state changes merged into the
+saga's state in the same write). Going backward, the entries left are the branches to
+compensate; each is removed by the write that records its compensation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from ._attempt import Outcome
+from ._definition import Parallel, Step
+from ._store import StepEvent
+
+if TYPE_CHECKING:
+    from ._run import SagaRun
+
+__all__ = ["ParallelRun"]
+
+
+class _BranchTrack:
+    """A branch's attempts and timers: its entry of the ``branches`` JSON."""
+
+    armed = False
+    dormant = False  # a branch waits in memory: its siblings hold the saga anyway
+
+    def __init__(self, group: ParallelRun, name: str) -> None:
+        self._group = group
+        self._entry = group.progress.setdefault(name, {})
+
+    @property
+    def attempts(self) -> int:
+        return int(self._entry.get("attempts", 0))
+
+    @property
+    def wake_at(self) -> float | None:
+        return self._entry.get("wake_at")
+
+    @property
+    def deadline(self) -> float | None:
+        return self._entry.get("deadline")
+
+    def disarm(self) -> None:
+        """Branches are never armed."""
+
+    async def save(self, events: Sequence[StepEvent], **timers: Any) -> None:
+        await self._group.save(events, self._entry, timers)
+
+
+def _changes(before: pydantic.BaseModel, after: pydantic.BaseModel) -> dict[str, Any]:
+    return {name: getattr(after, name) for name in type(after).model_fields
+            if getattr(after, name) != getattr(before, name)}
+
+
+class ParallelRun:
+    """Runs (or compensates) the branches of one :class:`Parallel` step of a saga run."""
+
+    def __init__(self, run: SagaRun, group: Parallel[Any]) -> None:
+        self.run = run
+        self.group = group
+        branches = run.record.branches
+        self.progress: dict[str, dict[str, Any]] = json.loads(branches) if branches else {}
+
+    @staticmethod
+    def undo_list(run: SagaRun, group: Parallel[Any]) -> str | None:
+        """The ``branches`` JSON going backward: the branches that took effect, or may
+        have (they timed out); None if there are none."""
+        progress = ParallelRun(run, group).progress
+        undo: dict[str, dict[str, Any]] = {b.name: {} for b in group.branches
+                if progress.get(b.name, {}).get("done") or progress.get(b.name, {}).get("maybe")}
+        return json.dumps(undo) if undo else None
+
+    async def save(self, events: Sequence[StepEvent], entry: dict[str, Any],
+                   changes: dict[str, Any], **record: Any) -> None:
+        """Write ``changes`` to a branch's entry, with the record's other ``record``
+        changes, in one write."""
+        entry.update(changes)
+        await self.run.save(list(events), branches=json.dumps(self.progress), **record)
+
+    async def forward(self) -> Outcome:
+        """Run the branches not done yet at once; the first failure once all ended."""
+        pending = [b for b in self.group.branches
+                   if not self.progress.get(b.name, {}).get("done")]
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                running = [tasks.create_task(self._branch(b, b.action, "action"))
+                           for b in pending]
+        except BaseExceptionGroup as errors:  # the app stopped, or the lease was lost
+            raise errors.exceptions[0] from None
+        failed = [r.result() for r in running if not r.result().ok]
+        if failed:
+            return Outcome(False, error=failed[0].error)
+        return Outcome(True, state=self.run.state)
+
+    async def backward(self) -> Outcome:
+        """Compensate the branches left to undo, one at a time, last branch first."""
+        for branch in reversed(self.group.branches):
+            if branch.name not in self.progress:
+                continue
+            if branch.compensation is None:
+                outcome = Outcome(True, state=self.run.state)
+            else:
+                outcome = await self._branch(branch, branch.compensation, "compensation")
+            if not outcome.ok:
+                return outcome
+        return Outcome(True, state=self.run.state)
+
+    async def _branch(self, branch: Step[Any], action: Any, phase: str) -> Outcome:
+        run = self.run
+        policy = branch.retry if phase == "action" else branch.compensation_retry
+        track = _BranchTrack(self, branch.name)
+        before = run.state
+        assert before is not None
+        outcome = await run.attempts(branch, action, policy, phase, track)
+        entry = self.progress[branch.name]
+        if not outcome.ok:
+            entry["maybe"] = outcome.timed_out
+            return outcome
+        assert outcome.state is not None
+        assert run.state is not None
+        run.state = run.state.model_copy(update=_changes(before, outcome.state))
+        event = run.event(branch.name, phase, "succeeded", track.attempts)
+        if phase == "action":
+            entry.clear()
+            entry["done"] = True
+        else:
+            del self.progress[branch.name]
+        await self.save([event], entry, {}, state=run.state.model_dump_json())
+        return Outcome(True, state=run.state)

@@ -1,0 +1,173 @@
+"""Group commit (``tidings.sqlalchemy.GroupCommit``): units of work arriving together share
+one transaction and one COMMIT, each in its own savepoint; one that fails loses nobody
+else's writes, and every caller is answered after the COMMIT. On the toolkit's inline
+SQLite engine, plain aiosqlite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings import ConfigurationError
+from tidings.sqlalchemy import GroupCommit, sqlite_engine
+
+from .services import make_engine
+
+metadata = MetaData()
+items = Table("gc_items", metadata, Column("id", String(20), primary_key=True),
+              Column("n", Integer, nullable=False))
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture(params=["inline-sqlite", "aiosqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "inline-sqlite":
+        return f"inline:{tmp_path}/group.db"
+    if request.param == "aiosqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/group.db"
+    from postgres_server import fresh_database
+    return fresh_database(request.getfixturevalue("postgres_server"))
+
+
+@asynccontextmanager
+async def database(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = sqlite_engine(url[7:]) if url.startswith("inline:") else make_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def insert(key: str, fail: bool = False) -> Callable[[AsyncConnection], Awaitable[str]]:
+    async def work(conn: AsyncConnection) -> str:
+        await conn.execute(items.insert().values(id=key, n=1))
+        if fail:
+            raise Boom(key)
+        return key
+    return work
+
+
+async def ids(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return sorted((await conn.execute(select(items.c.id))).scalars().all())
+
+
+def test_concurrent_units_share_one_commit_and_a_failing_savepoint_is_its_own(url: str) -> None:
+    async def main() -> None:
+        async with database(url) as engine:
+            commits = GroupCommit.of(engine)
+            assert GroupCommit.of(engine) is commits  # one writer per engine
+            seen: list[int] = []
+            event.listen(engine.sync_engine, "commit", lambda _conn: seen.append(1))
+            answered: list[list[str]] = []
+
+            async def caller(n: int) -> str:
+                key = await commits.run(insert(f"i{n}", fail=n == 3))
+                async with engine.connect() as conn:  # answered after the COMMIT
+                    answered.append(list((await conn.execute(
+                        select(items.c.id).where(items.c.id == key))).scalars()))
+                return key
+
+            results = await asyncio.gather(*(caller(n) for n in range(8)),
+                                           return_exceptions=True)
+            assert [r if not isinstance(r, Boom) else "boom" for r in results] == \
+                ["i0", "i1", "i2", "boom", "i4", "i5", "i6", "i7"]
+            assert len(seen) == 1 and commits.commits == 1  # eight callers, one COMMIT
+            assert all(len(found) == 1 for found in answered)
+            assert await ids(engine) == ["i0", "i1", "i2", "i4", "i5", "i6", "i7"]
+
+    asyncio.run(main())
+
+
+def test_a_conflict_inside_the_group_rolls_back_only_its_caller(url: str) -> None:
+    async def main() -> None:
+        async with database(url) as engine:
+            commits = GroupCommit.of(engine)
+
+            async def twice(conn: AsyncConnection) -> None:
+                await conn.execute(items.insert().values(id="a", n=1))
+                await conn.execute(items.insert().values(id="b", n=2))
+                await conn.execute(items.insert().values(id="a", n=3))  # IntegrityError
+
+            results = await asyncio.gather(commits.run(insert("c")), commits.run(twice),
+                                           commits.run(insert("d")), return_exceptions=True)
+            assert type(results[1]).__name__ == "IntegrityError"
+            assert (results[0], results[2]) == ("c", "d")
+            assert await commits.run(insert("e")) == "e"  # the next group is fine too
+            async with commits.transaction() as conn:  # a transaction of its own
+                await conn.execute(items.insert().values(id="f", n=1))
+            assert await ids(engine) == ["c", "d", "e", "f"]
+
+    asyncio.run(main())
+
+
+def test_each_unit_runs_in_its_callers_context_and_nesting_is_refused(url: str) -> None:
+    """Context variables (the handled message, for correlation ids) are the caller's;
+    a unit that starts another write of its database gets an error, not a deadlock."""
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+    async def main() -> None:
+        async with database(url) as engine:
+            commits = GroupCommit.of(engine)
+
+            async def caller(name: str) -> str:
+                who.set(name)
+
+                async def work(conn: AsyncConnection) -> str:
+                    await conn.execute(items.insert().values(id=name, n=1))
+                    return who.get()
+
+                return await commits.run(work)
+
+            assert await asyncio.gather(*(caller(f"c{i}") for i in range(4))) == \
+                ["c0", "c1", "c2", "c3"]
+
+            async def nested(conn: AsyncConnection) -> None:
+                await commits.run(lambda c: asyncio.sleep(0))
+
+            with pytest.raises(ConfigurationError, match="wait for its own transaction"):
+                await asyncio.wait_for(commits.run(nested), 5)
+            assert await commits.run(lambda conn: asyncio.sleep(0, "fine")) == "fine"
+            assert await ids(engine) == ["c0", "c1", "c2", "c3"]
+
+    asyncio.run(main())
+
+
+def test_the_inline_sqlite_engine_runs_its_calls_in_the_loops_thread(tmp_path: Path) -> None:
+    """sqlite_engine relies on aiosqlite routing every call through one method: if an
+    aiosqlite release changes that, this fails rather than the engine going slow."""
+    import threading
+
+    async def main() -> None:
+        engine = sqlite_engine(tmp_path / "inline.db")
+
+        def thread_function(dbapi_connection: Any, _record: object) -> None:
+            dbapi_connection.create_function("thread", 0, threading.get_ident)
+
+        event.listen(engine.sync_engine, "connect", thread_function)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+            assert await GroupCommit.of(engine).run(insert("x")) == "x"
+            async with engine.connect() as conn:
+                assert await conn.scalar(select(func.count()).select_from(items)) == 1
+                assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+                ran_in = (await conn.exec_driver_sql("SELECT thread()")).scalar()
+        finally:
+            await engine.dispose()
+        assert ran_in == threading.get_ident()
+
+    asyncio.run(main())
