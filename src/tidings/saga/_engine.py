@@ -68,7 +68,8 @@ class SagaEngine:
         # The context a saga started in (within a transaction), so that once it runs
         # here its steps continue the starter's trace and causation (see _spawn).
         self._contexts: dict[str, contextvars.Context] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[SagaRecord | None]]] = {}
+        self._runs: dict[str, SagaRun] = {}  # the running ones: released or not
         self._poller: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         app.on_startup(self._startup)
@@ -133,24 +134,32 @@ class SagaEngine:
 
     async def wait(self, saga_id: str, timeout: float = 30.0) -> SagaRecord:
         """Wait until the saga stops being active (completed, compensated or parked):
-        woken by this engine's run of it, else found by looking every half second."""
+        told by this engine's run of it, else found by looking every half second."""
         async with asyncio.timeout(timeout):
             while True:
+                if saga_id in self._tasks:
+                    record = await self._ran(saga_id)
+                    if record is not None and record.status not in ACTIVE:
+                        return record
                 record = await self.get(saga_id)
                 if record.status not in ACTIVE:
                     return record
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.setdefault(saga_id, []).append(waiter)
-                try:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.5):
-                            await waiter
-                finally:
-                    waiters = self._waiters.get(saga_id, [])
-                    if waiter in waiters:
-                        waiters.remove(waiter)
-                    if not waiters:
-                        self._waiters.pop(saga_id, None)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._ran(saga_id)
+
+    async def _ran(self, saga_id: str) -> SagaRecord | None:
+        """The last record of this engine's next run of the saga to end."""
+        waiter: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(saga_id, []).append(waiter)
+        try:
+            return await waiter
+        finally:
+            waiters = self._waiters.get(saga_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(saga_id, None)
 
     async def retry(self, saga_id: str) -> SagaRecord:
         """Put a parked saga (FAILED_COMPENSATION or PARKED) back to work."""
@@ -199,7 +208,8 @@ class SagaEngine:
             return
         held = await self.store.renew(self.owner, list(self._tasks), self.lease)
         for saga_id, task in list(self._tasks.items()):
-            if saga_id not in held:
+            run = self._runs.get(saga_id)
+            if saga_id not in held and not (run is not None and run.releasing):
                 log.warning("saga %s: lease lost, another instance takes over", saga_id)
                 task.cancel()
 
@@ -225,13 +235,14 @@ class SagaEngine:
 
     def _ended(self, saga_id: str) -> None:
         self._tasks.pop(saga_id, None)
+        run = self._runs.pop(saga_id, None)
         for waiter in self._waiters.pop(saga_id, ()):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(None if run is None else run.record)
 
     async def _drive(self, record: SagaRecord, armed: bool) -> None:
-        run = SagaRun(self._sagas[record.name], record, self.store, self._app, self.lease,
-                      armed=armed)
+        run = self._runs[record.id] = SagaRun(self._sagas[record.name], record, self.store,
+                                              self._app, self.lease, armed=armed)
         try:
             await run.drive()
         except SagaConflictError:

@@ -95,6 +95,7 @@ class SagaRun:
         self._lock = asyncio.Lock()
         self.state: pydantic.BaseModel | None = None
         self.released = False  #: the last write gave the lease up
+        self.releasing = False  #: the write under way gives the lease up
 
     async def drive(self) -> SagaRecord:
         """Advance the saga as far as it goes; return its last saved record."""
@@ -273,6 +274,7 @@ class SagaRun:
         """Write the record with ``changes`` and append ``events`` (one write at a time:
         parallel branches share the record)."""
         async with self._lock:
+            self.releasing = release
             updated = self.record.replace(**changes) if changes else self.record
             self.record = await self._store.save(updated, events, self._lease,
                                                  release=release)

@@ -29,6 +29,7 @@ from ..saga._store import (
 from ._group import GroupCommit
 from ._schema import saga_events_table, sagas_table
 from ._sql import Executor, in_transaction
+from ._sqlite import execute
 
 __all__ = ["SqlSagaStore"]
 
@@ -99,9 +100,10 @@ class SqlSagaStore(SagaStore):
 
     async def _insert(self, executor: Executor, record: SagaRecord,
                       events: Sequence[StepEvent]) -> None:
-        await executor.execute(_INSERT, _values(record))
+        conn = await executor.connection() if isinstance(executor, AsyncSession) else executor
+        await execute(conn, _INSERT, _values(record))
         if events:
-            await executor.execute(_INSERT_EVENTS, _event_values(events))
+            await execute(conn, _INSERT_EVENTS, _event_values(events))
 
     async def get(self, saga_id: str) -> SagaRecord | None:
         """The saga with this id, or None."""
@@ -161,10 +163,10 @@ class SqlSagaStore(SagaStore):
         rows = _event_values(events)
 
         async def write(conn: AsyncConnection) -> None:
-            if (await conn.execute(_SAVE, values)).rowcount != 1:
+            if await execute(conn, _SAVE, values) != 1:
                 raise SagaConflictError(f"saga {record.id} changed hands or versions meanwhile")
             if rows:
-                await conn.execute(_INSERT_EVENTS, rows)
+                await execute(conn, _INSERT_EVENTS, rows)
 
         await self._commits.run(write)
         return written

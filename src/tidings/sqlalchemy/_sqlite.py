@@ -82,8 +82,46 @@ async def driver_sqlite(conn: AsyncConnection) -> sqlite3.Connection | None:
     """The sqlite3 connection under ``conn`` if it is a :func:`sqlite_engine`'s, else None."""
     if conn.dialect.name != "sqlite":
         return None
-    fairy = await conn.get_raw_connection()
+    sync = conn.sync_connection
+    try:  # the pooled connection, held already: no need to go through a greenlet
+        fairy = sync.connection if sync is not None else await conn.get_raw_connection()
+    except Exception:  # invalidated: let SQLAlchemy reconnect it
+        fairy = await conn.get_raw_connection()
     driver = fairy.driver_connection
     if not isinstance(driver, _InlineConnection) or driver._connection is None:
         return None
     return driver._connection
+
+
+#: Statements compiled once for SQLite: (sql, the bind names in order).
+_COMPILED: dict[Any, tuple[str, tuple[str, ...]]] = {}
+
+
+def _compiled(statement: Any, conn: AsyncConnection,
+              keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    found = _COMPILED.get((statement, keys))
+    if found is None:
+        # An INSERT names the columns it is given; an UPDATE has its bind parameters.
+        columns = list(keys) if statement.is_insert else None
+        compiled = statement.compile(dialect=conn.dialect, column_keys=columns)
+        found = _COMPILED[statement, keys] = (str(compiled), tuple(compiled.positiontup or ()))
+    return found
+
+
+async def execute(conn: AsyncConnection, statement: Any,
+                  values: dict[str, Any] | list[dict[str, Any]]) -> int:
+    """Execute a DML ``statement`` built once (no expanding parameters) with ``values``
+    (a list: executemany); return the rows it changed.
+
+    On a :func:`sqlite_engine` connection it runs on the sqlite3 connection itself, the
+    statement compiled once: SQLAlchemy's execution machinery costs ten times the
+    statement here. Elsewhere it is an ordinary ``conn.execute``.
+    """
+    raw = await driver_sqlite(conn)
+    if raw is None:
+        return int((await conn.execute(statement, values)).rowcount)
+    sql, names = _compiled(statement, conn, tuple(values[0] if isinstance(values, list)
+                                                  else values))
+    if isinstance(values, list):
+        return raw.executemany(sql, [[row[n] for n in names] for row in values]).rowcount
+    return raw.execute(sql, [values[n] for n in names]).rowcount
