@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,7 +31,7 @@ from services import (
 )
 
 from tidings import App, RetryPolicy
-from tidings.saga import SagaEngine
+from tidings.saga import Saga, SagaEngine, Sleep, Step
 from tidings.sqlalchemy import Outbox, SqlSagaStore
 
 
@@ -128,11 +129,48 @@ async def saga_runner(db: str, bus: str, mode: str) -> None:
         await asyncio.sleep(60)
 
 
+class Ticket(BaseModel):
+    """The state of the timers saga."""
+
+    n: int = 0
+
+
+async def timers_runner(db: str, bus: str, mode: str) -> None:
+    """A saga whose first step fails its first attempt (backoff 4 s), then sleeps 4 s,
+    then ends. ``start`` starts it; ``resume`` just runs (the test SIGKILLs each)."""
+    engine = engine_for(db)
+    app = App("timers", broker=bus, shutdown_timeout=5)
+
+    async def flaky(ticket: Ticket) -> Ticket:
+        ticket.n += 1
+        if ticket.n == 1 and mode == "start":
+            say("failing")
+            raise RuntimeError("first attempt fails")
+        return ticket
+
+    async def nothing(ticket: Ticket) -> None:
+        return None
+
+    saga = Saga("timers", Ticket, [
+        Step("flaky", flaky, compensation=nothing,
+             retry=RetryPolicy(max_attempts=3, backoff=4.0, jitter=0)),
+        Sleep("cool-off", seconds=4.0),
+        Step("end", nothing),
+    ])
+    saga_engine = SagaEngine(app, SqlSagaStore(engine), [saga], lease=1.0, poll_interval=0.1)
+    async with app:
+        if mode == "start":
+            say("started", saga_id=await saga_engine.start(saga, Ticket()))
+        say("ready")
+        await asyncio.sleep(60)
+
+
 SCENARIOS = {
     "commit-then-die": commit_then_die,
     "relay-dies-after-publish": relay_dies_after_publish,
     "consumer": consumer,
     "saga": saga_runner,
+    "timers": timers_runner,
 }
 
 if __name__ == "__main__":
