@@ -1,0 +1,141 @@
+"""Parallel saga steps: branches run at once and join; their state changes merge; when
+one fails for good the others' completed work is compensated; a definition whose
+branches lack a needed compensation is refused when built."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from tidings import App, RetryPolicy, testing
+from tidings.saga import Parallel, Saga, SagaDefinitionError, SagaEngine, SagaStatus, Step
+from tidings.sqlalchemy import SqlSagaStore
+
+from .conftest import database
+
+NEVER = RetryPolicy.never()
+
+
+class Order(BaseModel):
+    reserved: bool = False
+    paid: bool = False
+    log: list[str] = []
+
+
+async def nothing(order: Order) -> None:
+    return None
+
+
+def test_branches_without_a_needed_compensation_are_refused() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"parallel branch 'a' needs a comp.*'b'"):
+        Saga("s", Order, [Parallel("both", (Step("a", nothing), Step("b", nothing)))])
+    with pytest.raises(SagaDefinitionError, match=r"parallel branch 'b' needs a comp.*'a'"):
+        Saga("s", Order, [Parallel("both", (Step("a", nothing, compensation=nothing),
+                                            Step("b", nothing))), Step("c", nothing)])
+    with pytest.raises(SagaDefinitionError, match="all retriable or none"):
+        Parallel("both", (Step("a", nothing, retriable=True), Step("b", nothing)))
+    with pytest.raises(SagaDefinitionError, match="two or more"):
+        Parallel("one", (Step("a", nothing),))
+    with pytest.raises(SagaDefinitionError, match="duplicate step names"):
+        Saga("s", Order, [Step("a", nothing, compensation=nothing),
+                          Parallel("p", (Step("a", nothing), Step("b", nothing)))])
+    # Fine: each branch can be undone, and retriable branches past the point of no return.
+    Saga("s", Order, [Parallel("both", (Step("a", nothing, compensation=nothing),
+                                        Step("b", nothing, compensation=nothing))),
+                      Step("c", nothing)])
+    Saga("s", Order, [Step("a", nothing), Parallel("after", (
+        Step("b", nothing, retriable=True), Step("c", nothing, retriable=True)))])
+
+
+def _saga(calls: list[str], fail_payment: bool) -> Saga[Order]:
+    async def reserve(order: Order) -> Order:
+        calls.append("reserve")
+        await asyncio.sleep(0.3)
+        order.reserved = True
+        return order
+
+    async def release(order: Order) -> Order:
+        calls.append("release")
+        order.reserved = False
+        return order
+
+    async def pay(order: Order) -> Order:
+        calls.append("pay")
+        await asyncio.sleep(0.3)
+        if fail_payment:
+            raise RuntimeError("card declined")
+        order.paid = True
+        return order
+
+    async def refund(order: Order) -> Order:
+        calls.append("refund")
+        return order
+
+    async def open_order(order: Order) -> Order:
+        calls.append("open")
+        return order
+
+    async def cancel(order: Order) -> Order:
+        calls.append("cancel")
+        return order
+
+    return Saga("order", Order, [
+        Step("open", open_order, compensation=cancel),
+        Parallel("reserve-and-pay", (
+            Step("reserve", reserve, compensation=release),
+            Step("pay", pay, compensation=refund, retry=NEVER),
+        )),
+        Step("confirm", nothing),
+    ])
+
+
+def test_branches_run_at_once_and_their_changes_merge(db_url: str) -> None:
+    calls: list[str] = []
+
+    async def main() -> None:
+        async with database(db_url) as engine:
+            app = App("orders", broker=testing.memory_url())
+            saga = _saga(calls, fail_payment=False)
+            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
+            async with app:
+                began = time.monotonic()
+                record = await sagas.wait(await sagas.start(saga, Order()), 10)
+                took = time.monotonic() - began
+                history = await sagas.history(record.id)
+        assert record.status is SagaStatus.COMPLETED, record.error
+        state = Order.model_validate_json(record.state)
+        assert state.reserved and state.paid  # both branches' changes kept
+        assert took < 0.55  # 0.3 s each, at once
+        assert sorted(calls) == ["open", "pay", "reserve"]
+        done = [e.step for e in history if e.outcome == "succeeded"]
+        assert sorted(done) == ["confirm", "open", "pay", "reserve", "reserve-and-pay"]
+        assert record.branches is None
+
+    asyncio.run(main())
+
+
+def test_a_branch_failing_after_the_other_succeeded_compensates_it(db_url: str) -> None:
+    calls: list[str] = []
+
+    async def main() -> None:
+        async with database(db_url) as engine:
+            app = App("orders", broker=testing.memory_url())
+            saga = _saga(calls, fail_payment=True)
+            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
+            async with app:
+                record = await sagas.wait(await sagas.start(saga, Order()), 10)
+                history = await sagas.history(record.id)
+        assert record.status is SagaStatus.COMPENSATED, record
+        assert "card declined" in (record.error or "")
+        # The reservation that succeeded is released, then the order cancelled; the
+        # failed payment is not refunded (it did not take effect).
+        assert calls[-2:] == ["release", "cancel"] and "refund" not in calls
+        assert not Order.model_validate_json(record.state).reserved
+        undone = [e.step for e in history if e.phase == "compensation"
+                  and e.outcome == "succeeded"]
+        assert undone == ["reserve", "reserve-and-pay", "open"]  # the branch, the group, the step
+
+    asyncio.run(main())
