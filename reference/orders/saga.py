@@ -7,16 +7,20 @@ starts in the same transaction that inserts the order.
 
 Steps, and what undoes them when a later step fails::
 
-    open-order      -                   | cancel the order (with the reason)
-    reserve-stock   ReserveStock        | ReleaseStock
-    check-stock     fail if rejected    | -
-    charge-payment  ChargePayment       | RefundPayment
-    check-payment   fail if declined    |
-    commit-stock    CommitStock         (retried, never undone: past the point of no return)
-    confirm-order   order CONFIRMED     (retried)
+    open-order          -                   | cancel the order (with the reason)
+    reserve-stock       ReserveStock        | ReleaseStock
+    check-stock         fail if rejected    | -
+    charge-payment      ChargePayment       | RefundPayment
+    check-payment       fail if declined    |
+    commit-and-confirm  (at once, joined; retried, never undone: past the point of no return)
+      commit-stock      CommitStock
+      confirm-order     order CONFIRMED
 
 A rejection or a decline is recorded in the saga's state by the reply, then the check
 step after it fails, so the compensations run and the cancellation knows its reason.
+The card is charged only once the stock is reserved (an order that cannot be delivered
+never touches the card), so reserving and charging cannot run at once; committing the
+stock and confirming the order can (a :class:`~tidings.saga.Parallel` step).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tidings import RetryPolicy
-from tidings.saga import Command, Saga, SagaEngine, Step
+from tidings.saga import Command, Parallel, Saga, SagaEngine, Step
 from tidings.sqlalchemy import SqlSagaStore
 
 from ..common.events import (
@@ -119,9 +123,11 @@ def order_saga(service: Service, store: OrderStore) -> Saga[OrderState]:
              compensation=_command(PAYMENTS_COMMANDS, lambda s: RefundPayment(order_id=oid(s))),
              timeout=10, retry=REQUEST_RETRY, compensation_retry=REQUEST_RETRY),
         Step("check-payment", _check, retry=CHECK_RETRY),
-        Step("commit-stock", _command(INVENTORY_COMMANDS, lambda s: CommitStock(order_id=oid(s))),
-             timeout=10, retry=REQUEST_RETRY, retriable=True),
-        Step("confirm-order", confirm, retry=REQUEST_RETRY, retriable=True),
+        Parallel("commit-and-confirm", (
+            Step("commit-stock", _command(INVENTORY_COMMANDS, lambda s: CommitStock(
+                order_id=oid(s))), timeout=10, retry=REQUEST_RETRY, retriable=True),
+            Step("confirm-order", confirm, retry=REQUEST_RETRY, retriable=True),
+        )),
     ])
 
 

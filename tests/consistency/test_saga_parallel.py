@@ -50,7 +50,7 @@ def test_branches_without_a_needed_compensation_are_refused() -> None:
         Step("b", nothing, retriable=True), Step("c", nothing, retriable=True)))])
 
 
-def _saga(calls: list[str], fail_payment: bool) -> Saga[Order]:
+def _saga(calls: list[str], fail_payment: bool, fail_after: bool = False) -> Saga[Order]:
     async def reserve(order: Order) -> Order:
         calls.append("reserve")
         await asyncio.sleep(0.3)
@@ -82,13 +82,17 @@ def _saga(calls: list[str], fail_payment: bool) -> Saga[Order]:
         calls.append("cancel")
         return order
 
+    async def confirm(order: Order) -> None:
+        if fail_after:
+            raise RuntimeError("cannot confirm")
+
     return Saga("order", Order, [
         Step("open", open_order, compensation=cancel),
         Parallel("reserve-and-pay", (
             Step("reserve", reserve, compensation=release),
             Step("pay", pay, compensation=refund, retry=NEVER),
         )),
-        Step("confirm", nothing),
+        Step("confirm", confirm, retry=NEVER),
     ])
 
 
@@ -137,5 +141,21 @@ def test_a_branch_failing_after_the_other_succeeded_compensates_it(db_url: str) 
         undone = [e.step for e in history if e.phase == "compensation"
                   and e.outcome == "succeeded"]
         assert undone == ["reserve", "reserve-and-pay", "open"]  # the branch, the group, the step
+
+    asyncio.run(main())
+
+
+def test_a_step_failing_after_the_group_compensates_every_branch(db_url: str) -> None:
+    calls: list[str] = []
+
+    async def main() -> None:
+        async with database(db_url) as engine:
+            app = App("orders", broker=testing.memory_url())
+            saga = _saga(calls, fail_payment=False, fail_after=True)
+            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
+            async with app:
+                record = await sagas.wait(await sagas.start(saga, Order()), 10)
+        assert record.status is SagaStatus.COMPENSATED, record
+        assert calls[-3:] == ["refund", "release", "cancel"]  # last branch first
 
     asyncio.run(main())

@@ -3,7 +3,9 @@
 Progress is the saga record's ``branches`` JSON, one entry per branch: its attempts and
 timers while it runs, ``done`` once it succeeded (its state changes merged into the
 saga's state in the same write). Going backward, the entries left are the branches to
-compensate; each is removed by the write that records its compensation.
+compensate; each is removed by the write that records its compensation. No JSON at all
+going backward means the group had succeeded and a later step failed: every branch is
+compensated.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pydantic
 
 from ._attempt import Outcome
 from ._definition import Parallel, Step
-from ._store import StepEvent
+from ._store import Direction, StepEvent
 
 if TYPE_CHECKING:
     from ._run import SagaRun
@@ -67,6 +69,9 @@ class ParallelRun:
         self.group = group
         branches = run.record.branches
         self.progress: dict[str, dict[str, Any]] = json.loads(branches) if branches else {}
+        if branches is None and run.record.direction is Direction.BACKWARD:
+            # Reached going back from a later step: the whole group had succeeded.
+            self.progress = {b.name: {} for b in group.branches}
 
     @staticmethod
     def undo_list(run: SagaRun, group: Parallel[Any]) -> str | None:
