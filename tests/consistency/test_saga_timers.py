@@ -22,7 +22,7 @@ from tidings.saga import (
     Step,
     StepEvent,
 )
-from tidings.sqlalchemy import SqlSagaStore
+from tidings.sqlalchemy import SqlSagaStore, sagas_table
 
 from .conftest import Stack, database
 
@@ -137,5 +137,25 @@ def test_a_sleep_until_a_deadline_kept_in_the_state(db_url: str) -> None:
                 record = await sagas.wait(saga_id, 10)
             assert record.status is SagaStatus.COMPLETED
             assert time.time() - began >= 0.5
+
+    asyncio.run(main())
+
+
+def test_a_timer_whose_saga_was_deleted_is_dropped_with_a_warning(
+        db_url: str, caplog: Any) -> None:
+    async def main() -> None:
+        async with database(db_url) as engine:
+            app = App("offers", broker=testing.memory_url())
+            saga = Saga("nap", Order, [Sleep("nap", seconds=0.5), Step("end", _nothing)])
+            store = SqlSagaStore(engine)
+            sagas = SagaEngine(app, store, [saga], poll_interval=0.05)
+            async with app:
+                saga_id = await sagas.start(saga, Order())
+                await _until(store, saga_id, lambda h: any(e.outcome == "sleeping" for e in h))
+                async with engine.begin() as conn:
+                    await conn.execute(sagas_table.delete())
+                await asyncio.sleep(1.0)
+                assert not sagas._tasks  # the run ended, nothing claims it again
+        assert f"saga {saga_id} was deleted" in caplog.text
 
     asyncio.run(main())

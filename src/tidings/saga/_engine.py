@@ -210,8 +210,17 @@ class SagaEngine:
         for saga_id, task in list(self._tasks.items()):
             run = self._runs.get(saga_id)
             if saga_id not in held and not (run is not None and run.releasing):
-                log.warning("saga %s: lease lost, another instance takes over", saga_id)
                 task.cancel()
+                await self._lost(saga_id, "lease lost, another instance takes over")
+
+    async def _lost(self, saga_id: str, why: str, level: int = logging.WARNING) -> None:
+        """Log why this engine no longer runs a saga: deleted (its timers are dropped)
+        or ``why``."""
+        if await self.store.get(saga_id) is None:
+            log.warning("saga %s was deleted while it ran or waited; its timers are dropped",
+                        saga_id)
+        else:
+            log.log(level, "saga %s: %s", saga_id, why)
 
     async def _claim(self) -> None:
         room = self.max_running - len(self._tasks)
@@ -246,7 +255,7 @@ class SagaEngine:
         try:
             await run.drive()
         except SagaConflictError:
-            log.info("saga %s moved to another instance", record.id)
+            await self._lost(record.id, "moved to another instance", logging.INFO)
             return
         except StepInterrupted:
             log.info("saga %s: interrupted by the app stopping; resumed later", record.id)
