@@ -11,7 +11,16 @@ import pytest
 from pydantic import BaseModel
 
 from tidings import App, RetryPolicy, testing
-from tidings.saga import Parallel, Saga, SagaDefinitionError, SagaEngine, SagaStatus, Step
+from tidings.saga import (
+    Parallel,
+    Saga,
+    SagaDefinitionError,
+    SagaEngine,
+    SagaRecord,
+    SagaStatus,
+    Step,
+    StepEvent,
+)
 from tidings.sqlalchemy import SqlSagaStore
 
 from .conftest import database
@@ -96,66 +105,48 @@ def _saga(calls: list[str], fail_payment: bool, fail_after: bool = False) -> Sag
     ])
 
 
+async def _run(db_url: str, calls: list[str], fail_payment: bool = False,
+               fail_after: bool = False) -> tuple[SagaRecord, list[StepEvent], float]:
+    """Run the order saga once; its last record, its history and how long it took."""
+    async with database(db_url) as engine:
+        app = App("orders", broker=testing.memory_url())
+        saga = _saga(calls, fail_payment, fail_after)
+        sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
+        async with app:
+            began = time.monotonic()
+            record = await sagas.wait(await sagas.start(saga, Order()), 10)
+            took = time.monotonic() - began
+            return record, await sagas.history(record.id), took
+
+
 def test_branches_run_at_once_and_their_changes_merge(db_url: str) -> None:
     calls: list[str] = []
-
-    async def main() -> None:
-        async with database(db_url) as engine:
-            app = App("orders", broker=testing.memory_url())
-            saga = _saga(calls, fail_payment=False)
-            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
-            async with app:
-                began = time.monotonic()
-                record = await sagas.wait(await sagas.start(saga, Order()), 10)
-                took = time.monotonic() - began
-                history = await sagas.history(record.id)
-        assert record.status is SagaStatus.COMPLETED, record.error
-        state = Order.model_validate_json(record.state)
-        assert state.reserved and state.paid  # both branches' changes kept
-        assert took < 0.55  # 0.3 s each, at once
-        assert sorted(calls) == ["open", "pay", "reserve"]
-        done = [e.step for e in history if e.outcome == "succeeded"]
-        assert sorted(done) == ["confirm", "open", "pay", "reserve", "reserve-and-pay"]
-        assert record.branches is None
-
-    asyncio.run(main())
+    record, history, took = asyncio.run(_run(db_url, calls))
+    assert record.status is SagaStatus.COMPLETED, record.error
+    state = Order.model_validate_json(record.state)
+    assert state.reserved and state.paid  # both branches' changes kept
+    assert took < 0.55  # 0.3 s each, at once
+    assert sorted(calls) == ["open", "pay", "reserve"]
+    done = [e.step for e in history if e.outcome == "succeeded"]
+    assert sorted(done) == ["confirm", "open", "pay", "reserve", "reserve-and-pay"]
+    assert record.branches is None
 
 
 def test_a_branch_failing_after_the_other_succeeded_compensates_it(db_url: str) -> None:
     calls: list[str] = []
-
-    async def main() -> None:
-        async with database(db_url) as engine:
-            app = App("orders", broker=testing.memory_url())
-            saga = _saga(calls, fail_payment=True)
-            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
-            async with app:
-                record = await sagas.wait(await sagas.start(saga, Order()), 10)
-                history = await sagas.history(record.id)
-        assert record.status is SagaStatus.COMPENSATED, record
-        assert "card declined" in (record.error or "")
-        # The reservation that succeeded is released, then the order cancelled; the
-        # failed payment is not refunded (it did not take effect).
-        assert calls[-2:] == ["release", "cancel"] and "refund" not in calls
-        assert not Order.model_validate_json(record.state).reserved
-        undone = [e.step for e in history if e.phase == "compensation"
-                  and e.outcome == "succeeded"]
-        assert undone == ["reserve", "reserve-and-pay", "open"]  # the branch, the group, the step
-
-    asyncio.run(main())
+    record, history, _ = asyncio.run(_run(db_url, calls, fail_payment=True))
+    assert record.status is SagaStatus.COMPENSATED, record
+    assert "card declined" in (record.error or "")
+    # The reservation that succeeded is released, then the order cancelled; the failed
+    # payment is not refunded (it did not take effect).
+    assert calls[-2:] == ["release", "cancel"] and "refund" not in calls
+    assert not Order.model_validate_json(record.state).reserved
+    undone = [e.step for e in history if e.phase == "compensation" and e.outcome == "succeeded"]
+    assert undone == ["reserve", "reserve-and-pay", "open"]  # the branch, the group, the step
 
 
 def test_a_step_failing_after_the_group_compensates_every_branch(db_url: str) -> None:
     calls: list[str] = []
-
-    async def main() -> None:
-        async with database(db_url) as engine:
-            app = App("orders", broker=testing.memory_url())
-            saga = _saga(calls, fail_payment=False, fail_after=True)
-            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
-            async with app:
-                record = await sagas.wait(await sagas.start(saga, Order()), 10)
-        assert record.status is SagaStatus.COMPENSATED, record
-        assert calls[-3:] == ["refund", "release", "cancel"]  # last branch first
-
-    asyncio.run(main())
+    record, _, _ = asyncio.run(_run(db_url, calls, fail_after=True))
+    assert record.status is SagaStatus.COMPENSATED, record
+    assert calls[-3:] == ["refund", "release", "cancel"]  # last branch first
