@@ -9,7 +9,7 @@ SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STAMP  := $(VENV)/.installed-dev-$(SUM)
 DEMO_STAMP := $(VENV)/.installed-reference-$(SUM)
 
-.PHONY: setup setup-demo system-deps demo demo-check test lint docs bench bench-kafka clean
+.PHONY: setup setup-demo system-deps demo demo-check test lint docs bench bench-kafka bench-saga clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ bench-kafka: setup
 	test -x $(FS_VENV)/bin/python || { $(PYTHON) -m venv $(FS_VENV) && \
 	  $(FS_VENV)/bin/pip install -q 'faststream[kafka]' pydantic; }
 	$(BIN)/python benchmarks/bench_kafka.py --faststream-python $(FS_VENV)/bin/python
+
+# Sagas against DBOS Transact, which goes in a throwaway venv, never in the project's.
+DBOS_VENV := /tmp/tidings-dbos-venv
+bench-saga: setup
+	test -x $(DBOS_VENV)/bin/python || { $(PYTHON) -m venv $(DBOS_VENV) && \
+	  $(DBOS_VENV)/bin/pip install -q dbos; }
+	$(BIN)/python benchmarks/bench_saga.py --postgres --dbos-python $(DBOS_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) .site .tidings .reference .artifacts .pytest_cache .mypy_cache .ruff_cache
