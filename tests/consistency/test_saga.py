@@ -4,6 +4,7 @@ count, a compensation that keeps failing parks the saga, and a crash resumes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -27,7 +28,7 @@ from tidings.saga import (
     StepEvent,
 )
 from tidings.saga import Step as S
-from tidings.sqlalchemy import SqlSagaStore, sagas_table
+from tidings.sqlalchemy import GroupCommit, SqlSagaStore, sagas_table
 
 from .conftest import Stack, database
 from .services import Trip, count_effects, create_test_tables, effects, flights_responder, trip_saga
@@ -308,16 +309,60 @@ def test_a_saga_started_in_a_transaction_exists_iff_it_commits(db_url: str) -> N
                 with pytest.raises(RuntimeError, match="rolled back"):
                     await rolled_back()
                 async with AsyncSession(engine) as session, session.begin():
+                    with contextlib.suppress(RuntimeError):
+                        async with session.begin_nested():
+                            await saga_engine.start(saga, Trip(trip="n"), saga_id="nested",
+                                                    within=session)
+                            raise RuntimeError("the nested transaction rolls back")
+                async with AsyncSession(engine) as session, session.begin():
                     await session.execute(effects.insert().values(source="order", n=2))
                     await saga_engine.start(saga, Trip(trip="y"), saga_id="kept",
                                             within=session)
                 record = await saga_engine.wait("kept", 10)
                 assert record.status is SagaStatus.COMPLETED
                 assert await saga_engine.store.get("gone") is None
+                assert await saga_engine.store.get("nested") is None
                 with pytest.raises(Exception, match="inside a transaction"):
                     async with AsyncSession(engine) as session:
                         await saga_engine.start(saga, Trip(trip="z"), within=session)
             assert await count_effects(engine) == {2: 1}
+
+    asyncio.run(main())
+
+
+def test_a_saga_started_in_a_group_commit_unit_that_fails_never_runs(db_url: str) -> None:
+    """A unit of work of a GroupCommit starts a saga, then raises: its savepoint rolls back,
+    the group commits the others, and the saga's first step never runs."""
+    ran: list[str] = []
+
+    async def first(state: Empty) -> None:
+        ran.append("first")
+
+    saga = Saga("unit", Empty, [S("first", first)])
+
+    async def main() -> None:
+        async with database(db_url) as engine:
+            app = App("units", broker=testing.memory_url())
+            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
+            commits = GroupCommit.of(engine)
+
+            def unit(saga_id: str, fail: bool) -> Any:
+                async def work(conn: Any) -> str:
+                    await sagas.start(saga, Empty(), saga_id=saga_id, within=conn)
+                    if fail:
+                        raise RuntimeError("rolled back")
+                    return saga_id
+                return work
+
+            async with app:
+                results = await asyncio.gather(commits.run(unit("kept", False)),
+                                               commits.run(unit("gone", True)),
+                                               return_exceptions=True)
+                assert results[0] == "kept" and isinstance(results[1], RuntimeError)
+                assert (await sagas.wait("kept", 10)).status is SagaStatus.COMPLETED
+                await asyncio.sleep(0.3)
+                assert await sagas.store.get("gone") is None
+        assert ran == ["first"]  # the kept saga's, once; none for the rolled-back one
 
     asyncio.run(main())
 

@@ -150,3 +150,38 @@ def test_a_step_failing_after_the_group_compensates_every_branch(db_url: str) ->
     record, _, _ = asyncio.run(_run(db_url, calls, fail_after=True))
     assert record.status is SagaStatus.COMPENSATED, record
     assert calls[-3:] == ["refund", "release", "cancel"]  # last branch first
+
+
+def test_a_branch_that_timed_out_is_compensated_too(db_url: str) -> None:
+    """A branch whose attempt timed out may have taken effect: when its group fails, it
+    is compensated with the ones that succeeded."""
+    calls: list[str] = []
+
+    async def slow(order: Order) -> Order:
+        calls.append("slow")
+        await asyncio.sleep(1)
+        return order
+
+    async def undo(order: Order) -> Order:
+        calls.append("undo-slow")
+        return order
+
+    async def fail(order: Order) -> Order:
+        calls.append("fail")
+        raise RuntimeError("no")
+
+    saga = Saga("timing", Order, [Parallel("both", (
+        Step("slow", slow, compensation=undo, timeout=0.1, retry=NEVER),
+        Step("fail", fail, compensation=nothing, retry=NEVER),
+    ))])
+
+    async def main() -> SagaRecord:
+        async with database(db_url) as engine:
+            app = App("orders", broker=testing.memory_url())
+            sagas = SagaEngine(app, SqlSagaStore(engine), [saga], poll_interval=0.05)
+            async with app:
+                return await sagas.wait(await sagas.start(saga, Order()), 10)
+
+    record = asyncio.run(main())
+    assert record.status is SagaStatus.COMPENSATED, record
+    assert calls.count("undo-slow") == 1

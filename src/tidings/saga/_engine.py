@@ -109,16 +109,16 @@ class SagaEngine:
             raise NotRunningError("the saga engine runs with its app: use 'async with app:'")
         saga_id = saga_id or uuid.uuid4().hex
         record, events = _first_record(saga, saga_id, state, self.owner, self.lease)
-        if within is not None:
-            while len(self._contexts) >= _MAX_CONTEXTS:  # starts whose transaction failed
-                self._contexts.pop(next(iter(self._contexts)))
-            self._contexts[saga_id] = contextvars.copy_context()
         if within is None:
             await self.store.create(record, events)
             self._spawn(record, armed=True)
-        else:  # it runs here once the caller's transaction commits
-            await self.store.create(record, events, within=within,
-                                    on_commit=lambda: self._spawn(record, armed=True))
+            return saga_id
+        while len(self._contexts) >= _MAX_CONTEXTS:  # starts whose transaction failed
+            self._contexts.pop(next(iter(self._contexts)))
+        self._contexts[saga_id] = contextvars.copy_context()
+        # It runs here once the caller's transaction commits (and never if it does not).
+        await self.store.create(record, events, within=within,
+                                on_commit=lambda: self._spawn(record, armed=True))
         return saga_id
 
     async def get(self, saga_id: str) -> SagaRecord:

@@ -73,13 +73,12 @@ class ParallelRun:
             # Reached going back from a later step: the whole group had succeeded.
             self.progress = {b.name: {} for b in group.branches}
 
-    @staticmethod
-    def undo_list(run: SagaRun, group: Parallel[Any]) -> str | None:
-        """The ``branches`` JSON going backward: the branches that took effect, or may
-        have (they timed out); None if there are none."""
-        progress = ParallelRun(run, group).progress
-        undo: dict[str, dict[str, Any]] = {b.name: {} for b in group.branches
-                if progress.get(b.name, {}).get("done") or progress.get(b.name, {}).get("maybe")}
+    def undo_list(self) -> str | None:
+        """The ``branches`` JSON going backward after the group failed: the branches
+        that took effect, or may have (they timed out); None if there are none."""
+        undo: dict[str, dict[str, Any]] = {
+            name: {} for name, entry in self.progress.items()
+            if entry.get("done") or entry.get("maybe")}
         return json.dumps(undo) if undo else None
 
     async def save(self, events: Sequence[StepEvent], entry: dict[str, Any],

@@ -125,8 +125,11 @@ class SagaRun:
             await self._sleep(step)
             await self._advance(step.name, "action", Outcome(True, state=self.state), index + 1)
             return
+        undo = None
         if isinstance(step, Parallel):
-            outcome = await ParallelRun(self, step).forward()
+            group = ParallelRun(self, step)
+            outcome = await group.forward()
+            undo = group.undo_list()
         else:
             outcome = await self.attempts(step, step.action, step.retry, "action",
                                           _RecordTrack(self))
@@ -135,13 +138,12 @@ class SagaRun:
         elif step.retriable:
             await self._park(SagaStatus.PARKED, f"step {step.name!r}: {outcome.error}")
         else:
-            await self._compensate_from(index, step, outcome)
+            await self._compensate_from(index, step, outcome, undo)
 
     async def _compensate_from(self, index: int, step: Step[Any] | Parallel[Any],
-                               outcome: Outcome) -> None:
+                               outcome: Outcome, undo: str | None) -> None:
         # A step that timed out may have taken effect: compensate it too; a parallel
-        # step compensates the branches that succeeded.
-        undo = ParallelRun.undo_list(self, step) if isinstance(step, Parallel) else None
+        # step compensates the branches that succeeded or timed out (``undo``).
         start = index if outcome.timed_out or undo else index - 1
         await self.save(
             [self.event("", "saga", SagaStatus.COMPENSATING, error=outcome.error)],

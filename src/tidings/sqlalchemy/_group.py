@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .._errors import ConfigurationError
+from ._sql import AFTER_COMMIT
 from ._sqlite import driver_sqlite
 
 __all__ = ["GroupCommit"]
@@ -90,9 +91,9 @@ class GroupCommit:
         """Run ``work(conn)`` in a transaction shared with the units of work of other
         callers waiting meanwhile; return its result once that transaction committed.
 
-        Cancelling the caller may still let its work commit. After-commit hooks a unit
-        registered still run when the group commits, even if its own savepoint rolled
-        back.
+        Cancelling the caller may still let its work commit. The toolkit's after-commit
+        hooks a unit registered (a saga started ``within`` it) are dropped with its
+        savepoint when it raises.
         """
         self.refuse_nesting("GroupCommit.run()")
         self._bind()
@@ -164,11 +165,17 @@ class GroupCommit:
                     context: contextvars.Context) -> tuple[Any, BaseException | None]:
         await savepoint.begin()
         tokens = [var.set(value) for var, value in context.items()]
+        hooks = conn.sync_connection.info.get(AFTER_COMMIT) if conn.sync_connection else None
+        mark = len(hooks) if hooks is not None else 0
         self._in_unit = True
         try:
             result = await work(conn)
         except Exception as exc:
             await savepoint.rollback()
+            hooks = conn.sync_connection.info.get(AFTER_COMMIT) if conn.sync_connection \
+                else None
+            if hooks:  # what the unit meant to do after the commit goes with its writes
+                del hooks[mark:]
             return None, exc
         finally:
             self._in_unit = False

@@ -12,7 +12,6 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from ..saga._errors import SagaConflictError, SagaNotFoundError
@@ -28,7 +27,7 @@ from ..saga._store import (
 )
 from ._group import GroupCommit
 from ._schema import saga_events_table, sagas_table
-from ._sql import Executor, in_transaction
+from ._sql import Executor, after_commit, in_transaction
 from ._sqlite import execute
 
 __all__ = ["SqlSagaStore"]
@@ -96,7 +95,7 @@ class SqlSagaStore(SagaStore):
         executor = in_transaction(within, self.engine, "SagaEngine.start(within=...)")
         await self._insert(executor, record, events)
         if on_commit is not None:
-            await _after_commit(executor, on_commit)
+            await after_commit(executor, on_commit)
 
     async def _insert(self, executor: Executor, record: SagaRecord,
                       events: Sequence[StepEvent]) -> None:
@@ -207,29 +206,3 @@ class SqlSagaStore(SagaStore):
             return updated
 
         return await self._commits.run(retry)
-
-
-#: Callbacks to run when a connection's transaction commits (dropped on a rollback):
-#: one listener per engine, not one per transaction, since adding a listener is costly.
-_CALLBACKS = "tidings.saga.on_commit"
-
-
-async def _after_commit(executor: Executor, callback: Callable[[], None]) -> None:
-    conn = await executor.connection() if isinstance(executor, AsyncSession) else executor
-    sync = conn.sync_connection
-    if sync is None:
-        return
-    engine = sync.engine
-    if not sa_event.contains(engine, "commit", _committed):
-        sa_event.listen(engine, "commit", _committed)
-        sa_event.listen(engine, "rollback", _rolled_back)
-    sync.info.setdefault(_CALLBACKS, []).append(callback)
-
-
-def _committed(connection: sa.Connection) -> None:
-    for callback in connection.info.pop(_CALLBACKS, ()):
-        callback()
-
-
-def _rolled_back(connection: sa.Connection) -> None:
-    connection.info.pop(_CALLBACKS, None)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from .._errors import ConfigurationError
 
 __all__ = [
-    "Executor", "OutsideTransactionError", "dialect_of", "in_transaction", "insert_if_absent",
+    "AFTER_COMMIT", "Executor", "OutsideTransactionError", "after_commit", "dialect_of",
+    "in_transaction", "insert_if_absent",
 ]
 
 Executor = AsyncSession | AsyncConnection
@@ -86,3 +88,51 @@ async def _insert_with_savepoint(executor: Executor, table: sa.Table,
     except sa.exc.IntegrityError:
         return False
     return True
+
+
+#: A connection's callbacks to run once its transaction commits (in ``info``): dropped on
+#: a rollback, and by :class:`GroupCommit` when the unit that added them rolls back.
+AFTER_COMMIT = "tidings.after_commit"
+
+
+async def after_commit(executor: Executor, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once ``executor``'s transaction commits; never if it rolls back.
+    One listener per engine, not one per transaction: adding a listener is costly."""
+    conn = await executor.connection() if isinstance(executor, AsyncSession) else executor
+    sync = conn.sync_connection
+    if sync is None:
+        return
+    engine = sync.engine
+    if not event.contains(engine, "commit", _committed):
+        event.listen(engine, "commit", _committed)
+        event.listen(engine, "rollback", _rolled_back)
+        event.listen(engine, "savepoint", _savepoint)
+        event.listen(engine, "rollback_savepoint", _rollback_savepoint)
+    sync.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
+def _committed(connection: sa.Connection) -> None:
+    connection.info.pop(_MARKS, None)
+    for callback in connection.info.pop(AFTER_COMMIT, ()):
+        callback()
+
+
+def _rolled_back(connection: sa.Connection) -> None:
+    connection.info.pop(AFTER_COMMIT, None)
+    connection.info.pop(_MARKS, None)
+
+
+#: The number of callbacks when each SAVEPOINT (``begin_nested``) began, by name.
+_MARKS = "tidings.after_commit.marks"
+
+
+def _savepoint(connection: sa.Connection, name: str) -> None:
+    connection.info.setdefault(_MARKS, {})[name] = len(connection.info.get(AFTER_COMMIT, ()))
+
+
+def _rollback_savepoint(connection: sa.Connection, name: str, _context: object) -> None:
+    # A nested transaction rolled back: so do the callbacks added inside it.
+    mark = connection.info.get(_MARKS, {}).get(name)
+    hooks = connection.info.get(AFTER_COMMIT)
+    if mark is not None and hooks:
+        del hooks[mark:]
