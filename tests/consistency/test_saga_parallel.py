@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -157,22 +158,19 @@ def test_a_branch_that_timed_out_is_compensated_too(db_url: str) -> None:
     is compensated with the ones that succeeded."""
     calls: list[str] = []
 
-    async def slow(order: Order) -> Order:
-        calls.append("slow")
-        await asyncio.sleep(1)
-        return order
-
-    async def undo(order: Order) -> Order:
-        calls.append("undo-slow")
-        return order
-
-    async def fail(order: Order) -> Order:
-        calls.append("fail")
-        raise RuntimeError("no")
+    def noted(name: str, wait: float = 0.0, fail: bool = False) -> Any:
+        async def step(order: Order) -> Order:
+            calls.append(name)
+            await asyncio.sleep(wait)
+            if fail:
+                raise RuntimeError(name)
+            return order
+        return step
 
     saga = Saga("timing", Order, [Parallel("both", (
-        Step("slow", slow, compensation=undo, timeout=0.1, retry=NEVER),
-        Step("fail", fail, compensation=nothing, retry=NEVER),
+        Step("slow", noted("slow", wait=1), compensation=noted("undo-slow"), timeout=0.1,
+             retry=NEVER),
+        Step("fail", noted("fail", fail=True), compensation=nothing, retry=NEVER),
     ))])
 
     async def main() -> SagaRecord:
