@@ -4,6 +4,7 @@ outcomes, in both modes (choreography, orchestration), on the embedded bus and o
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,18 +17,20 @@ DECLINE = "4000000000000002"
 SERVER, CONSUMER = 2, 5  # OTLP span kinds
 
 
-def register(shop: Shop, username: str) -> dict[str, Any]:
-    response = shop.http.post(shop.url("users", "/register"),
+def register(shop: Shop, username: str, headers: dict[str, str] | None = None
+             ) -> dict[str, Any]:
+    response = shop.http.post(shop.url("users", "/register"), headers=headers,
                               json={"username": username, "age": 30, "address": "Hangzhou"})
     assert response.status_code == 201, response.text
     user: dict[str, Any] = response.json()
     return user
 
 
-def place(shop: Shop, user_id: int, items: list[tuple[str, int]], card: str = APPROVE) -> str:
+def place(shop: Shop, user_id: int, items: list[tuple[str, int]], card: str = APPROVE,
+          headers: dict[str, str] | None = None) -> str:
     body = {"user_id": user_id, "card_number": card,
             "items": [{"sku": sku, "qty": qty} for sku, qty in items]}
-    response = shop.http.post(shop.url("orders", "/orders"), json=body)
+    response = shop.http.post(shop.url("orders", "/orders"), json=body, headers=headers)
     assert response.status_code == 202, response.text
     accepted = response.json()
     assert accepted["status"] == "PENDING"
@@ -117,42 +120,45 @@ def test_declined_payment_restores_stock(shop: Shop) -> None:
 BUS_SERVICES = ("users", "orders", "inventory", "payments", "notifications")
 
 
-def _new_trace(collector: Collector, service: str, name: str, before: set[str],
-               needs: set[str]) -> set[str]:
-    """The services in the one trace of the new ``name`` server span of ``service``,
-    once it holds ``needs`` (spans are batched: wait up to 15 s)."""
-    deadline = time.monotonic() + 15
+def _traced() -> tuple[str, dict[str, str]]:
+    """A new trace id, and the W3C header that makes a request part of it (so the test
+    finds its own request's trace among every other test's)."""
+    trace_id = uuid.uuid4().hex
+    return trace_id, {"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
+
+
+def _trace(collector: Collector, trace_id: str, service: str, name: str,
+           needs: set[str]) -> set[str]:
+    """The services in trace ``trace_id``, once it holds ``needs`` (spans are batched:
+    wait up to 30 s); its request's server span is ``name`` on ``service``, once."""
+    deadline = time.monotonic() + 30
     while True:
-        spans = collector.spans()
-        roots = [s for s in spans if s.service == service and s.name == name
-                 and s.kind == SERVER and s.trace_id not in before]
-        assert len(roots) <= 1, "one request, one server span"
-        services = {s.service for s in spans if roots and s.trace_id == roots[0].trace_id}
+        spans = [s for s in collector.spans() if s.trace_id == trace_id]
+        services = {s.service for s in spans}
         if needs <= services or time.monotonic() > deadline:
+            roots = [s for s in spans if s.service == service and s.name == name
+                     and s.kind == SERVER]
+            assert len(roots) == 1, "one request, one server span"
             return services
         time.sleep(0.1)
 
 
-def _traces(collector: Collector, service: str, name: str) -> set[str]:
-    return {s.trace_id for s in collector.spans() if s.service == service and s.name == name}
-
-
 def test_one_request_is_one_trace_across_every_service_it_touches(
         shop: Shop, collector: Collector) -> None:
-    before = _traces(collector, "users", "POST /register")
-    user = register(shop, "Tracy Trace")
-    services = _new_trace(collector, "users", "POST /register", before,
-                          {"users", "notifications"})
+    trace_id, headers = _traced()
+    user = register(shop, "Tracy Trace", headers)
+    services = _trace(collector, trace_id, "users", "POST /register",
+                      {"users", "notifications"})
     assert {"users", "notifications"} <= services, services
 
-    before = _traces(collector, "orders", "POST /orders")
-    order_id = place(shop, user["id"], [("TEA-001", 1)])
+    trace_id, headers = _traced()
+    order_id = place(shop, user["id"], [("TEA-001", 1)], headers=headers)
     assert final(shop, order_id)["status"] == "CONFIRMED"
-    services = _new_trace(collector, "orders", "POST /orders", before,
-                          {"orders", "inventory", "payments"})
+    services = _trace(collector, trace_id, "orders", "POST /orders",
+                      {"orders", "inventory", "payments"})
     assert {"orders", "inventory", "payments"} <= services, services
-    process = [s for s in collector.spans() if s.name.startswith("process ")
-               and s.attributes.get("messaging.message.id")]
+    process = [s for s in collector.spans() if s.trace_id == trace_id
+               and s.name.startswith("process ")]
     assert process and all(s.kind == CONSUMER for s in process)
     assert {s.attributes["messaging.system"] for s in process} <= {"sqlite", "kafka"}
 
