@@ -25,6 +25,7 @@ from .._errors import TidingsError
 from .._records import Start, TopicPartition
 from .._waiting import wait_event
 from ._admin import group_rows, topic_rows
+from ._console import commands as console_commands
 from ._dlq import dlq
 from ._output import emit
 from ._projections import projections
@@ -263,6 +264,8 @@ async def _target_offsets(transport: Any, info: Any, to: str) -> dict[int, int]:
 cli.add_command(dlq)
 cli.add_command(sagas)
 cli.add_command(projections)
+for command in console_commands:
+    cli.add_command(command)
 
 
 def main() -> None:
