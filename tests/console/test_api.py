@@ -37,7 +37,8 @@ def run(broker: str, check: Check, *, allow_actions: bool = False) -> None:
 
             app = create_app(view, documents=documents, tick=0.05)
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://console") as c:
+            async with httpx.AsyncClient(transport=transport, base_url="http://console",
+                                         headers={"X-Tidings-Console": "1"}) as c:
                 await check(c)
 
     asyncio.run(go())

@@ -82,8 +82,10 @@ def _store(url: str, engines: list[Any]) -> Any:
 
 
 async def serve(broker: str, dbs: Sequence[str] = (), *, port: int = 8088,
-                allow_actions: bool = False, host: str = "127.0.0.1") -> None:
-    """Serve the console on ``host:port`` until cancelled (or SIGINT/SIGTERM)."""
+                allow_actions: bool = False, host: str = "127.0.0.1",
+                cors_origins: Sequence[str] = ()) -> None:
+    """Serve the console on ``host:port`` until cancelled (or SIGINT/SIGTERM); pages
+    from ``cors_origins`` may read its API."""
     try:
         import uvicorn
     except ImportError as exc:
@@ -93,7 +95,7 @@ async def serve(broker: str, dbs: Sequence[str] = (), *, port: int = 8088,
         async def documents() -> dict[str, Any]:
             return merge((await read_documents(view.transport)).values())
 
-        app = create_app(view, documents=documents)
+        app = create_app(view, documents=documents, cors_origins=cors_origins)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                 access_log=False, lifespan="off")
         server = uvicorn.Server(config)

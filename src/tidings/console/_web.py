@@ -9,17 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .._errors import TidingsError, UnknownTopicError
 from ._view import ActionRefused, BusView
 
-__all__ = ["create_app"]
+__all__ = ["ACTION_HEADER", "create_app"]
+
+#: The header every action (POST) carries: a cross-origin page cannot send it.
+ACTION_HEADER = "X-Tidings-Console"
 
 log = logging.getLogger("tidings.console")
 
@@ -28,10 +33,18 @@ TICK = 1.0
 
 
 def create_app(view: BusView, *, documents: Callable[[], Awaitable[dict[str, Any]]],
-               tick: float = TICK) -> FastAPI:
-    """The console's ASGI app over ``view``; ``documents()`` gives ``/api/asyncapi``."""
+               tick: float = TICK, cors_origins: Sequence[str] = ()) -> FastAPI:
+    """The console's ASGI app over ``view``; ``documents()`` gives ``/api/asyncapi``.
+
+    Pages served from ``cors_origins`` may read the API (GET only, as the shop's page
+    does). An action (POST) must carry the :data:`ACTION_HEADER` header, which a page
+    of another origin cannot send without the console's consent: no site a user visits
+    can re-drive or purge through a console on their machine."""
     app = FastAPI(title="tidings console", docs_url=None, redoc_url=None, openapi_url=None)
     page = resources.files(__package__).joinpath("console.html").read_text("utf-8")
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET"])
 
     @app.exception_handler(TidingsError)
     @app.exception_handler(LookupError)
@@ -41,6 +54,9 @@ def create_app(view: BusView, *, documents: Callable[[], Awaitable[dict[str, Any
 
     @app.middleware("http")
     async def unexpected(request: Request, call_next: Any) -> Any:
+        if request.method == "POST" and request.headers.get(ACTION_HEADER) != "1":
+            return JSONResponse({"error": f"an action needs the header {ACTION_HEADER}: 1"},
+                                status_code=403)
         try:
             return await call_next(request)
         except Exception as exc:  # one log line and a JSON 500, never a traceback
@@ -51,6 +67,10 @@ def create_app(view: BusView, *, documents: Callable[[], Awaitable[dict[str, Any
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return page
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"ready": True, "pid": os.getpid()}
 
     @app.get("/api/topics")
     async def topics() -> Any:
