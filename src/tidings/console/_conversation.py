@@ -77,9 +77,26 @@ def conversation(records: Iterable[Record], groups: Sequence[GroupInfo]) -> list
         if Headers.REDRIVE_GROUP in h:
             redriven.add((h.get(Headers.ID, ""), h[Headers.REDRIVE_GROUP]))
         messages.append(record)
-    messages.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+    depth = _depths(messages)
+    messages.sort(key=lambda r: (r.timestamp, depth[id(r)], r.topic, r.partition, r.offset))
     readers = _readers(groups)
     return [_entry(r, readers, dead, redriven) for r in messages]
+
+
+def _depths(records: Sequence[Record]) -> dict[int, int]:
+    """How many causes precede each record in the conversation (records appended in one
+    batch share a timestamp; a message still comes after its cause)."""
+    by_id = {r.headers.get(Headers.ID): r for r in records}
+    depth: dict[int, int] = {}
+    for record in records:
+        chain, seen = 0, {id(record)}
+        cause = by_id.get(record.headers.get(Headers.CAUSATION_ID))
+        while cause is not None and id(cause) not in seen and chain < 1000:
+            seen.add(id(cause))
+            chain += 1
+            cause = by_id.get(cause.headers.get(Headers.CAUSATION_ID))
+        depth[id(record)] = chain
+    return depth
 
 
 def _int(text: str | None) -> int:
