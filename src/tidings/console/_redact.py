@@ -11,17 +11,20 @@ __all__ = ["redact", "redact_url"]
 
 _SECRET_NAME = re.compile(r"card|passw|secret|token|cvv|cvc|pan$|iban|api_?key", re.I)
 _DIGITS = re.compile(r"^[0-9][0-9 -]{10,22}[0-9]$")
+_IN_TEXT = re.compile(r"(?<![0-9])[0-9](?:[0-9 -]{10,22})[0-9](?![0-9])")
 
 
 def redact(value: Any) -> Any:
-    """``value`` (decoded JSON) with secret-named fields and card-like numbers masked."""
+    """``value`` (decoded JSON) with secret-named fields masked, and card numbers (12 to
+    19 digits passing the Luhn check) masked wherever they appear in a string."""
     if isinstance(value, dict):
         return {k: _mask(v) if _SECRET_NAME.search(str(k)) else redact(v)
                 for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
-    if isinstance(value, str) and _card_like(value):
-        return _mask(value)
+    if isinstance(value, str) and any(c.isdigit() for c in value):
+        return _IN_TEXT.sub(lambda m: _mask(m.group()) if _card_like(m.group()) else m.group(),
+                            value)
     return value
 
 
