@@ -30,10 +30,9 @@ def console(ctx: click.Context, broker: str | None, dbs: tuple[str, ...], port: 
     from ..console import serve
 
     url = broker or ctx.obj["broker"]
-    click.echo(f"tidings console on http://127.0.0.1:{port} "
-               f"({'actions allowed' if allow_actions else 'read-only'})", err=True)
     try:
-        asyncio.run(serve(url, dbs, port=port, allow_actions=allow_actions))
+        asyncio.run(serve(url, dbs, port=port, allow_actions=allow_actions,
+                          announce=lambda line: click.echo(line, err=True)))
     except TidingsError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

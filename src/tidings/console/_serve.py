@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -83,9 +83,11 @@ def _store(url: str, engines: list[Any]) -> Any:
 
 async def serve(broker: str, dbs: Sequence[str] = (), *, port: int = 8088,
                 allow_actions: bool = False, host: str = "127.0.0.1",
-                cors_origins: Sequence[str] = ()) -> None:
+                cors_origins: Sequence[str] = (),
+                announce: Callable[[str], None] | None = None) -> None:
     """Serve the console on ``host:port`` until cancelled (or SIGINT/SIGTERM); pages
-    from ``cors_origins`` may read its API."""
+    from ``cors_origins`` may read its API. ``announce`` is called with one line once
+    the bus is open."""
     try:
         import uvicorn
     except ImportError as exc:
@@ -99,7 +101,11 @@ async def serve(broker: str, dbs: Sequence[str] = (), *, port: int = 8088,
         config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                 access_log=False, lifespan="off")
         server = uvicorn.Server(config)
-        log.info("tidings console on http://%s:%d for %s", host, port, redact_url(broker))
+        line = (f"tidings console on http://{host}:{port} for {redact_url(broker)} "
+                f"({'actions allowed' if allow_actions else 'read-only'})")
+        log.info("%s", line)
+        if announce is not None:
+            announce(line)
         await server.serve()
         if not server.started:
             raise ConfigurationError(f"the console could not listen on {host}:{port}")
