@@ -61,12 +61,22 @@ async def open_view(broker: str, dbs: Sequence[str] = (), *,
     engines: list[Any] = []
     try:
         await transport.start()
-        stores = {redact_url(db): _store(db, engines) for db in dbs}
+        stores = {_name(db, i, dbs): _store(db, engines) for i, db in enumerate(dbs)}
         yield BusView(transport, stores, allow_actions=allow_actions)
     finally:
         for engine in engines:
             await engine.dispose()
         await transport.close()
+
+
+def _name(url: str, index: int, urls: Sequence[str]) -> str:
+    """A short name for a saga database (its file or database name; unique), for the
+    page and for ``/api/sagas/{name}/...``: never its URL, which may hold a password."""
+    from sqlalchemy.engine import make_url
+
+    names = [Path(make_url(u).database or f"db{i}").name for i, u in enumerate(urls)]
+    name = names[index]
+    return name if names.count(name) == 1 else f"{name}-{index + 1}"
 
 
 def _store(url: str, engines: list[Any]) -> Any:
