@@ -121,6 +121,8 @@ def test_conversation_by_order_id_message_id_and_unknown(broker: str) -> None:
         assert all(m["key"] == "o-1" for m in messages)
         by_id = (await c.get(f"/api/conversations/{second['id']}")).json()["messages"]
         assert [m["id"] for m in by_id] == [m["id"] for m in messages]
+        by_app = (await c.get("/api/conversations/stock")).json()  # a key in tidings.apps
+        assert by_app["messages"] == []
         unknown = await c.get("/api/conversations/nothing-here")
         assert unknown.status_code == 200
         assert unknown.json() == {"id": "nothing-here", "messages": [],

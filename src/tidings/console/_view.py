@@ -18,6 +18,7 @@ from .._errors import TidingsError
 from .._lag import group_lag
 from .._message import Headers
 from .._records import Record, TopicInfo
+from ..asyncapi import APPS_TOPIC
 from ..ports import Transport
 from ._conversation import conversation, find_records
 from ._redact import redact
@@ -96,7 +97,8 @@ class BusView:
         """The timeline of the conversation(s) ``wanted`` names: a correlation id, a
         message id or a key; ``messages`` is empty (with a note) when nothing matches."""
         topics = await self.transport.describe_topics()
-        records = await find_records(self.transport, wanted, _readable(topics))
+        records = [r for r in await find_records(self.transport, wanted, _readable(topics))
+                   if r.topic != APPS_TOPIC]
         timeline = conversation(records, await self.transport.describe_groups())
         for message in timeline:
             message["payload"] = redact(message["payload"])
@@ -162,7 +164,7 @@ async def _pending_at(queue: DeadLetters, position: tuple[int, int]) -> Record:
 
 def _readable(topics: Sequence[TopicInfo]) -> list[TopicInfo]:
     """Topics a conversation can be in (not the replies inbox markers or app docs)."""
-    return [t for t in topics if t.name != "tidings.apps"]
+    return [t for t in topics if t.name != APPS_TOPIC]
 
 
 def _keyed(offsets: Any) -> dict[str, int]:
