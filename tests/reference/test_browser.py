@@ -79,7 +79,7 @@ def test_console_shows_topics_redrives_a_poison_message_and_follows_an_order(
             expect(row).to_be_visible(timeout=10_000)
             position = row.get_attribute("data-position")
             row.locator("button.redrive").click()
-            expect(page.locator("#dlq-note")).to_have_text("redrive done")
+            expect(page.locator("#dlq-result")).to_have_text("redrive done")
             timeline = httpx.get(shop.url("console", "/api/conversations/poison-1")).json()
             assert any(m["redriven_for"] for m in timeline["messages"]), timeline
             assert all(m["key"] == "poison-1" for m in timeline["messages"])
