@@ -1,19 +1,33 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both set everything up.
+# Two commands on a fresh machine: `make demo` and `make test`. Both set everything up:
+# the demo only what the shop needs (the `reference` extra), the tests everything else
+# too (the `dev` extra: linters, the servers and browser driver the tests start, docs).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
+SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-dev-$(SUM)
+DEMO_STAMP := $(VENV)/.installed-reference-$(SUM)
 
-.PHONY: setup system-deps demo demo-check test lint bench bench-kafka clean
+.PHONY: setup setup-demo system-deps demo demo-check test lint docs bench bench-kafka clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -U pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[dev]'
 	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# The dev install includes the reference extra: after `make setup` this is a no-op.
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[reference]'
+	touch $(DEMO_STAMP)
 
 setup: $(STAMP)
+
+setup-demo: $(DEMO_STAMP)
 
 # Debian's chromium for the browser test (Playwright's own download fails here).
 system-deps:
@@ -21,19 +35,24 @@ system-deps:
 	  --no-install-recommends -o DPkg::Lock::Timeout=300 chromium; }
 
 # The shop: every service its own process under a supervisor; Ctrl-C stops all.
-demo: setup
+demo: setup-demo
 	$(BIN)/python -m reference.supervisor --fresh
 
 # The same, scripted: runs the article's scenario and three orders, then exits.
-demo-check: setup
+demo-check: setup-demo
 	$(BIN)/python -m reference.supervisor --once --fresh
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks examples reference
+	$(BIN)/ruff check src tests benchmarks examples reference docs
 	$(BIN)/mypy
 
 test: setup system-deps lint
 	$(BIN)/python -m pytest -q
+
+# The documentation site (docs/, mkdocs.yml) into .site/; `make test` builds it too,
+# with --strict, in tests/docs/.
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir .site
 
 bench: setup
 	$(BIN)/python benchmarks/bench_embedded.py
@@ -47,4 +66,4 @@ bench-kafka: setup
 	$(BIN)/python benchmarks/bench_kafka.py --faststream-python $(FS_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) .tidings .reference .artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .site .tidings .reference .artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,10 @@
-"""`make demo`: the article's registration flow on the embedded bus, across processes.
+"""The article's registration flow on the embedded bus, across processes:
+``python examples/demo.py`` (``make demo`` runs the whole shop instead).
 
-Starts the notifications listener as its own process (``tidings run``), registers a few
-users from this process, shows the listener's log lines and the bus's state, then stops
-the listener gracefully.
+Starts the notifications listener as its own process (``tidings run``), registers users
+1, 2 and 3 from this process, shows the listener's log lines and the bus's state, then
+stops the listener gracefully. The bus is ``$TIDINGS_BROKER``, else a fresh
+``.tidings/demo.db``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from examples.registration import register  # noqa: E402
 from tidings import App  # noqa: E402
 
-BROKER = f"sqlite:///{ROOT}/.tidings/demo.db"
+DEMO_BUS = f"sqlite:///{ROOT}/.tidings/demo.db"
+BROKER = os.environ.get("TIDINGS_BROKER") or DEMO_BUS
 TIDINGS = [sys.executable, "-m", "tidings.cli"]
 USERS = ["Alice Smith", "Bob Li", "Carol Wang"]
 
@@ -33,14 +36,15 @@ def banner(text: str) -> None:
 async def publish_users() -> None:
     users = App("users", broker=BROKER)
     async with users:
-        for user_id, name in enumerate(USERS, start=int(time.time())):
+        for user_id, name in enumerate(USERS, start=1):
             await register(users, user_id, name)
             print(f"users: New user created with ID {user_id}", flush=True)
 
 
 def main() -> None:
-    for stale in (ROOT / ".tidings").glob("demo.db*"):
-        stale.unlink()  # each demo starts from an empty bus
+    if BROKER == DEMO_BUS:
+        for stale in (ROOT / ".tidings").glob("demo.db*"):
+            stale.unlink()  # each demo starts from an empty bus
     env = {**os.environ, "TIDINGS_BROKER": BROKER, "PYTHONPATH": str(ROOT)}
     banner(f"starting the notifications service on {BROKER}")
     listener = subprocess.Popen(

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -83,7 +84,8 @@ class Supervisor:
     async def run(self) -> None:
         """Supervise until :meth:`stop`; then stop the children."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.say(f"mode {self.settings.mode.value}, bus {self.settings.broker_url}")
+        self.say(f"mode {self.settings.mode.value}; for the tidings CLI to find this bus:")
+        self.say(f"  export TIDINGS_BROKER={shlex.quote(self.settings.broker_url)}")
         watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         try:
             await self.stopping.wait()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["luhn_valid"]
+__all__ = ["luhn_valid", "normalize_card"]
 
 
 def luhn_valid(number: str) -> bool:
@@ -16,3 +16,10 @@ def luhn_valid(number: str) -> bool:
             digit = digit * 2 - 9 if digit > 4 else digit * 2
         total += digit
     return total % 10 == 0
+
+
+def normalize_card(number: str) -> str:
+    """``number`` as digits only: the spaces and dashes people type between groups
+    (``4000 0000 0000 0002``, ``4000-0000-0000-0002``) go; anything else stays, for
+    :func:`luhn_valid` to refuse."""
+    return number.replace(" ", "").replace("-", "")

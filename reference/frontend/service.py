@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from ..common.service import configure_logging, serve
 from ..common.settings import Settings
@@ -19,6 +19,7 @@ from ..common.web import build_api
 __all__ = ["build", "main"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+SVG = "image/svg+xml"
 
 
 def build(settings: Settings) -> FastAPI:
@@ -30,6 +31,16 @@ def build(settings: Settings) -> FastAPI:
     async def index() -> str:
         """The shop."""
         return page
+
+    icon = (STATIC / "favicon.svg").read_bytes()
+
+    @api.get("/favicon.svg", response_class=Response, tags=["frontend"])
+    @api.get("/favicon.ico", response_class=Response, tags=["frontend"],
+             include_in_schema=False)
+    async def favicon() -> Response:
+        """The shop's icon (browsers ask for /favicon.ico whatever the page says)."""
+        return Response(icon, media_type=SVG,
+                         headers={"cache-control": "public, max-age=86400"})
 
     @api.get("/config.json", tags=["frontend"])
     async def config() -> dict[str, str]:

@@ -23,4 +23,7 @@ CATALOG: tuple[Product, ...] = (
     Product("PEN-004", "Fountain pen", 2400, 1000),
     Product("LAMP-005", "Paper lantern", 1575, 1000),
     Product("SILK-006", "Silk scarf", 5900, 1000),
+    # Few in stock, and cheap enough that an order of more than there are is still under
+    # the fraud rule's large-order amount: "out of stock" is one click away on the page.
+    Product("VASE-007", "Celadon vase (last few)", 1900, 3),
 )

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from ..common.cards import luhn_valid
+from ..common.cards import luhn_valid, normalize_card
 from ..common.events import Line, OrderCreated
 from ..common.messaging import Tx
 from ..common.service import Service
@@ -46,7 +46,10 @@ class NewOrder(BaseModel):
 
     user_id: int = Field(ge=1, le=2**62)
     items: list[LineIn] = Field(min_length=1, max_length=100)
-    card_number: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    #: Spaces and dashes between digit groups are accepted and dropped here, so every
+    #: client (the page, curl, another service) may send the number as people write it.
+    card_number: Annotated[str, StringConstraints(min_length=1, max_length=40),
+                           AfterValidator(normalize_card)]
 
 
 class Accepted(BaseModel):

@@ -317,6 +317,10 @@ class Consumer:
         if self._subscription is None or self.spec.group is None:
             return
         self._last_commit = time.monotonic()
+        for tp, position in self._subscription.positions().items():
+            part = self._parts.get(tp)
+            if part is not None and not part.inflight:  # idle: commit past the tail
+                part.tracker.skip_to(position)
         wanted = set(only) if only else None
         trackers = [
             (tp, part.tracker) for tp, part in self._parts.items()

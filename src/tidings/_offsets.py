@@ -56,6 +56,12 @@ class OffsetTracker:
             done.discard(head)
             self.commit_point = head + 1
 
+    def skip_to(self, offset: int) -> None:
+        """Nothing is pending and the log's reader is at ``offset``: what lies before it
+        (records never fetched, such as transaction markers) needs no handling."""
+        if not self._pending and offset > self.commit_point:
+            self.commit_point = offset
+
     @property
     def dirty(self) -> bool:
         """Whether there is progress that has not been committed."""

@@ -83,6 +83,13 @@ class Subscription(abc.ABC):
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this member owns now."""
 
+    def positions(self) -> Mapping[TopicPartition, int]:
+        """Optional: per partition, the offset after everything read so far, past
+        records that ``fetch`` never returns (Kafka's transaction markers), as of the
+        last fetch that returned nothing. Once every record fetched from a partition is
+        finished, the runtime commits up to it, so an idle group's lag reaches 0."""
+        return {}
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Leave the group (after revoking, so the runtime can commit)."""

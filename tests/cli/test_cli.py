@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import service_process
 from tidings import App, RetryPolicy
 from tidings._backends import load_transport
 from tidings._errors import MissingDependencyError
@@ -123,24 +124,15 @@ def test_missing_extra_names_the_pip_extra(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_run_serves_until_sigterm_then_exits_cleanly(broker: str) -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tidings.cli", "--broker", broker, "run",
-         "examples.registration:notifications"],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
+    command = [sys.executable, "-m", "tidings.cli", "--broker", broker, "run",
+               "examples.registration:notifications"]
+    with service_process(command, root) as (proc, output):
+        line = output.readline()
         assert "running on" in line, line
         event = '{"type": "USER_REGISTERED", "userId": 42, "username": "Alice Smith"}'
         assert tidings(broker, "publish", "users", event).returncode == 0
         while "Received registration event" not in line:
-            line = proc.stdout.readline()
+            line = output.readline()
         assert "user 42 (Alice Smith)" in line
         proc.terminate()
         assert proc.wait(30) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()

@@ -84,3 +84,33 @@ def test_an_exactly_once_handler_can_make_requests(backend, names) -> None:
             await eventually(lambda: answers == [40], 20, "the answer")
 
     asyncio.run(main())
+
+
+def test_readers_of_transactional_output_reach_lag_0_when_idle(backend, names) -> None:
+    """Each transaction leaves a marker after its records that no reader ever gets: an
+    idle reader still commits past it (Kafka's consumer position), so its lag is 0."""
+    source, sink = names("orders"), names("invoices")
+
+    async def main() -> None:
+        app, auditor = backend.app(names("billing")), backend.app(names("auditor"))
+        seen: list[dict] = []
+
+        @app.subscriber(source, exactly_once=True)
+        async def bill(payload: dict) -> None:
+            await app.publish(sink, payload, key=f"k{payload['n'] % 2}")
+
+        @auditor.subscriber(sink)
+        async def audit(invoice: dict) -> None:
+            seen.append(invoice)
+
+        if not isinstance(app.transport, SupportsTransactions):
+            return  # refused at start: see the first test
+        async with auditor, app:
+            for n in range(6):
+                await app.publish(source, {"n": n})
+            await eventually(lambda: len(seen) == 6, 20, "the invoices")
+            await asyncio.sleep(2.0)  # idle
+            lags = await auditor.lag()
+        assert lags and {p.lag for p in lags} == {0}, lags
+
+    asyncio.run(main())

@@ -63,7 +63,7 @@ BAD_POSTS = [
     ("orders", "/orders", order(user_id=0)),
     ("orders", "/orders", order(card_number="1234")),
     ("orders", "/orders", order(card_number="4242424242424241")),
-    ("orders", "/orders", order(card_number="4242-4242-4242-4242")),
+    ("orders", "/orders", order(card_number="4242/4242/4242/4242")),  # (dashes are fine)
     ("orders", "/orders", order(card_number=4242424242424242)),
     ("users", "/register", user(username=HUGE)),
     ("orders", "/orders", order(card_number=HUGE)),
@@ -141,3 +141,18 @@ def test_fuzzing_the_openapi_finds_no_5xx(bad_shop: Shop, service: str, tmp_path
         capture_output=True, text=True, timeout=120, cwd=tmp_path,  # it keeps state in cwd
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("card", "status"), [
+    ("4242 4242 4242 4242", 202),
+    ("4242-4242-4242-4242", 202),
+    (" 4242 4242-4242 4242 ", 202),
+    ("4242 4242 4242 4241", 422),  # the Luhn check still applies
+    ("4242.4242.4242.4242", 422),
+])
+def test_card_numbers_may_be_typed_in_groups(bad_shop: Shop, card: str, status: int) -> None:
+    response = bad_shop.http.post(bad_shop.url("orders", "/orders"),
+                                  json=order(card_number=card))
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert response.json() == {"detail": "invalid card number"}

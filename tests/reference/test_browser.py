@@ -1,11 +1,17 @@
 """A real browser (Debian's chromium driven by Playwright) registers, orders, and reaches
-the "Payment successful" page; the page is saved under .artifacts/."""
+the "Payment successful" page (saved under .artifacts/); then reaches every other outcome
+from the page, and reads every refusal as a sentence."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from playwright.sync_api import expect, sync_playwright
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
 from shop import Shop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +37,7 @@ def test_register_order_and_see_payment_successful(sqlite_shop: Shop) -> None:
             expect(tea).to_be_visible()
             expect(page.locator("#row-TEA-001 .available")).not_to_be_empty()
             tea.fill("2")
+            page.fill("#card", "4242 4242 4242 4242")  # typed in groups, as printed
             page.click("#place-order")
             expect(page.locator("#outcome-title")).to_have_text("Payment successful",
                                                                 timeout=30_000)
@@ -41,87 +48,83 @@ def test_register_order_and_see_payment_successful(sqlite_shop: Shop) -> None:
             browser.close()
 
 
-def test_console_shows_topics_redrives_a_poison_message_and_follows_an_order(
-        sqlite_shop: Shop) -> None:
-    """The console (port 8006 of the shop's block) in Chromium: the demo's topics and
-    groups, a poison message re-driven from the page after confirming, and an order's
-    timeline filling in live; the shop's page draws the same timeline."""
-    import re
-    import subprocess
-    import sys
-
-    import httpx
-
-    artifacts = ROOT / ".artifacts"
-    artifacts.mkdir(exist_ok=True)
-    shop = sqlite_shop
-
-    def poison() -> None:
-        subprocess.run([sys.executable, "-m", "tidings.cli", "--broker",
-                        shop.settings.broker_url, "publish", "orders",
-                        '{"type": "NOT_AN_ORDER"}', "--key", "poison-1"], check=True,
-                       capture_output=True, timeout=60)
-
+@pytest.fixture
+def page(sqlite_shop: Shop) -> Iterator[Page]:
+    """A fresh browser page on the shop; the requests it made that failed are kept in
+    ``page.failures`` (status >= 400)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page()
-            page.on("dialog", lambda dialog: dialog.accept())
-            page.goto(shop.url("console", "/"))
-            expect(page.locator("#topics")).to_contain_text("orders")
-            expect(page.locator("#groups")).to_contain_text("inventory")
-            expect(page.locator("#live")).to_contain_text("live")
-            poison()
-            expect(page.locator("#dlq-topic option[value='orders.dlq']")).to_have_count(
-                1, timeout=20_000)
-            page.select_option("#dlq-topic", "orders.dlq")
-            row = page.locator("#dead-letters tr[data-position]", has_text="poison-1").first
-            expect(row).to_be_visible(timeout=10_000)
-            position = row.get_attribute("data-position")
-            row.locator("button.redrive").click()
-            expect(page.locator("#dlq-result")).to_have_text("redrive done")
-            timeline = httpx.get(shop.url("console", "/api/conversations/poison-1")).json()
-            assert any(m["redriven_for"] for m in timeline["messages"]), timeline
-            assert all(m["key"] == "poison-1" for m in timeline["messages"])
-            gone = page.locator(f"#dead-letters tr[data-position='{position}']",
-                                has_text="poison-1")
-            expect(gone).to_have_count(0, timeout=10_000)
-
-            user = shop.http.post(shop.url("users", "/register"), json={
-                "username": "Console Carol", "age": 40, "address": "Lyon"}).json()
-            order = shop.http.post(shop.url("orders", "/orders"), json={
-                "user_id": user["id"], "card_number": "4242424242424242",
-                "items": [{"sku": "TEA-001", "qty": 1}]}).json()
-            page.fill("#conversation-id", order["order_id"])
-            page.click("#conversation-go")
-            steps = page.locator("#timeline li .type")
-            expect(steps.filter(has_text="ORDER_CONFIRMED")).to_have_count(1, timeout=30_000)
-            shown = [t for t in steps.all_inner_texts()
-                     if t in ("ORDER_CREATED", "STOCK_RESERVED", "PAYMENT_SUCCEEDED",
-                              "ORDER_CONFIRMED")]
-            assert shown == ["ORDER_CREATED", "STOCK_RESERVED", "PAYMENT_SUCCEEDED",
-                             "ORDER_CONFIRMED"]
-            expect(page.locator("#timeline")).to_contain_text("inventory: handled")
-            assert "4242424242424242" not in page.content()
-            page.screenshot(path=str(artifacts / "console.png"), full_page=True)
-
-            shop_page = browser.new_page()
-            shop_page.goto(shop.url("frontend", "/"))
-            shop_page.fill("#username", "Timeline Tom")
-            shop_page.fill("#age", "33")
-            shop_page.fill("#address", "Oslo")
-            shop_page.click("#register")
-            expect(shop_page.locator("#user-status")).to_contain_text("Welcome")
-            expect(shop_page.locator("#row-TEA-001 .available")).not_to_be_empty()
-            shop_page.locator("input.qty[data-sku='TEA-001']").fill("1")
-            shop_page.click("#place-order")
-            expect(shop_page.locator("#outcome-title")).to_have_text("Payment successful",
-                                                                     timeout=30_000)
-            confirmed = shop_page.locator("#timeline li[data-type='ORDER_CONFIRMED']")
-            expect(confirmed).to_have_count(1, timeout=15_000)
-            expect(shop_page.locator("#timeline li").first).to_contain_text(
-                re.compile("ORDER_CREATED"))
-            shop_page.screenshot(path=str(artifacts / "shop-order-timeline.png"),
-                                 full_page=True)
+            failures: list[str] = []
+            page.on("response", lambda r: failures.append(f"{r.status} {r.url}")
+                    if r.status >= 400 else None)
+            page.failures = failures  # type: ignore[attr-defined]
+            yield page
         finally:
             browser.close()
+
+
+def _order(page: Page, sku: str, qty: int, card: str) -> None:
+    for field in page.locator("input.qty").all():
+        field.fill("0")
+    page.locator(f"input.qty[data-sku='{sku}']").fill(str(qty))
+    page.fill("#card", card)
+    page.click("#place-order")
+
+
+def _outcome(page: Page, title: str, detail: str) -> None:
+    expect(page.locator("#outcome-title")).to_have_text(title, timeout=30_000)
+    expect(page.locator("#outcome-detail")).to_contain_text(detail)
+    page.click("#again")
+
+
+def test_every_outcome_is_one_click_away_and_refusals_read_as_sentences(
+        sqlite_shop: Shop, page: Page) -> None:
+    page.goto(sqlite_shop.url("frontend", "/"))
+    page.evaluate("localStorage.clear()")
+    page.reload()
+    expect(page.locator("#row-VASE-007 .available")).to_have_text("3")
+    page.click("#place-order")
+    expect(page.locator("#order-error")).to_have_text("Register first.")
+    page.fill("#username", "Bob Li")
+    page.click("#register")
+    expect(page.locator("#user-status")).to_contain_text("Welcome, Bob Li")
+    expect(page.locator("#order-error")).to_have_text("")
+
+    _order(page, "TEA-001", 1001, "4242424242424242")  # over the per-line limit
+    error = page.locator("#order-error")
+    expect(error).to_have_text("qty should be less than or equal to 1000")
+    _order(page, "TEA-001", 1, "4242 4242 4242 4241")
+    expect(error).to_have_text("invalid card number")
+
+    _order(page, "SILK-006", 9, "4242 4242 4242 4242")  # 531.00 from a new account
+    _outcome(page, "Order cancelled", "fraud: large-order-new-account")
+    _order(page, "VASE-007", 4, "4242 4242 4242 4242")
+    _outcome(page, "Order cancelled", "out of stock")
+    _order(page, "MUG-002", 1, "4000-0000-0000-0002")
+    _outcome(page, "Order cancelled", "payment declined")
+    _order(page, "MUG-002", 1, "4242 4242 4242 4242")
+    _outcome(page, "Payment successful", "confirmed")
+
+    (ROOT / ".artifacts").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / ".artifacts" / "reference-every-outcome.png"),
+                    full_page=True)
+    headers = page.locator("#orders-table thead th").all_text_contents()
+    assert headers == ["Order", "Total", "Status", "Reason"]
+    expect(page.locator("#orders tr")).to_have_count(4, timeout=10_000)
+    icon = sqlite_shop.http.get(sqlite_shop.url("frontend", "/favicon.ico"))
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert page.failures == [  # type: ignore[attr-defined]
+        f"422 {sqlite_shop.url('orders', '/orders')}"] * 2
+
+
+def test_the_banner_says_how_the_cli_finds_the_demo_bus(sqlite_shop: Shop) -> None:
+    exports = [line for line in sqlite_shop.lines("supervisor")
+               if "export TIDINGS_BROKER=" in line]
+    assert len(exports) == 1, sqlite_shop.lines("supervisor")
+    url = shlex.split(exports[0].split("export TIDINGS_BROKER=", 1)[1])[0]
+    topics = subprocess.run([sys.executable, "-m", "tidings.cli", "topics"], capture_output=True,
+                            text=True, timeout=60, env={"TIDINGS_BROKER": url, "PATH": "/usr/bin"})
+    assert topics.returncode == 0, topics.stderr
+    assert "orders" in topics.stdout

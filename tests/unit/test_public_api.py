@@ -47,3 +47,9 @@ def test_decorators_return_the_function_unchanged() -> None:
     worker = app.worker("q")(answer)
     assert registered is handler and responder is answer and worker is answer
     # tests/typing/check_decorators.py has mypy check that the static types are kept too.
+
+
+def test_testing_members() -> None:
+    assert sorted(testing.__all__) == ["FakeClock", "TestBus", "crash", "memory_url"]
+    for name in testing.__all__:
+        assert getattr(testing, name).__doc__, f"testing.{name} has no docstring"

@@ -7,62 +7,25 @@ line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import importlib
 import json
-import os
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import click
 
-from .._app import DEFAULT_BROKER, App
-from .._errors import TidingsError
-from .._records import Start, TopicPartition
-from .._waiting import wait_event
+from .._app import DEFAULT_BROKER
+from .._records import TopicPartition
 from ._admin import group_rows, topic_rows
+from ._common import connected, run_async
 from ._console import commands as console_commands
 from ._dlq import dlq
 from ._output import emit
 from ._projections import projections
+from ._run import run
 from ._sagas import sagas
+from ._tail import tail
 
 __all__ = ["main"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def run_async(func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
-    """Run an async command, turning tidings errors into one clean line."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return asyncio.run(func(*args, **kwargs))  # type: ignore[arg-type]
-        except TidingsError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as exc:  # the one place a surprise becomes a line, not a traceback
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc}") from None
-
-    return wrapper
-
-
-@contextlib.asynccontextmanager
-async def connected(ctx: click.Context) -> AsyncIterator[App]:
-    """An App connected to the broker the command names, with no subscribers."""
-    app = App("tidings-cli", broker=ctx.obj["broker"], shutdown_timeout=5)
-    async with app:
-        yield app
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--broker", envvar="TIDINGS_BROKER", default=DEFAULT_BROKER, show_default=True,
@@ -73,34 +36,6 @@ async def connected(ctx: click.Context) -> AsyncIterator[App]:
 def cli(ctx: click.Context, broker: str, as_json: bool) -> None:
     """tidings: a durable message bus for event-driven Python services."""
     ctx.obj = {"broker": broker, "json": as_json}
-
-
-@cli.command()
-@click.argument("target", metavar="MODULE:APP")
-@click.pass_context
-def run(ctx: click.Context, target: str) -> None:
-    """Run the App at MODULE:APP until SIGTERM or SIGINT."""
-    os.environ["TIDINGS_BROKER"] = ctx.obj["broker"]
-    app = _load_app(target)
-    try:
-        app.run()
-    except TidingsError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _load_app(target: str) -> App:
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise click.BadParameter("expected MODULE:APP, e.g. shop.main:app", param_hint="target")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.ClickException(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr, None)
-    if not isinstance(app, App):
-        raise click.ClickException(f"{target} is not a tidings App (found {type(app).__name__})")
-    return app
 
 
 @cli.command()
@@ -136,70 +71,6 @@ def _header(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise click.BadParameter(f"expected NAME=VALUE, got {text!r}", param_hint="--header")
     return name, value
-
-
-@cli.command()
-@click.argument("topic")
-@click.option("--group", default=None, help="Consume as a member of GROUP (commits offsets).")
-@click.option("--from", "start", type=click.Choice(["earliest", "latest"]), default="latest",
-              show_default=True, help="Where to begin without committed offsets.")
-@click.option("--limit", type=int, default=None, help="Stop after this many messages.")
-@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
-@click.pass_context
-@run_async
-async def tail(ctx: click.Context, topic: str, group: str | None, start: str,
-               limit: int | None, timeout: float | None) -> None:
-    """Print messages of TOPIC as they arrive."""
-    from .._consumer import Consumer, ConsumerSpec
-    from .._records import Record
-
-    done = asyncio.Event()
-    count = 0
-
-    async def show(record: Record, attempt: int) -> float | None:
-        nonlocal count
-        count += 1
-        _print_record(record, ctx.obj["json"])
-        if limit is not None and count >= limit:
-            done.set()
-        return None
-
-    async with connected(ctx) as app:
-        await app.transport.ensure_topic(topic)
-        spec = ConsumerSpec(group=group, topics=(topic,), start=Start(start), client="tidings-tail",
-                            max_in_flight=100, shutdown_timeout=2)
-        consumer = Consumer(app.transport, spec, show)
-        await consumer.start()
-        try:
-            await _wait_idle(done, lambda: count, timeout)
-        finally:
-            await consumer.stop()
-
-
-async def _wait_idle(done: asyncio.Event, progress: Callable[[], int], idle: float | None) -> None:
-    last = -1
-    while not done.is_set():
-        if idle is not None and progress() == last:
-            return
-        last = progress()
-        await wait_event(done, idle if idle is not None else 3600)
-
-
-def _print_record(record: Any, as_json: bool) -> None:
-    try:
-        value: Any = json.loads(record.value)
-    except ValueError:
-        value = record.value.decode("utf-8", "replace")
-    if as_json:
-        click.echo(json.dumps({"topic": record.topic, "partition": record.partition,
-                               "offset": record.offset, "key": record.key,
-                               "timestamp": record.timestamp, "headers": dict(record.headers),
-                               "value": value}))
-    else:
-        when = datetime.fromtimestamp(record.timestamp).isoformat(timespec="milliseconds")
-        shown = json.dumps(value) if not isinstance(value, str) else value
-        click.echo(f"{when} {record.topic}[{record.partition}]@{record.offset} "
-                   f"key={record.key} {shown}")
 
 
 @cli.command()
@@ -261,6 +132,8 @@ async def _target_offsets(transport: Any, info: Any, to: str) -> dict[int, int]:
     return result
 
 
+cli.add_command(run)
+cli.add_command(tail)
 cli.add_command(dlq)
 cli.add_command(sagas)
 cli.add_command(projections)

@@ -53,7 +53,7 @@ def console(ctx: click.Context, broker: str | None, dbs: tuple[str, ...], port: 
 def asyncapi(target: str, previous: Path | None, doc_version: str) -> None:
     """Print the AsyncAPI 3.0 document of the App at MODULE:APP."""
     from ..asyncapi import breaking_changes, document
-    from . import _load_app
+    from ._run import _load_app
 
     current = document(_load_app(target), version=doc_version)
     if previous is None:

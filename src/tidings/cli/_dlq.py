@@ -12,7 +12,7 @@ import click
 from .._app import App
 from .._dlq import DeadLetter
 from .._errors import TidingsError
-from ._output import emit
+from ._output import emit, shorten
 
 __all__ = ["dlq"]
 
@@ -57,17 +57,38 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.argument("topic")
+@click.argument("topic", required=False)
 @click.pass_context
-def list_(ctx: click.Context, topic: str) -> None:
-    """List pending dead letters of TOPIC."""
+def list_(ctx: click.Context, topic: str | None) -> None:
+    """List pending dead letters of TOPIC; without TOPIC, every dead-letter topic with
+    its pending count."""
+    if topic is None:
+        _list_topics(ctx)
+        return
     entries = _run(ctx, lambda app: app.dead_letters(topic).pending())
     data = [_summary(e) for e in entries]
     rows = [[d["position"], d["original"], d["group"], d["error_type"].rsplit(".", 1)[-1],
-             d["error_message"][:60], d["attempts"], d["failed_at"]] for d in data]
+             shorten(d["error_message"]), d["attempts"], d["failed_at"]] for d in data]
     emit(ctx.obj["json"], data,
          ["POSITION", "ORIGINAL", "GROUP", "ERROR", "MESSAGE", "ATTEMPTS", "FAILED AT"],
          rows, f"no pending dead letters for {topic}")
+
+
+def _list_topics(ctx: click.Context) -> None:
+    async def counts(app: App) -> list[dict[str, Any]]:
+        names = sorted(t.name for t in await app.transport.describe_topics()
+                       if t.name.endswith(".dlq"))
+        found = []
+        for name in names:
+            pending = await app.dead_letters(name).pending()
+            if pending:
+                found.append({"topic": name.removesuffix(".dlq"), "dlq": name,
+                              "pending": len(pending)})
+        return found
+
+    data = _run(ctx, counts)
+    emit(ctx.obj["json"], data, ["TOPIC", "DEAD-LETTER TOPIC", "PENDING"],
+         [[d["topic"], d["dlq"], d["pending"]] for d in data], "no dead letters")
 
 
 @dlq.command()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-__all__ = ["emit", "table"]
+__all__ = ["emit", "shorten", "table"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -22,9 +22,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
+    """A cell on one line, whatever its text: a multi-line error would break the table."""
     if value is None:
         return "-"
-    return str(value)
+    return " ".join(str(value).split())
 
 
 def emit(as_json: bool, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -36,3 +37,10 @@ def emit(as_json: bool, data: Any, headers: Sequence[str], rows: Sequence[Sequen
         click.echo(table(headers, rows))
     else:
         click.echo(empty)
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """``text`` on one line of at most ``width`` characters, for a table cell (``show``
+    and ``--json`` give it whole)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"

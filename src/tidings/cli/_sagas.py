@@ -1,7 +1,8 @@
 """``tidings sagas``: list saga instances, show one with its step history, retry a parked one.
 
-Sagas live in the service's database, not on the bus: give its SQLAlchemy URL with
-``--db`` or ``$TIDINGS_DB`` (e.g. ``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///x.db``).
+Sagas live in the service's database, not on the bus: give its URL with ``--db`` or
+``$TIDINGS_DB``: ``sqlite:///orders.db`` or ``postgresql://user@host/db`` (the async
+driver, aiosqlite or asyncpg, is picked for you), or any SQLAlchemy async URL.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any, TypeVar
 import click
 
 from .._errors import TidingsError
-from ._output import emit, table
+from ._output import emit, shorten, table
 
-__all__ = ["sagas"]
+__all__ = ["async_url", "sagas"]
 
 T = TypeVar("T")
 
@@ -29,7 +30,7 @@ def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]]) -> T:
 
         from ..sqlalchemy import SqlSagaStore
 
-        engine = create_async_engine(ctx.obj["db"])
+        engine = create_async_engine(async_url(ctx.obj["db"]))
         try:
             return await work(SqlSagaStore(engine))
         finally:
@@ -47,6 +48,20 @@ def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]]) -> T:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
+#: Plain URL schemes and the async driver SQLAlchemy needs for each.
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+                  "postgres": "postgresql+asyncpg"}
+
+
+def async_url(url: str) -> str:
+    """``url`` with the async driver named: ``sqlite://`` becomes ``sqlite+aiosqlite://``,
+    ``postgresql://`` (or ``postgres://``) ``postgresql+asyncpg://``; others unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in _ASYNC_DRIVERS:
+        return url
+    return f"{_ASYNC_DRIVERS[scheme]}://{rest}"
+
+
 def _when(at: float | None) -> str | None:
     return None if at is None else datetime.fromtimestamp(at).isoformat(timespec="seconds")
 
@@ -60,7 +75,7 @@ def _summary(record: Any) -> dict[str, Any]:
 
 @click.group()
 @click.option("--db", envvar="TIDINGS_DB", default=None, metavar="URL",
-              help="The service's database (SQLAlchemy async URL); default $TIDINGS_DB.")
+              help="The service's database: sqlite:///x.db, postgresql://...; default $TIDINGS_DB.")
 @click.pass_context
 def sagas(ctx: click.Context, db: str | None) -> None:
     """Saga instances kept in a service's database."""
@@ -85,7 +100,7 @@ def list_sagas(ctx: click.Context, statuses: tuple[str, ...], name: str | None,
     records = _run(ctx, lambda store: store.find(statuses=wanted, name=name, limit=limit))
     data = [_summary(r) for r in records]
     rows = [[d["id"], d["name"], d["status"], d["step"], d["attempts"], d["updated_at"],
-             (d["error"] or "")[:60]] for d in data]
+             shorten(d["error"] or "")] for d in data]
     emit(ctx.obj.get("json", False), data,
          ["ID", "SAGA", "STATUS", "STEP", "ATTEMPTS", "UPDATED", "ERROR"], rows, "no sagas")
 

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..._errors import ConfigurationError
+from ._logging import DriverLog
 
 __all__ = ["KafkaSettings", "parse_url"]
 
@@ -81,8 +82,9 @@ class KafkaSettings(BaseModel):
             "security.protocol": self.security_protocol,
             "socket.timeout.ms": int(self.request_timeout * 1000),
             "reconnect.backoff.max.ms": 1000,
-            # librdkafka logs through Python logging, not straight to stderr.
-            "logger": logging.getLogger("tidings.kafka.librdkafka"),
+            # librdkafka logs through Python logging, not straight to stderr, and the
+            # tries it repeats by itself at debug level.
+            "logger": DriverLog(logging.getLogger("tidings.kafka.librdkafka")),
         }
         if self.sasl_mechanism is not None:
             config["sasl.mechanism"] = self.sasl_mechanism

@@ -68,6 +68,7 @@ class KafkaSubscription(Subscription):
         self._ensure_topics = ensure_topics
         self._end_offsets = end_offsets
         self._owned: frozenset[TopicPartition] = frozenset()
+        self._positions: Mapping[TopicPartition, int] = {}  # as of the last empty fetch
         self._rebalances = 0  # rebalance callbacks so far (driver thread)
         self._thread: DriverThread | None = None
         self._consumer: Consumer | None = None
@@ -171,8 +172,23 @@ class KafkaSubscription(Subscription):
         # Converted on the driver thread, right after the fetch: the event loop only
         # receives finished records and runs handlers meanwhile.
         return await self._call(
-            "fetch", lambda c: to_records(self._take(c, max_records, wait), "fetch")
+            "fetch", lambda c: to_records(self._take_noting(c, max_records, wait), "fetch")
         )
+
+    def positions(self) -> Mapping[TopicPartition, int]:
+        """The consumer's positions as of its last empty fetch: past the transaction
+        markers at the tail of a partition, which no record ever carries past."""
+        return self._positions
+
+    def _take_noting(self, consumer: Consumer, max_records: int, wait: float
+                     ) -> list[Message]:
+        """Driver thread: ``_take``; when it got nothing, note the positions."""
+        messages = self._take(consumer, max_records, wait)
+        if not messages and self._group is not None and self._owned:
+            wanted = [KafkaPartition(tp.topic, tp.partition) for tp in self._owned]
+            self._positions = {TopicPartition(kp.topic, kp.partition): kp.offset
+                               for kp in consumer.position(wanted) if kp.offset >= 0}
+        return messages
 
     def _take(self, consumer: Consumer, max_records: int, wait: float) -> list[Message]:
         """Driver thread: ``take``, minus messages of partitions this member gave up

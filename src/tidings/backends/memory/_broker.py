@@ -142,6 +142,24 @@ class MemoryBroker:
         self._arm_timer()
         self.notify()
 
+    @property
+    def scheduled(self) -> int:
+        """How many delayed records wait for their delivery time."""
+        return len(self._scheduled)
+
+    def release_next(self) -> float | None:
+        """Deliver the earliest scheduled records now, as if their time had come (a test's
+        fake clock skipping a delay); their delivery time, or None if none wait."""
+        if not self._scheduled:
+            return None
+        due, now = self._scheduled[0][0], time.time()
+        while self._scheduled and self._scheduled[0][0] <= due:
+            _, _, out = heapq.heappop(self._scheduled)
+            self._append_one(out, now)
+        self._arm_timer()
+        self.notify()
+        return due
+
     def close_timers(self) -> None:
         """Cancel the scheduled-delivery timer (records stay scheduled)."""
         if self._timer is not None:
