@@ -168,7 +168,8 @@ async def _main(args: argparse.Namespace) -> int:
     code = 0
     try:
         await supervisor.wait_healthy()
-        supervisor.say(f"all services up: open {settings.url('frontend')}")
+        supervisor.say(f"all services up: open {settings.url('frontend')}; "
+                       f"the tidings console is at {settings.url('console')}")
         if args.once:
             from .demo import scripted_demo
 

@@ -20,22 +20,23 @@ PORT_OFFSETS: dict[str, int] = {
     "inventory": 3,
     "payments": 4,
     "notifications": 5,
+    "console": 6,  # the tidings console
 }
 SERVICES = tuple(PORT_OFFSETS)
 
 
 def free_base_port() -> int:
-    """A base port whose six service ports are all free (for tests and benchmarks).
+    """A base port whose service ports are all free (for tests and benchmarks).
 
     Picked below the kernel's ephemeral range: a port from that range (what binding to
     port 0 gives) can be taken by any outgoing connection, a Kafka client's say, in the
     seconds before the service binds it."""
     low = _ephemeral_low()
     for _ in range(200):
-        base = random.randrange(10_000, max(low - 6, 10_001))
-        if all(_port_free(base + i) for i in range(6)):
+        base = random.randrange(10_000, max(low - len(PORT_OFFSETS), 10_001))
+        if all(_port_free(base + i) for i in range(len(PORT_OFFSETS))):
             return base
-    raise RuntimeError("no free block of six ports")
+    raise RuntimeError(f"no free block of {len(PORT_OFFSETS)} ports")
 
 
 def _ephemeral_low() -> int:

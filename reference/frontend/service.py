@@ -46,7 +46,7 @@ def build(settings: Settings) -> FastAPI:
     async def config() -> dict[str, str]:
         """Where the page finds each service's API."""
         return {name: settings.url(name) for name in ("users", "orders", "inventory",
-                                                      "payments")}
+                                                      "payments", "console")}
 
     return api
 

@@ -86,6 +86,7 @@ class App:
         self._running = False  # started and not stopping
         self._open = False  # the transport is connected: publishing is allowed
         self._middlewares: list[Middleware] = []
+        self._publishes: list[tuple[str, Any]] = []  # (topic, payload type), for AsyncAPI
         self._append_next: AppendNext | None = None
         for each in middleware:
             self.add_middleware(each)
@@ -204,6 +205,13 @@ class App:
         return cron(self, expression, name=name, catch_up=catch_up, max_catch_up=max_catch_up,
                     timezone=timezone, retry=retry)
 
+    def publishes(self, topic: str, payload_type: Any) -> Callable[[F], F]:
+        """Declare that this app publishes ``payload_type`` (a pydantic model, or any
+        type pydantic describes) to ``topic``, for its AsyncAPI document; use it as a
+        decorator on the function that publishes (returned unchanged) or call it alone."""
+        self._publishes.append((check_name("topic", topic), payload_type))
+        return _unchanged
+
     def on_startup(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run ``func`` after the app connected, before its subscribers start."""
         self._startup.append(func)
@@ -233,6 +241,7 @@ class App:
         self._running = self._open = True
         runtime = Runtime(self.name, self.system, self._emit, tuple(self._middlewares))
         try:
+            await self._describe()
             for hook in self._startup:
                 await hook()
             for spec in self._subscribers:
@@ -247,6 +256,15 @@ class App:
         except BaseException:
             await self.stop()
             raise
+
+    async def _describe(self) -> None:
+        # An app that handles or declares messages appends its AsyncAPI document to
+        # tidings.apps, so a console knows the services it never imported.
+        if self._subscribers or self._publishes:
+            from .asyncapi import APPS_TOPIC, describe_record
+
+            await self._transport.ensure_topic(APPS_TOPIC, 1)
+            await self._transport.append([describe_record(self)])
 
     async def _wait_joined(self) -> None:
         # A service is up once its subscribers are in their groups, so a message published
@@ -459,6 +477,10 @@ class App:
         delay: Delay, partition: int | None,
     ) -> OutRecord:
         return make_record(topic, payload, key, headers, delay, partition)
+
+
+def _unchanged(func: F) -> F:
+    return func
 
 
 async def _resolved(positions: list[Position]) -> list[Position]:

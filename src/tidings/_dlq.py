@@ -108,12 +108,17 @@ class DeadLetters:
 
     async def pending(self) -> list[DeadLetter]:
         """Every pending (not re-driven, not purged) dead letter, oldest first per partition."""
-        entries: dict[tuple[int, int], DeadLetter] = {}
+        return [DeadLetter.from_record(record) for record in await self.pending_records()]
+
+    async def pending_records(self) -> list[Record]:
+        """The records of the pending dead letters, unparsed (a console shows those
+        whose headers are malformed as such), oldest first per partition."""
+        entries: dict[tuple[int, int], Record] = {}
         resolved: set[tuple[int, int]] = set()
         for record in await self._records():
             marks = record.headers.get(_RESOLVES)
             if marks is None:
-                entries[(record.partition, record.offset)] = DeadLetter.from_record(record)
+                entries[(record.partition, record.offset)] = record
             else:
                 resolved.update(_parse_marks(marks))
         return [entry for pos, entry in sorted(entries.items()) if pos not in resolved]
@@ -132,12 +137,15 @@ class DeadLetters:
         if not chosen:
             return 0
         await self._append([_redriven(entry) for entry in chosen])
-        await self._resolve(chosen)
+        await self._resolve([(e.partition, e.offset) for e in chosen])
         return len(chosen)
 
-    async def purge(self) -> int:
-        """Mark every pending entry resolved without re-driving it. Returns the count."""
-        chosen = await self.pending()
+    async def purge(self, positions: Iterable[tuple[int, int]] | None = None) -> int:
+        """Mark every pending entry (or those at ``(partition, offset)`` in ``positions``,
+        even with malformed headers) resolved without re-driving it. Returns the count."""
+        chosen = [(r.partition, r.offset) for r in await self.pending_records()]
+        if positions is not None:
+            chosen = sorted(set(chosen) & set(positions))
         await self._resolve(chosen)
         return len(chosen)
 
@@ -159,13 +167,12 @@ class DeadLetters:
                 offset = page[-1].offset + 1
         return out
 
-    async def _resolve(self, entries: list[DeadLetter]) -> None:
-        if not entries:
+    async def _resolve(self, positions: list[tuple[int, int]]) -> None:
+        if not positions:
             return
         by_partition: dict[int, list[str]] = {}
-        for entry in entries:
-            mark = f"{entry.partition}:{entry.offset}"
-            by_partition.setdefault(entry.partition, []).append(mark)
+        for partition, offset in positions:
+            by_partition.setdefault(partition, []).append(f"{partition}:{offset}")
         await self._transport.append([
             OutRecord(self.dlq, b"", headers={_RESOLVES: ",".join(marks)}, partition=partition)
             for partition, marks in by_partition.items()

@@ -29,6 +29,8 @@ class Handler:
     takes_payload: bool
     message_param: str | None
     is_async: bool
+    #: The payload's annotation (what the AsyncAPI document describes).
+    payload_type: Any = field(default=bytes, compare=False)
     invoke: Invoke = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ def inspect_handler(func: Callable[..., Any], *, batch: bool = False) -> Handler
         takes_payload=bool(rest),
         message_param=message_param,
         is_async=inspect.iscoroutinefunction(func),
+        payload_type=annotation,
     )
 
 

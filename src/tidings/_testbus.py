@@ -17,6 +17,7 @@ from ._errors import ConfigurationError
 from ._message import Headers, Message
 from ._records import Record, TopicPartition
 from ._reply import REPLIES_TOPIC, ReplyListener
+from .asyncapi import APPS_TOPIC
 from .backends.memory import MemoryBroker, MemoryTransport
 
 __all__ = ["FakeClock", "TestBus"]
@@ -166,9 +167,10 @@ class TestBus:
     # -- what was published ----------------------------------------------------------
 
     def topics(self) -> list[str]:
-        """Every topic with at least one message, but the reply topic of requests."""
+        """Every topic with at least one message, but tidings' own: the reply topic of
+        requests, and the apps' self-descriptions (``tidings.apps``)."""
         return sorted(name for name, parts in self.broker.topics.items()
-                      if name != REPLIES_TOPIC and any(parts))
+                      if name not in (REPLIES_TOPIC, APPS_TOPIC) and any(parts))
 
     def published(self, topic: str) -> list[Message]:
         """Every message on ``topic``, as envelopes, in publish order (partition by

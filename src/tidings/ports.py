@@ -21,6 +21,8 @@ Semantics every transport must honour (the conformance suite checks them):
 
 Optional: a transport that can append records and commit offsets in one transaction
 (Kafka) also implements :class:`SupportsTransactions`; exactly-once subscribers need it.
+A transport that indexes its records by key, id and correlation id (SQLite) implements
+:class:`SupportsLookup`, so the console finds a conversation without reading the log.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ._records import (
 __all__ = [
     "RebalanceListener",
     "Subscription",
+    "SupportsLookup",
     "SupportsTransactions",
     "TransactionalSubscription",
     "Transport",
@@ -179,3 +182,14 @@ class SupportsTransactions(abc.ABC):
     ) -> TransactionalSubscription:
         """Join ``group`` on ``topics`` like ``subscribe``, committing through
         :meth:`TransactionalSubscription.commit_appending`."""
+
+
+class SupportsLookup(abc.ABC):
+    """Optional transport capability: find a conversation's records through an index."""
+
+    @abc.abstractmethod
+    async def lookup(self, wanted: str) -> list[Record]:
+        """Every record of the conversations that ``wanted`` names: those whose key,
+        message id or correlation id is ``wanted`` lead to their correlation ids, and
+        every record with one of those (as correlation id, or as its own id when it
+        started the conversation) is returned, in no particular order."""

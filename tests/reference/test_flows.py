@@ -190,3 +190,42 @@ def test_an_idle_shop_has_lag_0_everywhere(shop: Shop) -> None:
     for service in BUS_SERVICES:
         ready = shop.http.get(shop.url(service, "/ready"))
         assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
+
+
+def test_order_conversation_in_the_console(shop: Shop) -> None:
+    """The console rebuilds a confirmed order's conversation from the bus: its steps in
+    order (events in choreography; the saga's commands and their replies in
+    orchestration), each handled by the service that reacts to it."""
+    user = register(shop, "Tess Console")
+    order_id = place(shop, user["id"], [("TEA-001", 1)])
+    assert final(shop, order_id)["status"] == "CONFIRMED"
+    deadline = time.monotonic() + 20
+    while True:
+        data = shop.http.get(shop.url("console", f"/api/conversations/{order_id}")).json()
+        types = [(m["type"], m["topic"]) for m in data["messages"]]
+        wanted = ["ORDER_CREATED", "STOCK_RESERVED", "PAYMENT_SUCCEEDED", "ORDER_CONFIRMED"]
+        if ("RESERVE_STOCK", "inventory-commands") in types:  # orchestration
+            wanted = ["RESERVE_STOCK", "STOCK_RESERVED", "CHARGE_PAYMENT",
+                      "PAYMENT_SUCCEEDED", "ORDER_CONFIRMED"]
+        firsts: dict[str, dict[str, Any]] = {}
+        for message in data["messages"]:
+            if message["type"] in wanted:
+                firsts.setdefault(message["type"], message)
+        steps = sorted(firsts.values(), key=lambda m: m["published_at"])
+        settled = all(h["outcome"] == "handled" for m in steps for h in m["handled_by"])
+        if [m["type"] for m in steps] == wanted and settled:
+            break
+        assert time.monotonic() < deadline, f"timeline so far: {types}"
+        time.sleep(0.2)
+    for message in data["messages"]:
+        assert {"topic", "partition", "offset", "id", "correlation_id", "causation_id", "key",
+                "type", "published_at", "handled_by"} <= set(message)
+        assert "4242424242424242" not in str(message["payload"])
+    assert any(m["key"] == order_id for m in steps)  # found by the order id (its key)
+    # each step is some group's input (a reply goes to the requester, in no group)
+    consumed = {m["type"] for m in data["messages"]
+                if m["handled_by"] or m["topic"] == "tidings.replies"}
+    assert set(wanted[:-1]) <= consumed
+    assert [m["published_at"] for m in steps] == sorted(m["published_at"] for m in steps)
+    missing = shop.http.get(shop.url("console", "/api/conversations/no-such-order")).json()
+    assert missing["messages"] == [] and missing["note"] == "no messages for no-such-order"

@@ -17,6 +17,7 @@ from .._app import DEFAULT_BROKER
 from .._records import TopicPartition
 from ._admin import group_rows, topic_rows
 from ._common import connected, run_async
+from ._console import commands as console_commands
 from ._dlq import dlq
 from ._output import emit
 from ._projections import projections
@@ -136,6 +137,8 @@ cli.add_command(tail)
 cli.add_command(dlq)
 cli.add_command(sagas)
 cli.add_command(projections)
+for command in console_commands:
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from ._schema import OFFSET_BITS
 
 __all__ = [
     "Want",
+    "decode_headers",
     "describe_topics",
     "offsets_for_time",
     "partition_offsets",
@@ -44,6 +45,11 @@ def read_range(
                empty if headers is None else decode(headers)[0], ts)
         for rid, key, value, headers, ts in rows
     ]
+
+
+def decode_headers(headers: str | None) -> Mapping[str, str]:
+    """The headers of a row as written by ``encode_headers``."""
+    return _EMPTY if headers is None else _decode(headers)[0]
 
 
 def read_many(conn: sqlite3.Connection, wants: Sequence[Want], max_records: int) -> list[Record]:

@@ -13,6 +13,8 @@ Tables::
     members     live members of groups: topics subscribed and lease expiry
     claims      per (group, topic, partition): owner and lease expiry
     offsets     per (group, topic, partition): the committed next offset
+
+``log`` is also indexed by key, message id and conversation (see ``_lookup``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from ..._errors import TransportError
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
+    "CONVERSATION",
     "MAX_PIDS",
+    "MESSAGE_ID",
     "OFFSET_BITS",
     "SCHEMA_VERSION",
     "connect",
@@ -35,6 +39,11 @@ OFFSET_BITS = 40  # up to ~1.1e12 records per partition
 MAX_PIDS = 1 << (63 - OFFSET_BITS)  # up to ~8.4e6 partitions in one database
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+
+#: A record's message id and its conversation (correlation id, else its own id), as
+#: indexed: the console's lookups (``_lookup``) use the same expressions.
+MESSAGE_ID = """json_extract(headers, '$."tidings-id"')"""
+CONVERSATION = f"""coalesce(json_extract(headers, '$."tidings-correlation-id"'), {MESSAGE_ID})"""
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -97,6 +106,11 @@ CREATE TABLE IF NOT EXISTS offsets (
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (group_name, topic, partition)
 );
+""" + f"""
+CREATE INDEX IF NOT EXISTS log_by_key ON log (key) WHERE key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS log_by_id ON log ({MESSAGE_ID}) WHERE headers IS NOT NULL;
+CREATE INDEX IF NOT EXISTS log_by_conversation ON log ({CONVERSATION})
+    WHERE headers IS NOT NULL;
 """
 
 

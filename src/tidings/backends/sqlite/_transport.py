@@ -34,8 +34,8 @@ from ..._records import (
     TopicInfo,
     TopicPartition,
 )
-from ...ports import RebalanceListener, Subscription, Transport
-from . import _groups, _reads
+from ...ports import RebalanceListener, Subscription, SupportsLookup, Transport
+from . import _groups, _lookup, _reads
 from ._append import Appender, TopicMeta
 from ._checkpoint import Checkpointer
 from ._housekeeping import Housekeeper
@@ -52,7 +52,7 @@ __all__ = ["SqliteTransport"]
 log = logging.getLogger("tidings.sqlite")
 
 
-class SqliteTransport(Transport):
+class SqliteTransport(Transport, SupportsLookup):
     """A durable log with consumer groups in one SQLite file (WAL mode)."""
 
     system = "sqlite"
@@ -274,6 +274,11 @@ class SqliteTransport(Transport):
         """Every topic with its first kept and next offsets per partition."""
         await self._running()
         return await self.reader.call(_reads.describe_topics)
+
+    async def lookup(self, wanted: str) -> list[Record]:
+        """Every record of the conversations ``wanted`` names (by index; see ``_lookup``)."""
+        await self._running()
+        return await self.reader.call(lambda c: _lookup.lookup(c, wanted))
 
     async def describe_groups(self) -> list[GroupInfo]:
         """Every group with live members (and their partitions) or committed offsets."""

@@ -1,0 +1,5 @@
+"""``python -m reference.console``."""
+
+from reference.console import main
+
+main()
