@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -133,11 +132,8 @@ async def publish_rate(broker: str, count: int, *, drop_indexes: bool = False,
                        one_by_one: bool = False) -> float:
     async with App("bench-pub", broker=broker) as app:
         await app.publish("warmup", {})
-        if drop_indexes:
-            path = broker.removeprefix("sqlite:///")
-            with sqlite3.connect(path) as conn:
-                for index in ("log_by_key", "log_by_id", "log_by_conversation"):
-                    conn.execute(f"DROP INDEX {index}")
+        if not drop_indexes:  # a console's first lookup builds them; a fresh bus has none
+            await app.transport.lookup("warmup")  # type: ignore[attr-defined]
         payloads = [{"type": "ORDER_CREATED", "order_id": f"o-{i}", "pad": PAD}
                     for i in range(count)]
         started = time.perf_counter()

@@ -23,10 +23,10 @@ async def _parked_saga(db: str) -> None:
         store = SqlSagaStore(engine)
         await store.create(SagaRecord("s-1", "checkout", SagaStatus.PARKED, Direction.FORWARD,
                                       "{}", step=1, error="payment gateway down"),
-                           StepEvent("s-1", "charge", "action", "failed", 3, "gateway down"))
+                           [StepEvent("s-1", "charge", "action", "failed", 3, "gateway down")])
         await store.create(SagaRecord("s-2", "checkout", SagaStatus.COMPLETED,
                                       Direction.FORWARD, "{}"),
-                           StepEvent("s-2", "", "saga", "COMPLETED"))
+                           [StepEvent("s-2", "", "saga", "COMPLETED")])
     finally:
         await engine.dispose()
 
