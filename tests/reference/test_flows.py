@@ -129,15 +129,18 @@ def _traced() -> tuple[str, dict[str, str]]:
 
 def _trace(collector: Collector, trace_id: str, service: str, name: str,
            needs: set[str]) -> set[str]:
-    """The services in trace ``trace_id``, once it holds ``needs`` (spans are batched:
-    wait up to 30 s); its request's server span is ``name`` on ``service``, once."""
+    """The services in trace ``trace_id``, once it holds ``needs`` and its request's
+    server span, ``name`` on ``service`` (spans are batched: wait up to 30 s); that server
+    span is there once."""
     deadline = time.monotonic() + 30
     while True:
         spans = [s for s in collector.spans() if s.trace_id == trace_id]
         services = {s.service for s in spans}
-        if needs <= services or time.monotonic() > deadline:
-            roots = [s for s in spans if s.service == service and s.name == name
-                     and s.kind == SERVER]
+        roots = [s for s in spans if s.service == service and s.name == name
+                 and s.kind == SERVER]
+        # a service exports its spans in batches: the request's children may arrive one
+        # batch before its server span (which ends last), so wait for both
+        if (needs <= services and roots) or time.monotonic() > deadline:
             assert len(roots) == 1, "one request, one server span"
             return services
         time.sleep(0.1)
