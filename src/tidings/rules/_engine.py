@@ -2,8 +2,8 @@
 
 Files are reloaded when they change (checked at most every ``reload_interval``
 seconds, on evaluation and, with ``attach(app)``, in the background). A file that
-fails to load is reported with its line and reason, and its previous rules stay
-active until it is fixed.
+fails to load is reported once with its line and reason, its previous rules stay
+active, and it is tried again at every check until it loads.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pydantic
 from .._errors import ConfigurationError
 from .._message import Message, current_message
 from .._waiting import cancel_and_wait
-from ._compiled import CompiledRule, Windows
+from ._compiled import CompiledRule
 from ._decision import Decision, Fired
 from ._effects import Effects
 from ._errors import RuleError, RuleFileError
@@ -30,6 +30,7 @@ from ._expr import Scope
 from ._files import SUFFIXES, load_file
 from ._rule import Route, Rule, Tag
 from ._types import RESERVED, facts_of, fields_of, value_type
+from ._windows import Windows
 
 if TYPE_CHECKING:
     from .._app import App
@@ -111,8 +112,9 @@ class RuleEngine:
         return compiled
 
     def reload(self) -> list[RuleFileError]:
-        """Load the files that changed since the last load; return the errors (also
-        logged and kept in :attr:`errors`). A file that fails keeps its previous rules."""
+        """Load the files that changed since they last loaded, and those that failed;
+        return the errors (kept in :attr:`errors`, logged when new). A file that fails
+        keeps its previous rules."""
         errors = []
         present = self._rule_files()
         for path in present:
@@ -120,15 +122,15 @@ class RuleEngine:
             state = self._files.setdefault(path, _FileRules((-1, -1)))  # never loaded
             if stamp == state.stamp:
                 continue
-            state.stamp = stamp
             try:
                 state.rules = self._load(path)
             except RuleFileError as exc:
                 errors.append(exc)
-                self.errors[path] = exc
-                log.error("rule file not loaded, %d previous rules stay active: %s",
-                          len(state.rules), exc)
+                self._failed(path, exc, len(state.rules))
                 continue
+            # Only a load that worked is remembered: a file that failed is tried again
+            # (it may have been read half-written, or clash with a rule fixed since).
+            state.stamp = stamp
             self.errors.pop(path, None)
             log.info("loaded %d rules from %s", len(state.rules), path)
         for gone in set(self._files) - set(present):
@@ -137,6 +139,12 @@ class RuleEngine:
             self.errors.pop(gone, None)
         self._index()
         return errors
+
+    def _failed(self, path: Path, exc: RuleFileError, active: int) -> None:
+        known = self.errors.get(path)
+        self.errors[path] = exc
+        if known is None or str(known) != str(exc):  # logged once, not at every retry
+            log.error("rule file not loaded, %d previous rules stay active: %s", active, exc)
 
     def _load(self, path: Path) -> list[dict[str, CompiledRule]]:
         taken = {_name(g): "Python code" for g in self._python}

@@ -1,14 +1,21 @@
 """Expressions of rules, in the ``rule-engine`` language (a small, typed, safe language:
 comparisons, ``in``, ``and``/``or``/``not``, arithmetic, ``=~`` regexes, attribute and
-item access). Compiled once, against the event's field types, when a rule is loaded."""
+item access). Compiled once, against the event's field types, when a rule is loaded.
+
+Regexes (``=~``, ``=~~``) run on RE2, in time linear in the text: a pattern that would
+backtrack catastrophically in Python's ``re`` cannot stall the event loop on event data.
+RE2 has no backreferences nor lookarounds; a rule that uses them is refused when loaded.
+An expression nested too deeply for the parser (hundreds of terms) is a RuleError too."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+import re2  # type: ignore[import-untyped]
 import rule_engine  # type: ignore[import-untyped]
 from rule_engine import DataType
+from rule_engine.ast import FuzzyComparisonExpression  # type: ignore[import-untyped]
 
 from ._errors import RuleError
 from ._types import RESERVED, mapping_object
@@ -64,6 +71,32 @@ def _closest(name: str, known: Mapping[str, Any]) -> str | None:
     return matches[0] if matches else None
 
 
+class _Re2Context(rule_engine.Context):  # type: ignore[misc]
+    """A rule-engine context whose regexes are compiled with RE2 (see the module doc)."""
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error is ours to report, not RE2's to print
+_compile_with_re = FuzzyComparisonExpression._compile_regex
+
+
+def _compile_regex(self: Any, regex: str) -> Any:
+    # rule-engine compiles with `re` and has no hook for another engine: this method is
+    # replaced once, and only expressions of tidings' own context use RE2.
+    if not isinstance(self.context, _Re2Context):
+        return _compile_with_re(self, regex)
+    try:
+        return re2.compile(regex, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        raise rule_engine.errors.RegexSyntaxError(
+            f"invalid regular expression (RE2: {exc})", error=exc, value=regex) from None
+
+
+FuzzyComparisonExpression._compile_regex = _compile_regex
+
+_TOO_DEEP = "the expression is nested too deeply (split it into smaller rules)"
+
+
 class Expression:
     """One compiled expression; :meth:`evaluate` runs it on a dict of facts."""
 
@@ -71,9 +104,11 @@ class Expression:
         if not isinstance(text, str) or not text.strip():
             raise RuleError("an expression is a non-empty string")
         self.text = text
-        context = rule_engine.Context(type_resolver=scope.resolve_type, default_timezone="utc")
+        context = _Re2Context(type_resolver=scope.resolve_type, default_timezone="utc")
         try:
             self._rule = rule_engine.Rule(text, context=context)
+        except RecursionError:
+            raise RuleError(f"{_TOO_DEEP}: {_shorten(text)}") from None
         except rule_engine.EngineError as exc:
             error = RuleError(describe(exc, text))
             token = getattr(exc, "token", None)
@@ -88,6 +123,8 @@ class Expression:
         (a field missing from an event without schema, a type mismatch at run time)."""
         try:
             return self._rule.evaluate(facts)
+        except RecursionError:
+            raise RuleError(f"{_TOO_DEEP}: {_shorten(self.text)}") from None
         except rule_engine.EngineError as exc:
             raise RuleError(describe(exc, self.text)) from None
 
@@ -97,6 +134,10 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"Expression({self.text!r})"
+
+
+def _shorten(text: str) -> str:
+    return repr(text if len(text) <= 80 else f"{text[:77]}...")
 
 
 def describe(exc: rule_engine.EngineError, text: str) -> str:

@@ -1,4 +1,8 @@
-"""Rule files (YAML or JSON): parsing, validation, and where in the file a problem is."""
+"""Rule files (YAML or JSON): parsing, validation, and where in the file a problem is.
+
+A rule file is configuration, and may come from a less trusted hand than the code: files
+over :data:`MAX_FILE_BYTES` are refused, and so are YAML aliases (``&a`` / ``*a``), whose
+nesting lets a few hundred bytes expand to gigabytes ("billion laughs")."""
 
 from __future__ import annotations
 
@@ -14,9 +18,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ._errors import RuleError, RuleFileError
 from ._rule import Action, AggregateOp, Enqueue, Publish, Route, Rule, Tag, Window
 
-__all__ = ["load_file"]
+__all__ = ["MAX_FILE_BYTES", "load_file"]
 
 SUFFIXES = (".yaml", ".yml", ".json")
+#: The largest rule file loaded (1 MiB): thousands of rules, far from a memory risk.
+MAX_FILE_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing aliases (anchors alone are harmless)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in rule files",
+                event.start_mark)
+        return super().compose_node(parent, index)
 
 
 class _Strict(BaseModel):
@@ -106,10 +124,7 @@ class _FileSpec(_Strict):
 def load_file(path: Path, check: Callable[[Rule], object]) -> list[Rule]:
     """The enabled rules of ``path``, each passed to ``check`` (which compiles it and
     raises RuleError). Every problem is a :class:`RuleFileError` with its line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RuleFileError(path, None, f"cannot read it: {exc}") from None
+    text = _read(path)
     data = _parse(path, text)
     root = _node_tree(text)
     try:
@@ -134,9 +149,23 @@ def load_file(path: Path, check: Callable[[Rule], object]) -> list[Rule]:
         except RuleError as exc:
             at = _line(root, ("rules", index, *exc.path), exc.line_offset)
             raise RuleFileError(path, at, f"rule {item.name!r}: {exc}") from None
+        except Exception as exc:  # a failure of rule-engine itself: still this rule's
+            raise RuleFileError(path, line, f"rule {item.name!r} cannot be compiled: "
+                                f"{type(exc).__name__}: {exc}") from None
         if item.enabled:
             rules.append(rule)
     return rules
+
+
+def _read(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise RuleFileError(path, None, f"larger than {MAX_FILE_BYTES} bytes: refused")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleFileError(path, None, f"cannot read it: {exc}") from None
 
 
 def _parse(path: Path, text: str) -> Any:
@@ -145,8 +174,12 @@ def _parse(path: Path, text: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise RuleFileError(path, exc.lineno, f"not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise RuleFileError(path, None, "not valid JSON: nested too deeply") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except RecursionError:
+        raise RuleFileError(path, None, "not valid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -157,8 +190,8 @@ def _parse(path: Path, text: str) -> Any:
 
 def _node_tree(text: str) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        return yaml.compose(text, Loader=_NoAliasLoader)
+    except (yaml.YAMLError, RecursionError):
         return None  # JSON that YAML cannot read (tabs): errors then have no line
 
 
