@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from tidings import redact_url
+
 from .common.settings import SERVICES, Mode, Settings
 
 __all__ = ["Child", "Supervisor", "main"]
@@ -85,7 +87,7 @@ class Supervisor:
         """Supervise until :meth:`stop`; then stop the children."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.say(f"mode {self.settings.mode.value}; for the tidings CLI to find this bus:")
-        self.say(f"  export TIDINGS_BROKER={shlex.quote(self.settings.broker_url)}")
+        self.say(f"  export TIDINGS_BROKER={shlex.quote(redact_url(self.settings.broker_url))}")
         watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
         try:
             await self.stopping.wait()

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import MetaData
 
-from tidings import App, Middleware, RetryPolicy
+from tidings import App, Middleware, RetryPolicy, redact_url
 from tidings.otel import TracingMiddleware, configure_tracing
 from tidings.prometheus import CONTENT_TYPE, PrometheusMetrics
 
@@ -104,7 +104,7 @@ def serve(name: str, api: FastAPI, settings: Settings) -> None:
     )
     logging.getLogger("reference").info(
         "%s listening on %s (bus %s, mode %s)", name, settings.url(name),
-        settings.broker_url, settings.mode.value,
+        redact_url(settings.broker_url), settings.mode.value,
     )
     uvicorn.Server(config).run()
 

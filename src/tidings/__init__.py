@@ -37,6 +37,7 @@ from ._records import (
     TopicInfo,
     TopicPartition,
 )
+from ._redact import redact_url
 from ._retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -83,4 +84,5 @@ __all__ = [
     "UnknownTopicError",
     "__version__",
     "cron",
+    "redact_url",
 ]

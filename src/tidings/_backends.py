@@ -10,6 +10,7 @@ import importlib
 from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError, MissingDependencyError
+from ._redact import redact_url
 from .ports import Transport
 
 __all__ = ["SCHEMES", "load_transport"]
@@ -28,7 +29,7 @@ def load_transport(url: str) -> Transport:
     if scheme not in SCHEMES:
         supported = ", ".join(f"{name}://" for name in SCHEMES)
         raise ConfigurationError(
-            f"unsupported broker URL {url!r}: expected one of {supported}"
+            f"unsupported broker URL {redact_url(url)!r}: expected one of {supported}"
         )
     module_name, extra = SCHEMES[scheme]
     try:

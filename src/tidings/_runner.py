@@ -7,6 +7,8 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from ._redact import redact_url
+
 if TYPE_CHECKING:
     from ._app import App
 
@@ -21,7 +23,8 @@ async def serve(app: App, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with app:
-            logging.getLogger("tidings").info("%s running on %s", app.instance_id, app.broker)
+            logging.getLogger("tidings").info("%s running on %s", app.instance_id,
+                                              redact_url(app.broker))
             await stop.wait()
             logging.getLogger("tidings").info("%s shutting down", app.instance_id)
     finally:

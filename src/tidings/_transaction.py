@@ -16,6 +16,7 @@ from contextvars import ContextVar
 
 from ._errors import ConfigurationError
 from ._records import OutRecord, Position, TopicPartition
+from ._redact import redact_url
 from .ports import SupportsTransactions, Transport
 
 __all__ = [
@@ -96,6 +97,6 @@ def require_transactions(transport: Transport, broker: str, handlers: Sequence[s
     if handlers and not isinstance(transport, SupportsTransactions):
         raise ConfigurationError(
             f"{', '.join(handlers)}: exactly_once=True needs a backend that commits appends "
-            f"and offsets in one transaction (kafka://), not {broker.split('?')[0]!r}; "
+            f"and offsets in one transaction (kafka://), not {redact_url(broker.split('?')[0])!r}; "
             "for exactly-once effects here, use the inbox of tidings.sqlalchemy"
         )

@@ -19,7 +19,7 @@ def test_exported_members() -> None:
         "Outgoing", "Published", "PublishedMany", "Record", "RemoteError",
         "RequestTimeoutError", "RetryPolicy",
         "SerializationError", "Start", "TidingsError", "TopicInfo", "TopicPartition",
-        "TransportError", "UnknownTopicError", "__version__", "cron",
+        "TransportError", "UnknownTopicError", "__version__", "cron", "redact_url",
     ])
     for name in tidings.__all__:
         assert getattr(tidings, name) is not None

@@ -47,8 +47,10 @@ def _serve_reloading(broker: str, target: str, folders: tuple[str, ...]) -> None
     except ImportError:
         raise click.ClickException(
             "--reload needs watchfiles: pip install 'tidings[reload]'") from None
-    command = shlex.join([sys.executable, "-m", "tidings.cli", "--broker", broker,
-                          "run", target])
+    # The child reads the broker from $TIDINGS_BROKER (set by `run`), not from its
+    # command line, which any local user can read in the process list.
+    os.environ["TIDINGS_BROKER"] = broker
+    command = shlex.join([sys.executable, "-m", "tidings.cli", "run", target])
     click.echo(f"tidings: watching {', '.join(folders)} for changes to restart {target}",
                err=True)
     run_process(*folders, target=command, watch_filter=PythonFilter(),

@@ -12,6 +12,8 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from .._redact import redact_url
+
 __all__ = ["configure_tracing"]
 
 log = logging.getLogger("tidings.otel")
@@ -81,9 +83,9 @@ class _OneWarning(SpanExporter):
             failing = result is not SpanExportResult.SUCCESS
             if failing and not self._failing:
                 log.warning("spans cannot be exported to %s; dropping them until it "
-                            "answers", _redacted(self._endpoint))
+                            "answers", redact_url(self._endpoint))
             elif self._failing and not failing:
-                log.warning("spans are exported to %s again", _redacted(self._endpoint))
+                log.warning("spans are exported to %s again", redact_url(self._endpoint))
             self._failing = failing
         return result
 
@@ -94,12 +96,3 @@ class _OneWarning(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Flush the inner exporter."""
         return self._inner.force_flush(timeout_millis)
-
-
-def _redacted(url: str) -> str:
-    """``url`` without a password (an endpoint may carry credentials)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, _, host = rest.partition("@")
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"

@@ -9,7 +9,6 @@ Durations ending in ``_ms`` are milliseconds (Kafka's own unit for them); the
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -17,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..._errors import ConfigurationError
+from ..._redact import redact_url
 from ._logging import DriverLog
 
 __all__ = ["KafkaSettings", "parse_url"]
@@ -161,7 +161,7 @@ def parse_url(url: str) -> KafkaSettings:
     """Read ``kafka://[user:pass@]host:port[,host:port][?options]`` into settings."""
     parts = urlsplit(url)
     if parts.scheme != "kafka":
-        raise ConfigurationError(f"not a kafka:// URL: {url!r}")
+        raise ConfigurationError(f"not a kafka:// URL: {redact_url(url)!r}")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     values: dict[str, Any] = {"bootstrap_servers": hosts}
     for name, given in parse_qs(parts.query, keep_blank_values=True).items():
@@ -177,7 +177,7 @@ def parse_url(url: str) -> KafkaSettings:
         return KafkaSettings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
-        raise ConfigurationError(f"invalid kafka:// URL {_redact(url)!r}: {problems}") from None
+        raise ConfigurationError(f"invalid kafka:// URL {redact_url(url)!r}: {problems}") from None
 
 
 def _describe(error: Any) -> str:
@@ -186,12 +186,3 @@ def _describe(error: Any) -> str:
         known = ", ".join(sorted(set(KafkaSettings.model_fields) - _URL_ONLY))
         return f"unknown option {where!r} (known: {known})"
     return f"{where}: {error['msg']}"
-
-
-def _redact(url: str) -> str:
-    """The URL without its password (in the user info or the query)."""
-    url = re.sub(r"(password=)[^&]*", r"\1***", url)
-    netloc = urlsplit(url).netloc
-    if "@" not in netloc:
-        return url
-    return url.replace(netloc, "***@" + netloc.rpartition("@")[2], 1)

@@ -10,6 +10,7 @@ import weakref
 from urllib.parse import parse_qs, urlsplit
 
 from ..._errors import ConfigurationError
+from ..._redact import redact_url
 from ._broker import MemoryBroker
 from ._transport import MemorySubscription, MemoryTransport
 
@@ -31,7 +32,8 @@ def from_url(url: str) -> MemoryTransport:
         partitions = int(options.get("partitions", 4))
         session_timeout = float(options.get("session_timeout", 3.0))
     except ValueError as exc:
-        raise ConfigurationError(f"invalid memory:// option in {url!r}: {exc}") from None
+        raise ConfigurationError(
+            f"invalid memory:// option in {redact_url(url)!r}: {exc}") from None
     if partitions < 1 or session_timeout <= 0:
         raise ConfigurationError("memory:// needs partitions >= 1 and session_timeout > 0")
     broker = _BROKERS.get(name)

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..._errors import ConfigurationError
+from ..._redact import redact_url
 
 __all__ = ["SqliteOptions", "parse_url"]
 
@@ -32,16 +33,16 @@ def parse_url(url: str) -> SqliteOptions:
     """Build options from ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``."""
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
-        raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+        raise ConfigurationError(f"not a sqlite:// URL: {redact_url(url)!r}")
     if parts.netloc:
         raise ConfigurationError(
-            f"sqlite URL {url!r} names a host; use sqlite:///relative/path.db "
+            f"sqlite URL {redact_url(url)!r} names a host; use sqlite:///relative/path.db "
             "or sqlite:////absolute/path.db"
         )
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not path or path.endswith("/") or path == ":memory:":
         raise ConfigurationError(
-            f"sqlite URL {url!r} needs a database file path (for a throwaway bus use memory://)"
+            f"sqlite URL {redact_url(url)!r} needs a database file path (for a throwaway bus use memory://)"
         )
     options = _query_options(url, parts.query)
     session_timeout = _number(options, "session_timeout", 3.0, minimum=0.05)
@@ -64,7 +65,7 @@ def _query_options(url: str, query: str) -> dict[str, str]:
     try:
         raw = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as exc:
-        raise ConfigurationError(f"malformed query string in {url!r}: {exc}") from None
+        raise ConfigurationError(f"malformed query string in {redact_url(url)!r}: {exc}") from None
     unknown = sorted(set(raw) - set(_KNOWN))
     if unknown:
         raise ConfigurationError(
