@@ -85,7 +85,7 @@ class Supervisor:
 
     async def run(self) -> None:
         """Supervise until :meth:`stop`; then stop the children."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.say(f"mode {self.settings.mode.value}; for the tidings CLI to find this bus:")
         self.say(f"  export TIDINGS_BROKER={shlex.quote(redact_url(self.settings.broker_url))}")
         watchers = [asyncio.create_task(self._watch(child)) for child in self.children]

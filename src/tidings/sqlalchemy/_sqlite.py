@@ -21,6 +21,8 @@ import aiosqlite
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .._private import private_file
+
 __all__ = ["driver_sqlite", "sqlite_engine"]
 
 
@@ -64,14 +66,15 @@ def sqlite_engine(path: str | Path, *, pool_size: int = 4, max_overflow: int = 4
                   **kwargs: Any) -> AsyncEngine:
     """An :class:`~sqlalchemy.ext.asyncio.AsyncEngine` on the SQLite file ``path`` for one
     process's service database: WAL, ``synchronous=NORMAL`` (durable across a process
-    kill), foreign keys on, and each call run in the event loop's thread.
+    kill), foreign keys on, and each call run in the event loop's thread. A new file is
+    created readable by its owner only (0600, its folders 0700).
 
     Write through :meth:`GroupCommit.of(engine) <tidings.sqlalchemy.GroupCommit.of>`
     (``run`` or ``transaction``); reads may use the engine directly. ``kwargs`` go to
     :func:`~sqlalchemy.ext.asyncio.create_async_engine`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)  # 0600 (and so its -wal and -shm) in a 0700 folder
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", async_creator=_creator(path),
                                  pool_size=pool_size, max_overflow=max_overflow, **kwargs)
     event.listen(engine.sync_engine, "connect", _pragmas)

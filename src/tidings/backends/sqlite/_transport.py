@@ -25,6 +25,7 @@ from ..._errors import (
     TransportError,
     UnknownTopicError,
 )
+from ..._private import private_file
 from ..._records import (
     GroupInfo,
     OutRecord,
@@ -94,10 +95,10 @@ class SqliteTransport(Transport, SupportsLookup):
 
     async def _start(self) -> None:
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self._path)  # 0600 in a 0700 folder: it holds every payload
         except OSError as exc:
             raise BrokerUnavailableError(
-                f"cannot create the folder of {self._path}: {exc}"
+                f"cannot open or create the SQLite bus {self._path}: {exc}"
             ) from exc
         appender = Appender(self.options.partitions, max_length=0)
         writer = self._writer = WriterThread(
