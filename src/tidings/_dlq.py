@@ -5,12 +5,17 @@ A message that exhausts its retries (or cannot be decoded) is appended to
 group, the error and the attempt count. Re-driving appends it to its original topic
 again, marked for the failed group only, and appends a small *resolution* record to the
 dead-letter topic so the entry no longer shows as pending. Purging resolves every entry.
+
+An entry whose dead-letter headers cannot be read (``tidings-dlq-attempts=lots``, written
+by hand or by another tool) is skipped by :meth:`DeadLetters.pending` and re-driving, and
+listed with the reason by :meth:`DeadLetters.malformed`; purging resolves it like any other.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ._errors import UnknownTopicError
@@ -76,21 +81,35 @@ class DeadLetter:
 
     @classmethod
     def from_record(cls, record: Record) -> DeadLetter:
-        """Read the dead-letter headers of ``record``."""
+        """Read the dead-letter headers of ``record``; ValueError naming the header if one
+        is malformed."""
         h = record.headers
         return cls(
             partition=record.partition,
             offset=record.offset,
             original_topic=h.get(Headers.DLQ_TOPIC, ""),
-            original_partition=int(h.get(Headers.DLQ_PARTITION, "-1")),
-            original_offset=int(h.get(Headers.DLQ_OFFSET, "-1")),
+            original_partition=int(_header(h, Headers.DLQ_PARTITION, "-1", int)),
+            original_offset=int(_header(h, Headers.DLQ_OFFSET, "-1", int)),
             group=h.get(Headers.DLQ_GROUP, ""),
             error_type=h.get(Headers.DLQ_ERROR_TYPE, ""),
             error_message=h.get(Headers.DLQ_ERROR_MESSAGE, ""),
-            attempts=int(h.get(Headers.DLQ_ATTEMPTS, "0")),
-            failed_at=float(h.get(Headers.DLQ_FAILED_AT, "0")),
+            attempts=int(_header(h, Headers.DLQ_ATTEMPTS, "0", int)),
+            failed_at=_header(h, Headers.DLQ_FAILED_AT, "0", float),
             record=record,
         )
+
+
+def _header(headers: Mapping[str, str], name: str, default: str,
+            kind: Callable[[str], float]) -> float:
+    text = headers.get(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        wanted = "an integer" if kind is int else "a time"
+        raise ValueError(f"header {name}={text!r} is not {wanted}")
+    return value
 
 
 class DeadLetters:
@@ -107,8 +126,23 @@ class DeadLetters:
         self.dlq = topic if topic.endswith(".dlq") else dlq_topic(topic)
 
     async def pending(self) -> list[DeadLetter]:
-        """Every pending (not re-driven, not purged) dead letter, oldest first per partition."""
-        return [DeadLetter.from_record(record) for record in await self.pending_records()]
+        """Every pending (not re-driven, not purged) dead letter, oldest first per
+        partition; those with malformed headers are left out (see :meth:`malformed`)."""
+        return (await self._parsed())[0]
+
+    async def malformed(self) -> list[tuple[Record, str]]:
+        """The pending entries whose dead-letter headers cannot be read, each with why.
+        They cannot be re-driven (their origin is unknown); :meth:`purge` resolves them."""
+        return (await self._parsed())[1]
+
+    async def _parsed(self) -> tuple[list[DeadLetter], list[tuple[Record, str]]]:
+        entries, malformed = [], []
+        for record in await self.pending_records():
+            try:
+                entries.append(DeadLetter.from_record(record))
+            except ValueError as exc:
+                malformed.append((record, str(exc)))
+        return entries, malformed
 
     async def pending_records(self) -> list[Record]:
         """The records of the pending dead letters, unparsed (a console shows those
@@ -125,9 +159,14 @@ class DeadLetters:
 
     async def get(self, partition: int, offset: int) -> DeadLetter:
         """One pending dead letter; LookupError if there is none at that position."""
-        for entry in await self.pending():
+        entries, malformed = await self._parsed()
+        for entry in entries:
             if (entry.partition, entry.offset) == (partition, offset):
                 return entry
+        for record, reason in malformed:
+            if (record.partition, record.offset) == (partition, offset):
+                raise LookupError(f"the dead letter at {self.dlq}[{partition}]@{offset} is "
+                                  f"malformed ({reason}): it can only be purged")
         raise LookupError(f"no pending dead letter at {self.dlq}[{partition}]@{offset}")
 
     async def redrive(self, entries: Iterable[DeadLetter] | None = None) -> int:

@@ -8,6 +8,7 @@ correlation and causation.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,8 +51,9 @@ def deliver_at(delay: Delay) -> float | None:
             raise ConfigurationError("an absolute delivery time needs a timezone (aware datetime)")
         return delay.timestamp()
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds < 0:
-        raise ConfigurationError(f"delay must be >= 0 seconds, not {seconds}")
+    # inf would never be delivered, and nan compares false to everything: at once.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigurationError(f"delay must be a finite number >= 0 seconds, not {seconds}")
     return time.time() + seconds if seconds > 0 else None
 
 

@@ -78,7 +78,7 @@ def _header(text: str) -> tuple[str, str]:
 @run_async
 async def topics(ctx: click.Context) -> None:
     """List topics with their partitions and end offsets."""
-    async with connected(ctx) as app:
+    async with connected(ctx, read_only=True) as app:
         data, rows = topic_rows(await app.transport.describe_topics())
     emit(ctx.obj["json"], data, ["TOPIC", "PARTITIONS", "MESSAGES", "END OFFSETS"], rows,
          "no topics")
@@ -89,7 +89,7 @@ async def topics(ctx: click.Context) -> None:
 @run_async
 async def groups(ctx: click.Context) -> None:
     """List consumer groups: members, their partitions, and lag per topic."""
-    async with connected(ctx) as app:
+    async with connected(ctx, read_only=True) as app:
         data, rows = await group_rows(app.transport)
     emit(ctx.obj["json"], data, ["GROUP", "TOPIC", "MEMBERS", "ASSIGNMENT", "LAG"], rows,
          "no groups")
@@ -122,7 +122,7 @@ async def _target_offsets(transport: Any, info: Any, to: str) -> dict[int, int]:
     if to == "latest":
         return dict(info.end_offsets)
     if to.isdigit():
-        return dict.fromkeys(range(info.partitions), int(to))
+        return _within_ends(info, int(to))
     try:
         when = datetime.fromisoformat(to)
     except ValueError:
@@ -130,6 +130,19 @@ async def _target_offsets(transport: Any, info: Any, to: str) -> dict[int, int]:
                                  param_hint="--to") from None
     result: dict[int, int] = await transport.offsets_for_time(info.name, when.timestamp())
     return result
+
+
+def _within_ends(info: Any, offset: int) -> dict[int, int]:
+    """``offset`` for every partition; refused where it is past a partition's end, since
+    the group would then skip the messages appended until the log reaches it."""
+    past = {p: info.end_offsets.get(p, 0) for p in range(info.partitions)
+            if offset > info.end_offsets.get(p, 0)}
+    if past:
+        ends = ", ".join(f"[{p}] ends at {end}" for p, end in past.items())
+        raise click.ClickException(
+            f"offset {offset} is past the end of {info.name} ({ends}): the group would "
+            "silently skip the next messages; use an offset up to the end, or --to latest")
+    return dict.fromkeys(range(info.partitions), offset)
 
 
 cli.add_command(run)

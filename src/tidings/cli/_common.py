@@ -14,7 +14,7 @@ import click
 from .._app import App
 from .._errors import TidingsError
 
-__all__ = ["connected", "run_async"]
+__all__ = ["connected", "read_only_url", "run_async"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,10 +40,21 @@ def run_async(func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
 
 
 @contextlib.asynccontextmanager
-async def connected(ctx: click.Context) -> AsyncIterator[App]:
-    """An App connected to the broker the command names, with no subscribers."""
-    app = App("tidings-cli", broker=ctx.obj["broker"], shutdown_timeout=5)
+async def connected(ctx: click.Context, *, read_only: bool = False) -> AsyncIterator[App]:
+    """An App connected to the broker the command names, with no subscribers;
+    ``read_only`` for commands that only look (see :func:`read_only_url`)."""
+    broker = ctx.obj["broker"]
+    app = App("tidings-cli", broker=read_only_url(broker) if read_only else broker,
+              shutdown_timeout=5)
     async with app:
         yield app
+
+
+def read_only_url(url: str) -> str:
+    """``url`` opened for inspection only: a ``sqlite://`` bus gets ``mode=ro`` (nothing is
+    created, a missing file is an error); other backends are unchanged."""
+    if not url.startswith("sqlite:") or "mode=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}mode=ro"
 
 

@@ -12,14 +12,18 @@ import click
 from .._app import App
 from .._dlq import DeadLetter
 from .._errors import TidingsError
+from .._records import Record
+from ._common import read_only_url
 from ._output import emit, shorten
 
 __all__ = ["dlq"]
 
 
-def _run(ctx: click.Context, work: Any) -> Any:
+def _run(ctx: click.Context, work: Any, *, read_only: bool = False) -> Any:
     async def go() -> Any:
-        app = App("tidings-cli", broker=ctx.obj["broker"], shutdown_timeout=5)
+        broker = ctx.obj["broker"]
+        app = App("tidings-cli", broker=read_only_url(broker) if read_only else broker,
+                  shutdown_timeout=5)
         async with app:
             return await work(app)
 
@@ -65,13 +69,26 @@ def list_(ctx: click.Context, topic: str | None) -> None:
     if topic is None:
         _list_topics(ctx)
         return
-    entries = _run(ctx, lambda app: app.dead_letters(topic).pending())
+    async def both(app: App) -> tuple[list[DeadLetter], list[tuple[Record, str]]]:
+        queue = app.dead_letters(topic)
+        return await queue.pending(), await queue.malformed()
+
+    entries, malformed = _run(ctx, both, read_only=True)
     data = [_summary(e) for e in entries]
     rows = [[d["position"], d["original"], d["group"], d["error_type"].rsplit(".", 1)[-1],
              shorten(d["error_message"]), d["attempts"], d["failed_at"]] for d in data]
     emit(ctx.obj["json"], data,
          ["POSITION", "ORIGINAL", "GROUP", "ERROR", "MESSAGE", "ATTEMPTS", "FAILED AT"],
          rows, f"no pending dead letters for {topic}")
+    _report_malformed(topic, malformed)
+
+
+def _report_malformed(topic: str, malformed: list[tuple[Record, str]]) -> None:
+    """One line on stderr per entry that was skipped, so scripts reading stdout still work."""
+    for record, reason in malformed:
+        click.echo(f"skipped malformed dead letter {record.topic}[{record.partition}]@"
+                   f"{record.offset}: {reason} (drop it with: tidings dlq purge {topic} "
+                   f"--entry {record.partition}:{record.offset})", err=True)
 
 
 def _list_topics(ctx: click.Context) -> None:
@@ -80,13 +97,13 @@ def _list_topics(ctx: click.Context) -> None:
                        if t.name.endswith(".dlq"))
         found = []
         for name in names:
-            pending = await app.dead_letters(name).pending()
+            pending = await app.dead_letters(name).pending_records()
             if pending:
                 found.append({"topic": name.removesuffix(".dlq"), "dlq": name,
                               "pending": len(pending)})
         return found
 
-    data = _run(ctx, counts)
+    data = _run(ctx, counts, read_only=True)
     emit(ctx.obj["json"], data, ["TOPIC", "DEAD-LETTER TOPIC", "PENDING"],
          [[d["topic"], d["dlq"], d["pending"]] for d in data], "no dead letters")
 
@@ -98,7 +115,8 @@ def _list_topics(ctx: click.Context) -> None:
 def show(ctx: click.Context, topic: str, position: str) -> None:
     """Show one dead letter in full: headers, value and error."""
     partition, offset = _position(position)
-    entry: DeadLetter = _run(ctx, lambda app: app.dead_letters(topic).get(partition, offset))
+    entry: DeadLetter = _run(ctx, lambda app: app.dead_letters(topic).get(partition, offset),
+                             read_only=True)
     data = _summary(entry) | {
         "key": entry.record.key,
         "headers": dict(entry.record.headers),
@@ -124,24 +142,29 @@ def redrive(ctx: click.Context, topic: str, entries: tuple[str, ...]) -> None:
     """Send dead letters of TOPIC back to their topic, for the group that failed them."""
     wanted = {_position(e) for e in entries}
 
-    async def work(app: App) -> int:
+    async def work(app: App) -> tuple[int, list[tuple[Record, str]]]:
         queue = app.dead_letters(topic)
         if not wanted:
-            return await queue.redrive()
+            return await queue.redrive(), await queue.malformed()
         chosen = [await queue.get(p, o) for p, o in sorted(wanted)]
-        return await queue.redrive(chosen)
+        return await queue.redrive(chosen), []
 
-    count = _run(ctx, work)
+    count, malformed = _run(ctx, work)
+    _report_malformed(topic, malformed)
     click.echo(json.dumps({"redriven": count}) if ctx.obj["json"] else f"re-drove {count}")
 
 
 @dlq.command()
 @click.argument("topic")
+@click.option("--entry", "entries", multiple=True, metavar="PARTITION:OFFSET",
+              help="Purge only these (default: every pending one, malformed ones too).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
-def purge(ctx: click.Context, topic: str, yes: bool) -> None:
-    """Drop every pending dead letter of TOPIC (they stay in the log, marked resolved)."""
+def purge(ctx: click.Context, topic: str, entries: tuple[str, ...], yes: bool) -> None:
+    """Drop pending dead letters of TOPIC (they stay in the log, marked resolved)."""
+    wanted = sorted({_position(e) for e in entries}) or None
     if not yes:
-        click.confirm(f"purge every pending dead letter of {topic}?", abort=True)
-    count = _run(ctx, lambda app: app.dead_letters(topic).purge())
+        which = "every pending dead letter" if wanted is None else f"{len(wanted)} dead letters"
+        click.confirm(f"purge {which} of {topic}?", abort=True)
+    count = _run(ctx, lambda app: app.dead_letters(topic).purge(wanted))
     click.echo(json.dumps({"purged": count}) if ctx.obj["json"] else f"purged {count}")

@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -23,14 +24,17 @@ __all__ = ["async_url", "sagas"]
 T = TypeVar("T")
 
 
-def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(store)`` on a SqlSagaStore for ``--db``; errors become one line."""
+def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]], *,
+         read_only: bool = False) -> T:
+    """Run ``work(store)`` on a SqlSagaStore for ``--db`` (a SQLite file opened read-only
+    when ``read_only``); errors become one line."""
     async def go() -> T:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         from ..sqlalchemy import SqlSagaStore
 
-        engine = create_async_engine(async_url(ctx.obj["db"]))
+        url = async_url(ctx.obj["db"])
+        engine = create_async_engine(_read_only(url) if read_only else url)
         try:
             return await work(SqlSagaStore(engine))
         finally:
@@ -46,6 +50,21 @@ def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]]) -> T:
         raise
     except Exception as exc:  # a driver error, a missing table: one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+def _read_only(url: str) -> str:
+    """A SQLite ``url`` as SQLite's read-only URI (``mode=ro``: nothing created or
+    written); a missing file is an error. Other databases are unchanged."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    path = Path(str(parsed.database)).expanduser().absolute()
+    if not path.is_file():
+        raise click.ClickException(f"no database at {path} (inspecting creates none)")
+    return parsed.set(database=f"file:{path}", query={"mode": "ro", "uri": "true"}
+                      ).render_as_string(hide_password=False)
 
 
 #: Plain URL schemes and the async driver SQLAlchemy needs for each.
@@ -97,7 +116,8 @@ def list_sagas(ctx: click.Context, statuses: tuple[str, ...], name: str | None,
     except ValueError:
         choices = ", ".join(s.value for s in SagaStatus)
         raise click.BadParameter(f"status is one of {choices}", param_hint="--status") from None
-    records = _run(ctx, lambda store: store.find(statuses=wanted, name=name, limit=limit))
+    records = _run(ctx, lambda store: store.find(statuses=wanted, name=name, limit=limit),
+                   read_only=True)
     data = [_summary(r) for r in records]
     rows = [[d["id"], d["name"], d["status"], d["step"], d["attempts"], d["updated_at"],
              shorten(d["error"] or "")] for d in data]
@@ -116,7 +136,7 @@ def show(ctx: click.Context, saga_id: str) -> None:
             raise click.ClickException(f"no saga with id {saga_id!r}")
         return record, await store.history(saga_id)
 
-    record, history = _run(ctx, load)
+    record, history = _run(ctx, load, read_only=True)
     events = [{"at": _when(e.at), "step": e.step, "phase": e.phase, "outcome": e.outcome,
                "attempt": e.attempt, "error": e.error} for e in history]
     if ctx.obj.get("json", False):

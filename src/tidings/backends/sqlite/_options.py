@@ -12,7 +12,8 @@ from ..._redact import redact_url
 
 __all__ = ["SqliteOptions", "parse_url"]
 
-_KNOWN = ("partitions", "session_timeout", "heartbeat", "retention_hours", "retention_bytes")
+_KNOWN = ("partitions", "session_timeout", "heartbeat", "retention_hours", "retention_bytes",
+          "mode")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,9 @@ class SqliteOptions:
     retention_bytes: int = 0
     #: How often retention runs (seconds); not a URL option, tests shorten it.
     retention_interval: float = 30.0
+    #: ``mode=ro``: open an existing bus read-only (for inspection): nothing is created,
+    #: written, checkpointed or deleted, and a missing file is an error.
+    read_only: bool = False
 
 
 def parse_url(url: str) -> SqliteOptions:
@@ -42,9 +46,13 @@ def parse_url(url: str) -> SqliteOptions:
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not path or path.endswith("/") or path == ":memory:":
         raise ConfigurationError(
-            f"sqlite URL {redact_url(url)!r} needs a database file path (for a throwaway bus use memory://)"
+            f"sqlite URL {redact_url(url)!r} needs a database file path (for a throwaway bus "
+            "use memory://)"
         )
     options = _query_options(url, parts.query)
+    mode = options.get("mode", "rw")
+    if mode not in ("ro", "rw"):
+        raise ConfigurationError(f"sqlite:// option mode={mode!r} is not ro or rw")
     session_timeout = _number(options, "session_timeout", 3.0, minimum=0.05)
     heartbeat = _number(options, "heartbeat", session_timeout / 6, minimum=0.01)
     if heartbeat >= session_timeout:
@@ -58,6 +66,7 @@ def parse_url(url: str) -> SqliteOptions:
         heartbeat=heartbeat,
         retention_hours=_number(options, "retention_hours", 168.0, minimum=0.0),
         retention_bytes=int(_number(options, "retention_bytes", 0, minimum=0, integer=True)),
+        read_only=mode == "ro",
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from ..._errors import TransportError
 
@@ -121,14 +122,17 @@ CREATE INDEX IF NOT EXISTS log_by_conversation ON log ({CONVERSATION})
 """
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open a connection in autocommit mode (transactions are explicit) with WAL settings.
+def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """Open a connection in autocommit mode (transactions are explicit) with WAL settings;
+    ``read_only``: SQLite's ``mode=ro``, which neither creates nor writes the file.
 
     ``synchronous=NORMAL`` in WAL mode makes a COMMIT durable against a crash of the
     process (the OS keeps the written WAL pages), though not against power loss.
     """
+    target = f"file:{quote(str(path.absolute()))}?mode=ro" if read_only else str(path)
     conn = sqlite3.connect(
-        path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True
+        target, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True,
+        uri=read_only,
     )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA synchronous = NORMAL")

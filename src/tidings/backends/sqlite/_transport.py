@@ -94,6 +94,9 @@ class SqliteTransport(Transport, SupportsLookup):
                 self._started = True
 
     async def _start(self) -> None:
+        if self.options.read_only:
+            await self._start_read_only()
+            return
         try:
             private_file(self._path)  # 0600 in a 0700 folder: it holds every payload
         except OSError as exc:
@@ -123,6 +126,20 @@ class SqliteTransport(Transport, SupportsLookup):
         self._checkpointer.start()
         self._housekeeper = Housekeeper(self)
         self._housekeeper.start()
+
+    async def _start_read_only(self) -> None:
+        # Inspection (mode=ro): only the reader thread, on a connection that cannot write;
+        # no writer, watcher, checkpoints or retention, and nothing created.
+        if not self._path.is_file():
+            raise BrokerUnavailableError(f"no SQLite bus at {self._path} (mode=ro creates none)")
+        reader = self._reader = DbThread(
+            "tidings-sqlite-read", lambda: connect(self._path, read_only=True))
+        reader.start()
+        try:
+            await reader.call(lambda c: c.execute("SELECT count(*) FROM sqlite_master"))
+        except BaseException:
+            await self._stop_threads()
+            raise
 
     def _open_writer(self, appender: Appender) -> sqlite3.Connection:
         conn = connect(self._path)
@@ -162,6 +179,8 @@ class SqliteTransport(Transport, SupportsLookup):
     @property
     def writer(self) -> WriterThread:
         """The writer thread (for this package's subscriptions)."""
+        if self.options.read_only:
+            raise TransportError(f"the SQLite bus {self._path} is open read-only (mode=ro)")
         if self._writer is None or self._closed:
             raise TransportError("the SQLite transport is not running")
         return self._writer
@@ -172,6 +191,11 @@ class SqliteTransport(Transport, SupportsLookup):
         if self._reader is None or self._closed:
             raise TransportError("the SQLite transport is not running")
         return self._reader
+
+    def _housekeeping(self) -> Housekeeper:
+        self.writer  # noqa: B018 (refuses a read-only or stopped bus)
+        assert self._housekeeper is not None
+        return self._housekeeper
 
     async def _running(self) -> None:
         if self._closing:
@@ -311,14 +335,12 @@ class SqliteTransport(Transport, SupportsLookup):
         """Apply retention now (it also runs at start and every 30 s); returns the number
         of records deleted."""
         await self._running()
-        assert self._housekeeper is not None
-        return await self._housekeeper.apply_retention()
+        return await self._housekeeping().apply_retention()
 
     async def deliver_due(self) -> int:
         """Move due delayed records into the log now; returns how many moved."""
         await self._running()
-        assert self._housekeeper is not None
-        return await self._housekeeper.move_due()
+        return await self._housekeeping().move_due()
 
 
 def _unknown_partition(topic: str, partition: int) -> UnknownTopicError:
