@@ -102,7 +102,8 @@ class KafkaAdmin:
         if partitions is not None and partitions < 1:
             raise ConfigurationError(f"topic {topic!r} needs at least one partition")
         count = partitions or self._settings.partitions
-        spec = NewTopic(topic, count, self._settings.replication_factor)
+        replicas = self._settings.replication_factor or -1  # -1: the cluster's default
+        spec = NewTopic(topic, count, replicas, config=self._settings.topic_config())
         timeout = self._settings.request_timeout
         futures = self.client.create_topics([spec], operation_timeout=timeout,
                                             request_timeout=timeout)
