@@ -84,7 +84,7 @@ def test_oauthbearer_maps_to_librdkafka_oidc_settings() -> None:
     "kafka://alice:@k1:9093?security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512",
 ])
 def test_a_user_without_a_password_is_refused(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="password|sasl_password"):
+    with pytest.raises(ConfigurationError, match="password"):
         from_url(url)
 
 
