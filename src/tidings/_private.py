@@ -8,6 +8,7 @@ and folders that already exist are left as they are: their owner chose.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -32,4 +33,5 @@ def private_folder(path: Path) -> None:
 def private_file(path: Path) -> None:
     """Create the empty file ``path`` 0600 (in a 0700 folder) if it does not exist."""
     private_folder(path.parent)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    with contextlib.suppress(FileExistsError):  # an existing file keeps the mode it has
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -89,6 +89,7 @@ def _dead_letter(broker: str, topics: dict[str, int]) -> None:
 
 
 def test_dlq_list_without_a_topic_lists_every_dead_letter_topic(broker: str) -> None:
+    assert tidings(broker, "publish", "orders", "{}").returncode == 0  # a bus, no failures
     empty = tidings(broker, "dlq", "list")
     assert empty.returncode == 0 and empty.stdout.strip() == "no dead letters", empty
     _dead_letter(broker, {"payments": 2, "emails": 1})
