@@ -88,8 +88,10 @@ def _compile_regex(self: Any, regex: str) -> Any:
     try:
         return re2.compile(regex, options=_RE2_OPTIONS)
     except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else reason
         raise rule_engine.errors.RegexSyntaxError(
-            f"invalid regular expression (RE2: {exc})", error=exc, value=regex) from None
+            f"invalid regular expression (RE2: {reason})", error=exc, value=regex) from None
 
 
 FuzzyComparisonExpression._compile_regex = _compile_regex
