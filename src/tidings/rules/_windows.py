@@ -8,7 +8,6 @@ running totals, ``min``/``max`` a monotonic queue, ``distinct`` a counter of val
 from __future__ import annotations
 
 import operator
-import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,7 +76,8 @@ class _Entry:
 class _Group:
     """The events of one group key in a rule's window, oldest first."""
 
-    def __init__(self, aggregates: Mapping[str, tuple[str, Any]]) -> None:
+    def __init__(self, within: float, aggregates: Mapping[str, tuple[str, Any]]) -> None:
+        self.within = within
         self.entries: deque[_Entry] = deque()
         self.ids: set[str] = set()
         self.running = {name: _Running(op) for name, (op, _) in aggregates.items()}
@@ -123,7 +123,7 @@ class Windows:
         group_key = (rule.rule.name, _hashable(key))
         group = self._groups.get(group_key)
         if group is None:
-            group = self._groups[group_key] = _Group(rule.aggregates)
+            group = self._groups[group_key] = _Group(rule.within, rule.aggregates)
         group.add(at, message_id, values)
         group.evict(at - rule.within)
         self._adds += 1
@@ -136,9 +136,10 @@ class Windows:
         self._groups.pop((rule.rule.name, _hashable(key)), None)
 
     def _forget_idle(self, now: float) -> None:
-        horizon = max(now, time.time()) - 86400.0
+        # A group whose newest event left its window (in message time, so a replay of old
+        # events keeps its windows) is empty in effect: forget it.
         for group_key in [k for k, v in self._groups.items()
-                          if not v.entries or v.entries[-1].at < horizon]:
+                          if not v.entries or v.entries[-1].at <= now - v.within]:
             del self._groups[group_key]
 
 
