@@ -193,3 +193,7 @@ class SupportsLookup(abc.ABC):
         message id or correlation id is ``wanted`` lead to their correlation ids, and
         every record with one of those (as correlation id, or as its own id when it
         started the conversation) is returned, in no particular order."""
+
+    async def prepare_lookups(self) -> None:  # noqa: B027 - optional: nothing to prepare
+        """Bring the index up to date ahead of the next lookup (a console calls this at
+        start and now and then, so lookups only index what is new)."""

@@ -114,6 +114,8 @@ def test_conversation_by_order_id_message_id_and_unknown(broker: str) -> None:
         first, second, third = messages
         assert second["causation_id"] == first["id"] and third["causation_id"] == second["id"]
         assert {m["correlation_id"] for m in messages} == {first["id"]}
+        # the app that published each (the stock app also takes the orders here)
+        assert [m["published_by"] for m in messages] == ["stock", "stock", "payments"]
         assert first["handled_by"] == [{"group": "stock", "outcome": "handled"}]
         assert second["handled_by"] == [{"group": "payments", "outcome": "handled"}]
         assert third["handled_by"] == []  # nobody reads payments

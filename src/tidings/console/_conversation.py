@@ -139,6 +139,7 @@ def _entry(record: Record, readers: Mapping[str, Mapping[str, Mapping[TopicParti
         "topic": record.topic, "partition": record.partition, "offset": record.offset,
         "id": message_id, "correlation_id": h.get(Headers.CORRELATION_ID) or message_id,
         "causation_id": h.get(Headers.CAUSATION_ID), "key": record.key,
+        "published_by": h.get(Headers.SOURCE),
         "type": _type_of(record.value), "published_at": record.timestamp,
         "redriven_for": only, "handled_by": handled_by, "payload": _payload(record.value),
     }
