@@ -179,7 +179,8 @@ def _ports_taken(settings: Settings, base_port: int) -> str | None:
     if not taken:
         return None
     names = ", ".join(f"{port} ({name})" for name, port in taken)
-    return (f"port {names} on {settings.host} already in use: is another shop (or an "
+    ports, are = ("port", "is") if len(taken) == 1 else ("ports", "are")
+    return (f"{ports} {names} on {settings.host} {are} already in use: is another shop (or an "
             f"earlier one left running) still up? Stop it, or move this one with "
             f"--base-port, e.g. --base-port {base_port + 100}")
 
