@@ -3,15 +3,21 @@ another process holds."""
 
 from __future__ import annotations
 
+import asyncio
+import http.server
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 from reference.common.settings import SERVICES, Settings, free_base_port, taken_ports
+from reference.supervisor import Supervisor
 from shop import ROOT, Shop, running_shop
 
 
@@ -114,3 +120,32 @@ def test_ctrl_c_with_the_output_pipe_gone_stops_every_service(tmp_path: Path) ->
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class _Orphan(http.server.BaseHTTPRequestHandler):
+    """A service left running by an earlier shop: healthy, but not our child."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"service": "users", "pid": 1, "status": "ok"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_health_check_answered_by_another_process_does_not_count(tmp_path: Path) -> None:
+    settings = Settings(base_port=free_base_port(), data_dir=tmp_path)
+    supervisor = Supervisor(settings, services=("users",))
+    orphan = http.server.HTTPServer(("127.0.0.1", settings.port("users")), _Orphan)
+    thread = threading.Thread(target=orphan.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(TimeoutError, match="users is not healthy"):
+            asyncio.run(supervisor.wait_healthy(timeout=1.5))
+    finally:
+        orphan.shutdown()
+        orphan.server_close()
