@@ -28,6 +28,8 @@ from .web import ApiError
 
 __all__ = ["ADMIN", "Auth", "Caller", "sign", "user_token"]
 
+#: What a 401 tells the client to present (RFC 6750).
+CHALLENGE = {"www-authenticate": 'Bearer realm="tidings shop"'}
 _USER_TOKEN = re.compile(r"^u(\d{1,19})\.([A-Za-z0-9_-]{43})$")
 Bearer = Annotated[HTTPAuthorizationCredentials | None,
                    Depends(HTTPBearer(auto_error=False, description="a user's token "
@@ -79,7 +81,7 @@ async def _caller(request: Request, credentials: Bearer) -> int:
     user_id = None if credentials is None else auth.user_of(credentials.credentials)
     if user_id is None:
         raise ApiError(401, "a valid user token is required (Authorization: Bearer "
-                            "<token from POST /register>)")
+                            "<token from POST /register>)", CHALLENGE)
     return user_id
 
 
@@ -88,7 +90,7 @@ async def _admin(request: Request, credentials: Bearer) -> None:
     auth: Auth = request.app.state.auth
     if credentials is None or not auth.is_admin(credentials.credentials):
         raise ApiError(401, "the admin token is required (Authorization: Bearer "
-                            "<SHOP_ADMIN_TOKEN>)")
+                            "<SHOP_ADMIN_TOKEN>)", CHALLENGE)
 
 
 #: A route parameter: the calling user's id (401 without a valid user token).

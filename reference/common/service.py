@@ -164,5 +164,9 @@ def run(build: Callable[[Settings], Service]) -> None:
     """Build the service from the environment's settings and serve it."""
     die_with_supervisor()
     configure_logging()
+    if not os.environ.get("SHOP_SECRET"):
+        logging.getLogger("reference").warning(
+            "SHOP_SECRET is not set: the tokens this service signs are good here only "
+            "(the supervisor gives every service the same secret; by hand, set it)")
     service = build(Settings.from_env())
     serve(service.name, service.api, service.settings)

@@ -45,10 +45,12 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """A request the service refuses: becomes ``status`` with ``{"detail": reason}``."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None
+                 ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -134,7 +136,7 @@ def page_origins(settings: Settings) -> list[str]:
 def _handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.reason}, exc.status)
+        return JSONResponse({"detail": exc.reason}, exc.status, headers=exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -69,7 +69,9 @@ def test_a_user_sees_only_their_own_data(sqlite_shop: Shop) -> None:
     for service, path in [*mine.items(), ("orders", f"/orders/{order_id}/history"),
                           ("orders", f"/orders?user_id={ann['id']}")]:
         assert _get(shop, service, path, ann["token"]).status_code == 200, path
-        assert _get(shop, service, path).status_code == 401, path
+        anonymous = _get(shop, service, path)
+        assert anonymous.status_code == 401, path
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
         assert _get(shop, service, path, "u1.forged").status_code == 401, path
         assert _get(shop, service, path, ben["token"]).status_code in (403, 404), path
     assert _get(shop, "orders", "/orders", ben["token"]).json() == []
