@@ -235,6 +235,8 @@ def test_order_conversation_in_the_console(shop: Shop) -> None:
                 "type", "published_at", "handled_by"} <= set(message)
         assert "4242424242424242" not in str(message["payload"])
     assert any(m["key"] == order_id for m in steps)  # found by the order id (its key)
+    # each step names the service that published it: orders starts the conversation
+    assert steps[0]["published_by"] == "orders" and all(m["published_by"] for m in steps)
     # each step is some group's input (a reply goes to the requester, in no group)
     consumed = {m["type"] for m in data["messages"]
                 if m["handled_by"] or m["topic"] == "tidings.replies"}
