@@ -29,10 +29,15 @@ setup: $(STAMP)
 
 setup-demo: $(DEMO_STAMP)
 
-# Debian's chromium for the browser test (Playwright's own download fails here).
+# Debian's chromium for the browser test (Playwright's own download fails here), and
+# RabbitMQ for the amqp:// backend's tests (they start a private node; the Debian
+# service the package may start is stopped: nothing should listen on 5672 for them).
 system-deps:
 	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q \
 	  --no-install-recommends -o DPkg::Lock::Timeout=300 chromium; }
+	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { { apt-get update -q && \
+	  apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
+	  rabbitmq-server; } && { service rabbitmq-server stop >/dev/null 2>&1 || true; }; }
 
 # The shop: every service its own process under a supervisor; Ctrl-C stops all.
 demo: setup-demo
