@@ -37,7 +37,8 @@ TIMESTAMP = "x-tidings-ts"
 _BROKER_HEADERS = frozenset({"x-stream-offset", "x-death", "x-first-death-exchange",
                              "x-first-death-queue", "x-first-death-reason",
                              "x-last-death-exchange", "x-last-death-queue",
-                             "x-last-death-reason"})
+                             "x-last-death-reason", "tidings-amqp-delay",
+                             "tidings-amqp-target"})
 STREAM: dict[str, FieldValue] = {"x-queue-type": "stream"}
 
 

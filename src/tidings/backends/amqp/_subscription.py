@@ -210,7 +210,9 @@ class AmqpSubscription(Subscription):
             return 0
         # Pin "latest" at claim time, so a crash before the first commit skips nothing.
         end = await self._transport.end_offset(*tp)
-        await self.commit({tp: end})
+        assert self._offsets is not None  # not commit(): the partition is not read yet
+        with driver_errors(f"committing offsets of group {self._group!r}"):
+            await self._offsets.append({"t": tp.topic, "p": tp.partition, "o": end})
         return end
 
     async def _apply_seeks(self) -> None:

@@ -26,7 +26,7 @@ from ..._records import (
 )
 from ...ports import BASE_CAPABILITIES, Capability, RebalanceListener, Subscription, Transport
 from ._connection import connect
-from ._delay import BUCKET, EXCHANGE, DelayBuckets, bucket_ms
+from ._delay import BUCKET, EXCHANGE, TARGET, DelayBuckets, DueForwarder, bucket_ms
 from ._log import JsonLog
 from ._settings import AmqpSettings
 from ._streams import declare_stream, offset_of, partition_stream, properties, read_quiet
@@ -66,6 +66,7 @@ class AmqpTransport(Transport):
         self._topics_log: JsonLog | None = None
         self._groups_log: JsonLog | None = None
         self._delays: DelayBuckets | None = None
+        self._forwarder: DueForwarder | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -77,13 +78,17 @@ class AmqpTransport(Transport):
         self._topics_log = JsonLog(connection, self.publish, TOPICS_LOG, self._on_topic)
         self._groups_log = JsonLog(connection, self.publish, GROUPS_LOG, self._on_group)
         self._delays = DelayBuckets(connection, self.settings.queue_type)
+        self._forwarder = DueForwarder(connection, self.settings.queue_type, self.publish)
         await self._topics_log.open()
         await self._groups_log.open()
+        await self._forwarder.open()
 
     async def close(self) -> None:
         """Close the connection (its exclusive queues, hence partition locks, go too)."""
         connection, self._connection = self._connection, None
         self._publisher = None
+        if self._forwarder is not None:
+            await self._forwarder.close()
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -201,7 +206,8 @@ class AmqpTransport(Transport):
         assert self._delays is not None
         bucket = bucket_ms(delay)
         await self._delays.ensure(bucket)
-        props = properties(record, record.deliver_at or now, {BUCKET: str(bucket)})
+        props = properties(record, record.deliver_at or now,
+                           {BUCKET: str(bucket), TARGET: stream})
         await self.publish(stream, record.value, props, exchange=EXCHANGE)
 
     # -- subscriptions -------------------------------------------------------------------
