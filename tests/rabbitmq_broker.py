@@ -21,9 +21,11 @@ from pathlib import Path
 
 from kafka_broker import free_port
 
-__all__ = ["rabbitmq_binaries", "running_rabbitmq"]
+__all__ = ["MAX_MESSAGE_SIZE", "rabbitmq_binaries", "running_rabbitmq"]
 
 _BIN = Path("/usr/lib/rabbitmq/bin")
+#: The test node refuses messages above this (RabbitMQ's default is 128 MiB).
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
 
 def rabbitmq_binaries() -> Path:
@@ -37,7 +39,8 @@ def rabbitmq_binaries() -> Path:
 def _environment(base: Path, port: int, dist: int, epmd: int, name: str) -> dict[str, str]:
     config = base / "rabbitmq.conf"
     config.write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n"
-                      "log.console = false\nlog.file.level = warning\n")
+                      "log.console = false\nlog.file.level = warning\n"
+                      f"max_message_size = {MAX_MESSAGE_SIZE}\n")
     (base / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
     env.update({
@@ -78,7 +81,8 @@ def running_rabbitmq() -> Iterator[str]:
         node = subprocess.Popen([str(binaries / "rabbitmq-server")], env=env, stdout=log,
                                 stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        subprocess.run([str(binaries / "rabbitmqctl"), "--timeout", "60", "wait", str(base / "node.pid")],
+        subprocess.run([str(binaries / "rabbitmqctl"), "--timeout", "60", "wait",
+                        str(base / "node.pid")],
                        env=env, check=True, capture_output=True, timeout=90)
         yield f"amqp://guest:guest@127.0.0.1:{port}/"
     finally:

@@ -1,8 +1,8 @@
 """Connecting to RabbitMQ, with every failure told in one line.
 
-aiormq logs nothing of its own worth keeping when a connect fails (the error reaches the
-caller), so its loggers are quietened below warning; what fails is raised as one tidings
-error naming the cause: the broker down, the credentials, or the vhost.
+aiormq logs a failed connect at error level and raises it too; the raise reaches the
+caller as one tidings error naming the cause (the broker down, the credentials, or the
+vhost), so that log line is dropped by a filter on aiormq's logger (nothing else is).
 """
 
 from __future__ import annotations
@@ -19,8 +19,16 @@ from ._translate import translate
 
 __all__ = ["connect"]
 
-for _name in ("aiormq", "aiormq.connection", "aio_pika"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+class _RaisedAnyway(logging.Filter):
+    """Drops aiormq's log of a failed connect: the caller gets it as an exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.msg.startswith("error when creating transport")
+
+
+logging.getLogger("aiormq.connection").addFilter(_RaisedAnyway())
 
 
 async def connect(settings: AmqpSettings) -> aiormq.abc.AbstractConnection:
@@ -38,10 +46,15 @@ async def connect(settings: AmqpSettings) -> aiormq.abc.AbstractConnection:
             f"RabbitMQ at {where} refused the credentials of user {settings.username!r}"
             f" ({exc})"
         ) from None
-    except amqp.ConnectionNotAllowed as exc:
+    except (amqp.ConnectionNotAllowed, amqp.InvalidFrameError) as exc:
+        if isinstance(exc, amqp.InvalidFrameError) and "Connection.Close" not in str(exc):
+            raise translate(exc, f"connecting to RabbitMQ at {where}") from None
+        # Past authentication, the broker closes the connection instead of opening the
+        # vhost: it does not exist, or the user has no permission on it.
         raise ConfigurationError(
-            f"RabbitMQ at {where} refused access to vhost {settings.vhost!r} for user "
-            f"{settings.username!r} (missing vhost or permissions: {exc})"
+            f"RabbitMQ at {where} refused to open vhost {settings.vhost!r} for user "
+            f"{settings.username!r}: the vhost does not exist or the user has no "
+            "permission on it"
         ) from None
     except (OSError, amqp.AMQPError) as exc:
         error = translate(exc, f"connecting to RabbitMQ at {where}")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiormq
+from aiormq import exceptions as amqp
 from aiormq.abc import AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 from pamqp.common import FieldValue
@@ -97,7 +98,8 @@ def offset_spec(offset: int | str | float) -> FieldValue:
 async def read_quiet(connection: AbstractConnection, stream: str, start: int | str | float,
                      limit: int, quiet: float, first_wait: float) -> list[DeliveredMessage]:
     """Up to ``limit`` messages of ``stream`` from ``start``, stopping when it stays quiet
-    (``first_wait`` for the first message, ``quiet`` between later ones)."""
+    (``first_wait`` for the first message, ``quiet`` between later ones); none if the
+    stream does not exist (yet)."""
     got: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
     channel = await connection.channel()
     try:
@@ -106,8 +108,12 @@ async def read_quiet(connection: AbstractConnection, stream: str, start: int | s
         async def deliver(message: DeliveredMessage) -> None:
             got.put_nowait(message)
 
-        ok = await channel.basic_consume(stream, deliver, no_ack=False,
-                                         arguments={"x-stream-offset": offset_spec(start)})
+        try:
+            ok = await channel.basic_consume(stream, deliver, no_ack=False,
+                                             arguments={"x-stream-offset": offset_spec(start)})
+        except amqp.ChannelNotFoundEntity:
+            # Registered, and not declared yet by the process that registered it: empty.
+            return []
         out: list[DeliveredMessage] = []
         wait = first_wait
         while len(out) < limit:

@@ -145,20 +145,26 @@ class AmqpTransport(Transport):
             if topic not in self._partitions:
                 await self._topics_log.sync()
             if topic not in self._partitions:
+                # Streams first: a conflicting queue is refused before the topic is
+                # registered (extra streams, if another claim wins with fewer, are unused).
                 count = partitions or self.settings.partitions
+                await self._declare_streams(topic, count)
                 await self._topics_log.append({"topic": topic, "partitions": count})
                 await self._topics_log.sync()
             count = self._partitions[topic]
-            if topic not in self._declared:
-                with driver_errors(f"declaring the streams of topic {topic!r}"):
-                    channel = await self.connection.channel()
-                    try:
-                        for p in range(count):
-                            await declare_stream(channel, partition_stream(topic, p))
-                    finally:
-                        await channel.close()
-                self._declared.add(topic)
+            await self._declare_streams(topic, count)
+            self._declared.add(topic)
         return count
+
+    async def _declare_streams(self, topic: str, count: int) -> None:
+        with driver_errors(f"declaring the streams of topic {topic!r}"):
+            channel = await self.connection.channel()
+            try:
+                for p in range(count):
+                    await declare_stream(channel, partition_stream(topic, p))
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
 
     async def _known(self, topic: str) -> int:
         if topic not in self._partitions and self._topics_log is not None:
