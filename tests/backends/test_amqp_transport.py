@@ -116,3 +116,28 @@ def test_an_option_the_backend_cannot_honour_is_refused_at_start(amqp_url: str) 
     assert Capability.EXACTLY_ONCE not in capabilities
     assert Capability.APPEND_OFFSETS not in capabilities
     assert {Capability.GROUPS, Capability.REPLAY, Capability.DELAY} <= capabilities
+
+
+def test_a_long_delay_does_not_hold_a_shorter_one_back(amqp_url: str) -> None:
+    topic = f"later-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        transport = from_url(amqp_url)
+        await transport.start()
+        try:
+            await transport.ensure_topic(topic, 1)
+            now = time.time()
+            await transport.append([OutRecord(topic, b"long", deliver_at=now + 30)])
+            await transport.append([OutRecord(topic, b"short", deliver_at=now + 0.3)])
+            for _ in range(100):
+                records = await transport.read(topic, 0, 0, 10)
+                if records:
+                    break
+                await asyncio.sleep(0.05)
+            assert [r.value for r in records] == [b"short"]
+            assert time.time() - now >= 0.3
+            assert records[0].timestamp >= now + 0.3
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
