@@ -141,3 +141,31 @@ def test_a_long_delay_does_not_hold_a_shorter_one_back(amqp_url: str) -> None:
             await transport.close()
 
     asyncio.run(main())
+
+
+def test_groups_are_described_with_their_members_and_offsets(amqp_url: str) -> None:
+    topic, group = f"described-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        app = App(group, broker=amqp_url)
+        handled: list[dict] = []
+
+        @app.subscriber(topic)
+        async def handle(payload: dict) -> None:
+            handled.append(payload)
+
+        async with app:
+            await app.publish(topic, {"n": 1}, partition=2)
+            for _ in range(200):
+                if handled:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # a commit interval
+            info = {g.name: g for g in await app.transport.describe_groups()}[group]
+        (member,) = info.members
+        assert member.client == app.instance_id
+        assert {tp.partition for tp in member.assignment} == {0, 1, 2, 3}
+        assert {tp.partition: o for tp, o in info.committed.items()
+                if tp.topic == topic} == {2: 1}
+
+    asyncio.run(main())

@@ -100,7 +100,7 @@ class AmqpSubscription(Subscription):
         await self._offsets.open()
         self._membership = Membership(transport.connection, self._group, self._member_id,
                                       self._client, self._topics,
-                                      transport.settings.session_timeout)
+                                      transport.settings.session_timeout, self.assignment)
         self._membership.changed = self._wake
         await self._membership.open()
 

@@ -17,6 +17,7 @@ from pamqp.commands import Basic
 from ..._errors import BrokerUnavailableError, TransportError, UnknownTopicError
 from ..._records import (
     GroupInfo,
+    MemberInfo,
     OutRecord,
     Position,
     Record,
@@ -28,6 +29,7 @@ from ...ports import BASE_CAPABILITIES, Capability, RebalanceListener, Subscript
 from ._connection import connect
 from ._delay import BUCKET, EXCHANGE, TARGET, DelayBuckets, DueForwarder, bucket_ms
 from ._log import JsonLog
+from ._members import observe
 from ._settings import AmqpSettings
 from ._streams import declare_stream, offset_of, partition_stream, properties, read_quiet
 from ._streams import to_record as _to_record
@@ -273,15 +275,23 @@ class AmqpTransport(Transport):
                 for t, n in topics]
 
     async def describe_groups(self) -> list[GroupInfo]:
-        """Every registered group with its committed offsets (members are not listed:
-        AMQP cannot enumerate them from outside the group)."""
+        """Every registered group with its committed offsets and the members that answer
+        a roll call within ``end_wait`` seconds (all groups at once)."""
         if self._groups_log is not None:
             await self._groups_log.sync()
-        out = []
-        for group in sorted(self._groups):
-            committed = await self.committed(group)
-            out.append(GroupInfo(group, (), committed))
-        return out
+        gate = asyncio.Semaphore(32)
+        found = await asyncio.gather(*(self._describe_group(g, gate) for g in sorted(self._groups)))
+        return list(found)
+
+    async def _describe_group(self, group: str, gate: asyncio.Semaphore) -> GroupInfo:
+        async with gate:
+            committed, heard = await asyncio.gather(
+                self.committed(group),
+                observe(self.connection, group, max(self.settings.end_wait, 0.1)))
+        members = tuple(
+            MemberInfo(member, client, tuple(sorted(TopicPartition(t, p) for t, p in parts)))
+            for member, (client, parts) in sorted(heard.items()))
+        return GroupInfo(group, members, committed)
 
     async def committed(self, group: str) -> dict[TopicPartition, int]:
         """``group``'s committed offsets, as of now."""
