@@ -21,7 +21,17 @@ from pathlib import Path
 
 from kafka_broker import free_port
 
-__all__ = ["MAX_MESSAGE_SIZE", "rabbitmq_binaries", "running_rabbitmq"]
+__all__ = ["MAX_MESSAGE_SIZE", "control_env", "rabbitmq_binaries", "running_rabbitmq"]
+
+#: AMQP port -> the environment rabbitmqctl needs to reach that running node.
+_NODES: dict[int, dict[str, str]] = {}
+
+
+def control_env(url: str) -> dict[str, str]:
+    """The environment for ``rabbitmqctl`` to reach the node of ``url`` (started here)."""
+    from urllib.parse import urlsplit
+
+    return _NODES[urlsplit(url).port or 5672]
 
 _BIN = Path("/usr/lib/rabbitmq/bin")
 #: The test node refuses messages above this (RabbitMQ's default is 128 MiB).
@@ -84,8 +94,10 @@ def running_rabbitmq() -> Iterator[str]:
         subprocess.run([str(binaries / "rabbitmqctl"), "--timeout", "60", "wait",
                         str(base / "node.pid")],
                        env=env, check=True, capture_output=True, timeout=90)
+        _NODES[port] = env
         yield f"amqp://guest:guest@127.0.0.1:{port}/"
     finally:
+        _NODES.pop(port, None)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGKILL)
         node.wait()

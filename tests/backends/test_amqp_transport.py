@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
 import time
 import uuid
 
@@ -13,7 +15,7 @@ import aiormq
 import pytest
 
 from kafka_broker import free_port
-from rabbitmq_broker import MAX_MESSAGE_SIZE
+from rabbitmq_broker import MAX_MESSAGE_SIZE, control_env, rabbitmq_binaries
 from tidings import App, ConfigurationError
 from tidings._backends import load_transport
 from tidings._errors import BrokerUnavailableError, MessageTooLargeError
@@ -30,6 +32,16 @@ def _with(url: str, **changes: str) -> str:
     password = changes.get("password", settings.password)
     vhost = changes.get("vhost", "")
     return f"amqp://{user}:{password}@{settings.host}:{settings.port}/{vhost}"
+
+
+async def _vhost(amqp_url: str, name: str) -> str:
+    """A new vhost on the test node (guest may use it); its URL."""
+    ctl = str(rabbitmq_binaries() / "rabbitmqctl")
+    env = {**os.environ, **control_env(amqp_url)}
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
+        await asyncio.to_thread(subprocess.run, [ctl, *args], env=env, check=True,
+                                capture_output=True, timeout=60)
+    return _with(amqp_url, vhost=name)
 
 
 def test_settings_from_the_url() -> None:
@@ -118,11 +130,14 @@ def test_an_option_the_backend_cannot_honour_is_refused_at_start(amqp_url: str) 
     assert {Capability.GROUPS, Capability.REPLAY, Capability.DELAY} <= capabilities
 
 
-def test_a_long_delay_does_not_hold_a_shorter_one_back(amqp_url: str) -> None:
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_long_delay_does_not_hold_a_shorter_one_back(amqp_url: str, queue_type: str) -> None:
     topic = f"later-{uuid.uuid4().hex[:8]}"
+    vhost = f"v-{queue_type}-{uuid.uuid4().hex[:6]}"  # tidings' own queues: one type each
 
     async def main() -> None:
-        transport = from_url(amqp_url)
+        transport = from_url(amqp_url) if queue_type == "classic" else \
+            from_url(f"{await _vhost(amqp_url, vhost)}?queue_type=quorum")
         await transport.start()
         try:
             await transport.ensure_topic(topic, 1)
