@@ -184,3 +184,36 @@ def test_groups_are_described_with_their_members_and_offsets(amqp_url: str) -> N
                 if tp.topic == topic} == {2: 1}
 
     asyncio.run(main())
+
+
+def test_a_member_whose_connection_the_broker_closes_joins_again(amqp_url: str) -> None:
+    topic, group = f"reconnect-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        app, producer = App(group, broker=amqp_url), App("producer", broker=amqp_url)
+        handled: set[int] = set()
+
+        @app.subscriber(topic)
+        async def handle(payload: dict) -> None:
+            handled.add(payload["n"])
+
+        async with producer, app:
+            await producer.publish_many(topic, [{"n": n} for n in range(10)])
+            await _until(lambda: len(handled) == 10)
+            await asyncio.to_thread(
+                subprocess.run, [str(rabbitmq_binaries() / "rabbitmqctl"),
+                                 "close_all_connections", "test: closed by the broker"],
+                env={**os.environ, **control_env(amqp_url)}, check=True,
+                capture_output=True, timeout=60)
+            await producer.publish_many(topic, [{"n": n} for n in range(10, 20)])
+            await _until(lambda: len(handled) == 20, 20)
+        assert handled == set(range(20))
+
+    asyncio.run(main())
+
+
+async def _until(check, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)

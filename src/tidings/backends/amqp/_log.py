@@ -19,6 +19,7 @@ from typing import Any
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
+from ..._errors import BrokerUnavailableError
 from ._streams import declare_stream
 from ._translate import driver_errors
 
@@ -76,6 +77,10 @@ class JsonLog:
         try:
             await self.append({"sync": mark})
             await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"RabbitMQ did not give back a marker of stream {self.name!r} within "
+                f"{timeout:g} s") from None
         finally:
             self._marks.pop(mark, None)
 

@@ -33,7 +33,7 @@ from ...ports import RebalanceListener, Subscription
 from ._log import JsonLog
 from ._members import Membership
 from ._streams import offset_of, partition_stream, to_record
-from ._translate import driver_errors
+from ._translate import driver_errors, translate
 
 if TYPE_CHECKING:
     from ._transport import AmqpTransport
@@ -87,7 +87,7 @@ class AmqpSubscription(Subscription):
         transport = self._transport
         sizes = {t: await transport.ensure_topic(t) for t in self._topics}
         with driver_errors("subscribing"):
-            self._channel = await transport.connection.channel()
+            self._channel = await (await transport.ensure_connected()).channel()
             await self._channel.basic_qos(prefetch_count=transport.settings.prefetch)
         if self._group is None:
             first = "first" if self._start is Start.EARLIEST else "next"
@@ -129,6 +129,12 @@ class AmqpSubscription(Subscription):
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         """Records of the owned partitions, waiting up to ``timeout`` for some."""
+        with driver_errors("fetching"):
+            return await self._fetch(max_records, timeout)
+
+    async def _fetch(self, max_records: int, timeout: float) -> list[Record]:
+        if self._opened and (self._channel is None or self._channel.is_closed):
+            await self._reset()
         if not self._opened:
             await self._open()
         deadline = time.monotonic() + timeout
@@ -191,12 +197,16 @@ class AmqpSubscription(Subscription):
 
     async def _lock(self, tp: TopicPartition) -> bool:
         connection = self._transport.connection
-        with driver_errors("claiming a partition"):
+        try:
             channel = await connection.channel()
+        except (amqp.AMQPError, OSError) as exc:
+            raise translate(exc, "claiming a partition") from exc
         try:
             await channel.queue_declare(self._lock_name(tp), exclusive=True)
         except amqp.ChannelLockedResource:
             return False  # another member holds it (it is leaving, or we are joining)
+        except (amqp.AMQPError, OSError) as exc:
+            raise translate(exc, "claiming a partition") from exc
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -237,6 +247,27 @@ class AmqpSubscription(Subscription):
             if self._channel is not None:
                 with contextlib.suppress(Exception):
                     await self._channel.queue_delete(self._lock_name(tp))
+
+    async def _reset(self) -> None:
+        """The channel (or the connection) closed under this member: its partitions are
+        lost (their locks went with the connection); it joins again on the next fetch."""
+        lost = list(self._owned)
+        self._owned.clear()
+        self._by_tag.clear()
+        self._buffer.clear()
+        self._seeks.clear()
+        self._committed.clear()
+        self._acked = self._seen = 0
+        self._opened = False
+        if self._membership is not None:
+            await self._membership.close(leave=False)
+        if self._offsets is not None:
+            await self._offsets.close()
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        if lost:
+            await self._listener.on_lost(lost)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Append the offsets to the group's log; fenced for partitions not owned."""

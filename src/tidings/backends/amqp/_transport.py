@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._errors import BrokerUnavailableError, TransportError, UnknownTopicError
@@ -36,6 +37,8 @@ from ._streams import to_record as _to_record
 from ._translate import driver_errors
 
 __all__ = ["AmqpTransport"]
+
+log = logging.getLogger("tidings.amqp")
 
 TOPICS_LOG = "tidings.topics"
 GROUPS_LOG = "tidings.groups"
@@ -69,6 +72,8 @@ class AmqpTransport(Transport):
         self._groups_log: JsonLog | None = None
         self._delays: DelayBuckets | None = None
         self._forwarder: DueForwarder | None = None
+        self._started = False
+        self._connect_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -76,6 +81,26 @@ class AmqpTransport(Transport):
         """Connect and start tailing the topics and groups registries."""
         if self._connection is not None:
             return
+        self._started = True
+        await self._connect()
+
+    async def ensure_connected(self) -> AbstractConnection:
+        """The open connection, made again if the broker closed it (subscriptions then
+        lose their partitions and join again: see ``_subscription``)."""
+        connection = self._connection
+        if connection is not None and not connection.is_closed:
+            return connection
+        if not self._started:
+            raise BrokerUnavailableError("the RabbitMQ transport is not connected")
+        async with self._connect_lock:
+            if self._connection is None or self._connection.is_closed:
+                log.warning("the connection to RabbitMQ at %s:%s closed; connecting again",
+                            self.settings.host, self.settings.port)
+                await self._connect()
+        return self.connection
+
+    async def _connect(self) -> None:
+        self._publisher = None
         self._connection = connection = await connect(self.settings)
         self._topics_log = JsonLog(connection, self.publish, TOPICS_LOG, self._on_topic)
         self._groups_log = JsonLog(connection, self.publish, GROUPS_LOG, self._on_group)
@@ -87,6 +112,7 @@ class AmqpTransport(Transport):
 
     async def close(self) -> None:
         """Close the connection (its exclusive queues, hence partition locks, go too)."""
+        self._started = False
         connection, self._connection = self._connection, None
         self._publisher = None
         if self._forwarder is not None:
@@ -127,7 +153,8 @@ class AmqpTransport(Transport):
         async with self._publish_lock:
             if self._publisher is None or self._publisher.is_closed:
                 with driver_errors("opening a publishing channel"):
-                    self._publisher = await self.connection.channel(publisher_confirms=True)
+                    connection = await self.ensure_connected()
+                    self._publisher = await connection.channel(publisher_confirms=True)
             return self._publisher
 
     # -- topics ------------------------------------------------------------------------
@@ -160,7 +187,7 @@ class AmqpTransport(Transport):
 
     async def _declare_streams(self, topic: str, count: int) -> None:
         with driver_errors(f"declaring the streams of topic {topic!r}"):
-            channel = await self.connection.channel()
+            channel = await (await self.ensure_connected()).channel()
             try:
                 for p in range(count):
                     await declare_stream(channel, partition_stream(topic, p))
@@ -244,18 +271,20 @@ class AmqpTransport(Transport):
         """Records of one partition from ``offset`` on (until the stream stays quiet)."""
         if not 0 <= partition < await self._known(topic):
             raise UnknownTopicError(f"topic {topic!r} has no partition {partition}")
+        messages = await self._read(topic, partition, max(offset, 0), limit)
+        return [_to_record(topic, partition, m) for m in messages]
+
+    async def _read(self, topic: str, partition: int, start: int | str | float,
+                    limit: int) -> list[DeliveredMessage]:
         wait = self.settings.end_wait
         with driver_errors(f"reading {topic!r}[{partition}]"):
-            messages = await read_quiet(self.connection, partition_stream(topic, partition),
-                                        max(offset, 0), limit, wait, max(2 * wait, 0.3))
-        return [_to_record(topic, partition, m) for m in messages]
+            return await read_quiet(await self.ensure_connected(),
+                                    partition_stream(topic, partition), start, limit, wait,
+                                    max(2 * wait, 0.3))
 
     async def end_offset(self, topic: str, partition: int) -> int:
         """The offset the next record of the partition will get."""
-        wait = self.settings.end_wait
-        with driver_errors(f"finding the end of {topic!r}[{partition}]"):
-            last = await read_quiet(self.connection, partition_stream(topic, partition),
-                                    "last", 1_000_000, wait, max(2 * wait, 0.3))
+        last = await self._read(topic, partition, "last", 1_000_000)
         return offset_of(last[-1]) + 1 if last else 0
 
     async def describe_topics(self) -> list[TopicInfo]:
@@ -287,7 +316,7 @@ class AmqpTransport(Transport):
         async with gate:
             committed, heard = await asyncio.gather(
                 self.committed(group),
-                observe(self.connection, group, max(self.settings.end_wait, 0.1)))
+                observe(await self.ensure_connected(), group, max(self.settings.end_wait, 0.1)))
         members = tuple(
             MemberInfo(member, client, tuple(sorted(TopicPartition(t, p) for t, p in parts)))
             for member, (client, parts) in sorted(heard.items()))
@@ -328,10 +357,7 @@ class AmqpTransport(Transport):
             *(self._offset_for_time(topic, p, timestamp) for p in range(count))), strict=True))
 
     async def _offset_for_time(self, topic: str, partition: int, timestamp: float) -> int:
-        wait = self.settings.end_wait
-        with driver_errors(f"finding a time in {topic!r}[{partition}]"):
-            messages = await read_quiet(self.connection, partition_stream(topic, partition),
-                                        timestamp - 5.0, 1_000_000, wait, max(2 * wait, 0.3))
+        messages = await self._read(topic, partition, timestamp - 5.0, 1_000_000)
         for message in messages:
             if _to_record(topic, partition, message).timestamp >= timestamp:
                 return offset_of(message)
