@@ -9,7 +9,7 @@ SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STAMP  := $(VENV)/.installed-dev-$(SUM)
 DEMO_STAMP := $(VENV)/.installed-reference-$(SUM)
 
-.PHONY: setup setup-demo system-deps demo demo-check test lint docs bench bench-kafka bench-saga clean
+.PHONY: setup setup-demo system-deps demo demo-check test lint docs bench bench-kafka bench-amqp bench-saga clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,15 @@ setup: $(STAMP)
 
 setup-demo: $(DEMO_STAMP)
 
-# Debian's chromium for the browser test (Playwright's own download fails here).
+# Debian's chromium for the browser test (Playwright's own download fails here), and
+# RabbitMQ for the amqp:// backend's tests (they start a private node; the Debian
+# service the package may start is stopped: nothing should listen on 5672 for them).
 system-deps:
 	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q \
 	  --no-install-recommends -o DPkg::Lock::Timeout=300 chromium; }
+	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { { apt-get update -q && \
+	  apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
+	  rabbitmq-server; } && { service rabbitmq-server stop >/dev/null 2>&1 || true; }; }
 
 # The shop: every service its own process under a supervisor; Ctrl-C stops all.
 demo: setup-demo
@@ -64,6 +69,10 @@ bench-kafka: setup
 	test -x $(FS_VENV)/bin/python || { $(PYTHON) -m venv $(FS_VENV) && \
 	  $(FS_VENV)/bin/pip install -q 'faststream[kafka]' pydantic; }
 	$(BIN)/python benchmarks/bench_kafka.py --faststream-python $(FS_VENV)/bin/python
+
+# RabbitMQ (a private node it starts) against the raw aio-pika client.
+bench-amqp: setup system-deps
+	$(BIN)/python benchmarks/bench_amqp.py
 
 # Sagas against DBOS Transact, which goes in a throwaway venv, never in the project's.
 DBOS_VENV := /tmp/tidings-dbos-venv

@@ -8,14 +8,21 @@ Prints one JSON document. Figures:
 - ``console_ms``: the median and max of ``--repeat`` HTTP calls to a ``tidings console``
   process on that bus: ``/api/topics``, ``/api/groups``, and conversation lookups by
   order id (a key), by correlation id and by a message id in the middle of a conversation.
-- ``publish``: throughput (messages/s) on fresh buses with the lookup indexes and with
-  them dropped (what the indexes cost publishers), in alternating runs: ``publish_many``
-  in batches of 1000 (``batched_*``), and one awaited ``publish`` at a time
-  (``one_by_one_*``, a tenth as many messages).
-- ``with_console``: publish throughput while a console is open on the bus (an event
-  stream connected, ``/api/groups`` asked every second) and while none is, alternating.
+- ``console_ms.first_lookup_after_start``: the first conversation lookup, asked as soon
+  as the console answers: the console indexes the whole bus when it starts (in a private
+  index of its own, never in the bus), and this lookup waits for that.
+- ``publish``: throughput (messages/s) on a bus with no console and while a console is
+  open on it (an event stream connected, ``/api/groups`` and a conversation asked every
+  second), alternating: ``publish_many`` in batches of 1000 (``batched_*``), and one
+  awaited ``publish`` at a time (``one_by_one_*``, a tenth as many messages).
+
+- ``kafka`` (with ``--kafka N``): a tansu started here holding N messages written the
+  same way; a conversation lookup there has no index to use, so it reads the newest
+  ``SCAN_LIMIT`` records of every partition: the time of a lookup (found, and not found)
+  and how many records it read.
 
 Usage: python benchmarks/bench_console.py [--n 1000000] [--repeat 20] [--publish 100000]
+       [--kafka 200000]
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from tidings._records import OutRecord, TopicPartition
 STEPS = (("orders", "ORDER_CREATED"), ("inventory", "STOCK_RESERVED"),
          ("payments", "PAYMENT_SUCCEEDED"), ("orders", "ORDER_CONFIRMED"))
 PAD = "x" * 120
+TESTS = str(Path(__file__).resolve().parent.parent / "tests")
 
 
 def conversation(n: int) -> list[OutRecord]:
@@ -110,9 +118,13 @@ def console_figures(broker: str, n: int, repeat: int) -> dict[str, object]:
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             middle = n // 8
+            started = time.perf_counter()
+            client.get("/api/conversations/nothing").raise_for_status()
+            first = round((time.perf_counter() - started) * 1000, 1)
             found = client.get(f"/api/conversations/order-{middle:08d}").json()["messages"]
             assert [m["type"] for m in found] == [kind for _, kind in STEPS], found
             return {
+                "first_lookup_after_start": first,
                 "topics": timed(client, "/api/topics", repeat),
                 "groups": timed(client, "/api/groups", repeat),
                 "conversation_by_order_id": timed(
@@ -128,12 +140,9 @@ def console_figures(broker: str, n: int, repeat: int) -> dict[str, object]:
         process.wait(10)
 
 
-async def publish_rate(broker: str, count: int, *, drop_indexes: bool = False,
-                       one_by_one: bool = False) -> float:
+async def publish_rate(broker: str, count: int, *, one_by_one: bool = False) -> float:
     async with App("bench-pub", broker=broker) as app:
         await app.publish("warmup", {})
-        if not drop_indexes:  # a console's first lookup builds them; a fresh bus has none
-            await app.transport.lookup("warmup")  # type: ignore[attr-defined]
         payloads = [{"type": "ORDER_CREATED", "order_id": f"o-{i}", "pad": PAD}
                     for i in range(count)]
         started = time.perf_counter()
@@ -155,34 +164,63 @@ def watch(url: str, stop: threading.Event) -> None:
         while not stop.is_set():
             next(lines)
             client.get("/api/groups")
+            client.get("/api/conversations/o-1")
             stop.wait(1.0)
 
 
 def publish_figures(tmp: Path, count: int, rounds: int = 3) -> dict[str, object]:
+    """Publish rates on one bus with no console and with one open (its page's event
+    stream connected, groups asked every second, a conversation looked up every second),
+    alternating; batched and one awaited publish at a time (a tenth as many)."""
     rates: dict[str, list[float]] = {}
     for r in range(rounds):
-        for label, drop, one in (("batched_indexed", False, False),
-                                 ("batched_no_indexes", True, False),
-                                 ("one_by_one_indexed", False, True),
-                                 ("one_by_one_no_indexes", True, True)):
-            broker = f"sqlite:///{tmp}/pub-{label}-{r}.db"
-            rates.setdefault(label, []).append(asyncio.run(publish_rate(
-                broker, count // 10 if one else count, drop_indexes=drop, one_by_one=one)))
-        broker = f"sqlite:///{tmp}/pub-console-{r}.db"
-        asyncio.run(publish_rate(broker, 10))
-        rates.setdefault("console_closed", []).append(asyncio.run(publish_rate(broker, count)))
-        process, url = start_console(broker)
-        stop = threading.Event()
-        watcher = threading.Thread(target=watch, args=(url, stop), daemon=True)
-        watcher.start()
-        try:
-            rates.setdefault("console_open", []).append(asyncio.run(publish_rate(broker, count)))
-        finally:
-            stop.set()
-            process.terminate()
-            process.wait(10)
+        for mode, n in (("batched", count), ("one_by_one", count // 10)):
+            one = mode == "one_by_one"
+            broker = f"sqlite:///{tmp}/pub-{mode}-{r}.db"
+            rates.setdefault(f"{mode}_console_closed", []).append(
+                asyncio.run(publish_rate(broker, n, one_by_one=one)))
+            process, url = start_console(broker)
+            stop = threading.Event()
+            watcher = threading.Thread(target=watch, args=(url, stop), daemon=True)
+            watcher.start()
+            try:
+                rates.setdefault(f"{mode}_console_open", []).append(
+                    asyncio.run(publish_rate(broker, n, one_by_one=one)))
+            finally:
+                stop.set()
+                process.terminate()
+                process.wait(10)
     return {label: {"median_msg_per_s": round(statistics.median(v)),
                     "runs": [round(x) for x in v]} for label, v in rates.items()}
+
+
+async def kafka_figures(n: int, repeat: int) -> dict[str, object]:
+    from tidings.console._conversation import SCAN_LIMIT, find_records
+
+    sys.path.insert(0, TESTS)
+    from kafka_broker import running_tansu  # type: ignore[import-not-found]
+
+    with running_tansu(session_timeout="6") as url:
+        filled = await fill(url, n)
+        async with App("bench-lookup", broker=url) as app:
+            topics = [t for t in await app.transport.describe_topics()
+                      if not t.name.startswith("tidings.")]
+            window = sum(min(SCAN_LIMIT, end - t.start_offsets.get(p, 0))
+                         for t in topics for p, end in t.end_offsets.items())
+            figures: dict[str, object] = {"fill": filled, "partitions": sum(
+                len(t.end_offsets) for t in topics), "records_read_per_lookup": window}
+            newest = n // 4 - 1
+            for label, wanted, expect in (("found", f"order-{newest:08d}", 4),
+                                          ("not_found", "nothing", 0)):
+                times = []
+                for _ in range(max(1, repeat // 4)):
+                    started = time.perf_counter()
+                    found = await find_records(app.transport, wanted, topics)
+                    times.append((time.perf_counter() - started) * 1000)
+                    assert len(found) == expect, (label, len(found))
+                figures[f"lookup_ms_{label}"] = {"median": round(statistics.median(times)),
+                                                 "max": round(max(times))}
+            return figures
 
 
 def main() -> None:
@@ -190,12 +228,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--publish", type=int, default=100_000)
+    parser.add_argument("--kafka", type=int, default=0,
+                        help="also time lookups on a tansu holding this many messages")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         broker = f"sqlite:///{tmp}/bus.db"
         result: dict[str, object] = {"fill": asyncio.run(fill(broker, args.n))}
         result["console_ms"] = console_figures(broker, args.n, args.repeat)
         result["publish"] = publish_figures(Path(tmp), args.publish)
+    if args.kafka:
+        result["kafka"] = asyncio.run(kafka_figures(args.kafka, args.repeat))
     print(json.dumps(result, indent=2))
 
 

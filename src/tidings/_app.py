@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, tzinfo
 from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
 from ._batch import batch_process
+from ._capabilities import require_capabilities
 from ._codec import decoder_for
 from ._consumer import Consumer
 from ._cron import CatchUp, cron
@@ -27,7 +29,7 @@ from ._records import OutRecord, Position, Start
 from ._reply import REPLIES_TOPIC, ReplyListener
 from ._retry import RetryPolicy
 from ._subscriber import Role, SubscriberSpec
-from ._transaction import hold, require_transactions
+from ._transaction import hold
 from ._workqueue import PRIORITIES, queue_group, queue_topics
 from .ports import Transport
 
@@ -87,6 +89,10 @@ class App:
         self._open = False  # the transport is connected: publishing is allowed
         self._middlewares: list[Middleware] = []
         self._publishes: list[tuple[str, Any]] = []  # (topic, payload type), for AsyncAPI
+        self._typed: set[tuple[str, type]] = set()  # (topic, type) seen in publish calls
+        self._redescribe: asyncio.TimerHandle | None = None
+        self._describing: set[asyncio.Task[None]] = set()
+        self._described = 0
         self._append_next: AppendNext | None = None
         for each in middleware:
             self.add_middleware(each)
@@ -212,6 +218,32 @@ class App:
         self._publishes.append((check_name("topic", topic), payload_type))
         return _unchanged
 
+    def _learn(self, topic: str, cls: type) -> None:
+        """A publish call of a ``cls`` instance to ``topic``, seen for the first time: a
+        pydantic model or dataclass joins the AsyncAPI document (declared or not), and a
+        running app describes itself again (once a second at most)."""
+        self._typed.add((topic, cls))
+        if not (hasattr(cls, "model_json_schema") or dataclasses.is_dataclass(cls)):
+            return
+        if any(t == topic and p is cls for t, p in self._publishes):
+            return
+        self._publishes.append((topic, cls))
+        if self._running and self._redescribe is None:
+            self._redescribe = asyncio.get_running_loop().call_later(1.0, self._describe_again)
+
+    def _describe_again(self) -> None:
+        self._redescribe = None
+        if self._open:
+            task = asyncio.ensure_future(self._describe())
+            self._describing.add(task)
+            task.add_done_callback(self._described_again)
+
+    def _described_again(self, task: asyncio.Task[None]) -> None:
+        self._describing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: describing itself on %s failed: %s", self.name,
+                        "tidings.apps", task.exception())
+
     def on_startup(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run ``func`` after the app connected, before its subscribers start."""
         self._startup.append(func)
@@ -233,10 +265,7 @@ class App:
 
     async def start(self) -> None:
         """Connect, create the subscribed topics, and start every subscriber."""
-        require_transactions(
-            self._transport, self.broker,
-            [s.handler.func.__qualname__ for s in self._subscribers if s.exactly_once],
-        )
+        require_capabilities(self._transport, self.broker, self._subscribers)
         await self._transport.start()
         self._running = self._open = True
         runtime = Runtime(self.name, self.system, self._emit, tuple(self._middlewares))
@@ -264,7 +293,8 @@ class App:
             from .asyncapi import APPS_TOPIC, describe_record
 
             await self._transport.ensure_topic(APPS_TOPIC, 1)
-            await self._transport.append([describe_record(self)])
+            self._described += 1
+            await self._transport.append([describe_record(self, self._described)])
 
     async def _wait_joined(self) -> None:
         # A service is up once its subscribers are in their groups, so a message published
@@ -283,6 +313,7 @@ class App:
         await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
         self._consumers.clear()
         await self._replies.close()
+        await self._describe_pending()
         for hook in self._shutdown:
             try:
                 await hook()
@@ -291,9 +322,21 @@ class App:
         self._open = False
         await self._transport.close()
 
+    async def _describe_pending(self) -> None:
+        """Before closing: the description a new typed message is waiting for."""
+        if self._redescribe is not None:
+            self._redescribe.cancel()
+            self._redescribe = None
+            self._describe_again()
+        if self._describing:
+            await asyncio.gather(*self._describing, return_exceptions=True)
+
     def _abandon(self) -> None:
         """Stop abruptly, as a killed process would (see :func:`tidings.testing.crash`)."""
         self._running = self._open = False
+        if self._redescribe is not None:
+            self._redescribe.cancel()
+            self._redescribe = None
         for consumer in self._consumers:
             consumer.abandon()
         self._consumers.clear()
@@ -339,7 +382,7 @@ class App:
     ) -> PublishedMany:
         """Append many messages in one durable batch; ``key(payload)`` picks each key.
         Returns a sequence of :class:`Published`, in order (made as it is read)."""
-        outs = make_records(topic, payloads, key)
+        outs = make_records(topic, self._typed_payloads(topic, payloads), key)
         ids = [o.headers[Headers.ID] for o in outs]
         appending = self._appending(outs)
         del outs  # handed over: not kept alive while the broker acknowledges them
@@ -448,7 +491,9 @@ class App:
     def _emit(self, outs: list[OutRecord], kind: str = "publish",
               ) -> Awaitable[Sequence[Position]]:
         """``_appending`` without the running check, through the append middleware: the
-        runtime's own appends (replies, dead letters, ...) name their ``kind``."""
+        runtime's own appends (replies, dead letters, ...) name their ``kind``. Every
+        record is stamped with this app's name as its source, unless it has one."""
+        _sourced(outs, self.name)
         if self._append_next is not None:
             return self._append_next(AppendCall(self.name, kind, self.system, outs))
         # Inside an exactly-once handler, held: appended when its offset commits, with it.
@@ -468,15 +513,37 @@ class App:
 
     async def _stamp(self, records: list[OutRecord]) -> None:
         """Run the append middleware over records recorded for later (an outbox row),
-        so they carry what it adds (a trace context) when relayed."""
+        so they carry what it adds (a trace context) when relayed, and its source."""
+        _sourced(records, self.name)
         if self._append_next is not None:
             await self._append_next(AppendCall(self.name, "create", self.system, records))
+
+    def _typed_payloads(self, topic: str, payloads: Iterable[Any]) -> Iterator[Any]:
+        typed = self._typed
+        for payload in payloads:
+            cls = type(payload)
+            if cls is not dict and (topic, cls) not in typed:
+                self._learn(topic, cls)
+            yield payload
 
     def _out(
         self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
         delay: Delay, partition: int | None,
     ) -> OutRecord:
+        cls = type(payload)
+        if cls is not dict and (topic, cls) not in self._typed:
+            self._learn(topic, cls)
         return make_record(topic, payload, key, headers, delay, partition)
+
+
+def _sourced(outs: Sequence[OutRecord], name: str) -> None:
+    """Stamp ``outs`` with ``name`` as their source, unless they have one."""
+    for out in outs:
+        headers = out.headers
+        if isinstance(headers, dict):
+            headers.setdefault(Headers.SOURCE, name)
+        elif Headers.SOURCE not in headers:
+            out.headers = {**headers, Headers.SOURCE: name}
 
 
 def _unchanged(func: F) -> F:

@@ -21,6 +21,8 @@ class Headers:
     ID = "tidings-id"
     CORRELATION_ID = "tidings-correlation-id"
     CAUSATION_ID = "tidings-causation-id"
+    #: the name of the app that first published the message (kept by re-drives)
+    SOURCE = "tidings-source"
     CONTENT_TYPE = "content-type"
     REPLY_TO = "tidings-reply-to"
     REPLY_STATUS = "tidings-reply-status"

@@ -114,8 +114,13 @@ def test_conversation_by_order_id_message_id_and_unknown(broker: str) -> None:
         first, second, third = messages
         assert second["causation_id"] == first["id"] and third["causation_id"] == second["id"]
         assert {m["correlation_id"] for m in messages} == {first["id"]}
-        assert first["handled_by"] == [{"group": "stock", "outcome": "handled"}]
-        assert second["handled_by"] == [{"group": "payments", "outcome": "handled"}]
+        # the app that published each (the stock app also takes the orders here)
+        assert [m["published_by"] for m in messages] == ["stock", "stock", "payments"]
+        # handled, and when: the time its handling published the next message
+        assert first["handled_by"] == [{"group": "stock", "outcome": "handled",
+                                        "at": second["published_at"]}]
+        assert second["handled_by"] == [{"group": "payments", "outcome": "handled",
+                                         "at": third["published_at"]}]
         assert third["handled_by"] == []  # nobody reads payments
         assert first["payload"]["card_number"] == "**** 1111"  # never a card on a page
         assert all(m["key"] == "o-1" for m in messages)

@@ -36,6 +36,7 @@ def test_redact_url_hides_passwords_and_keeps_the_rest(url: str, shown: str) -> 
     f"sqlite://alice:{SECRET}@host/bus.db",                # a host in a sqlite URL
     f"sqlite:///bus.db?sasl_password={SECRET}",            # an unknown sqlite option
     f"memory://alice:{SECRET}@bus?partitions=many",        # a bad memory option
+    f"amqp://alice:{SECRET}@broker:5672/?colour=red",      # an unknown amqp option
 ])
 def test_errors_about_a_url_do_not_echo_its_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as caught:

@@ -39,11 +39,12 @@ APPS_TOPIC = "tidings.apps"
 _PAGE = 500
 
 
-def describe_record(app: App) -> OutRecord:
-    """The record an app appends to :data:`APPS_TOPIC` when it starts."""
+def describe_record(app: App, n: int = 1) -> OutRecord:
+    """The record an app appends to :data:`APPS_TOPIC` when it starts (``n`` = 1), and
+    again (``n`` = 2, 3, ...) when a publish call shows it a new typed message."""
     body = {"app": app.name, "instance": app.instance_id, "started_at": time.time(),
             "asyncapi": document(app)}
-    return make_record(APPS_TOPIC, body, app.name, {Headers.ID: f"{app.instance_id}-describe"},
+    return make_record(APPS_TOPIC, body, app.name, {Headers.ID: f"{app.instance_id}-describe-{n}"},
                        None, None)
 
 

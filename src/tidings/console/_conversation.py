@@ -5,7 +5,9 @@ also carries the conversation's correlation id and its cause's id. So the messag
 one conversation are those whose correlation id (or, for the first, whose own id) is
 the conversation's. What each group did with a message comes from its committed offset
 (past the message: handled; not yet: pending) and from the dead-letter topics (a dead
-letter of it for that group: dead-lettered; re-driven since: retried).
+letter of it for that group: dead-lettered; re-driven since: retried); when, from the
+messages its handling published (their ``tidings-source`` names the app, and a group is
+named after its app unless told otherwise).
 """
 
 from __future__ import annotations
@@ -80,7 +82,13 @@ def conversation(records: Iterable[Record], groups: Sequence[GroupInfo]) -> list
     depth = _depths(messages)
     messages.sort(key=lambda r: (r.timestamp, depth[id(r)], r.topic, r.partition, r.offset))
     readers = _readers(groups)
-    return [_entry(r, readers, dead, redriven) for r in messages]
+    effects: dict[tuple[str, str], float] = {}  # (cause id, publishing app) -> first time
+    for record in messages:
+        cause, source = record.headers.get(Headers.CAUSATION_ID), \
+            record.headers.get(Headers.SOURCE)
+        if cause and source:
+            effects.setdefault((cause, source), record.timestamp)
+    return [_entry(r, readers, dead, redriven, effects) for r in messages]
 
 
 def _depths(records: Sequence[Record]) -> dict[int, int]:
@@ -119,7 +127,8 @@ def _readers(groups: Sequence[GroupInfo]) -> dict[str, dict[str, Mapping[TopicPa
 
 def _entry(record: Record, readers: Mapping[str, Mapping[str, Mapping[TopicPartition, int]]],
            dead: Mapping[tuple[str, int, int], set[str]],
-           redriven: Collection[tuple[str, str]]) -> dict[str, Any]:
+           redriven: Collection[tuple[str, str]],
+           effects: Mapping[tuple[str, str], float]) -> dict[str, Any]:
     h = record.headers
     message_id = h.get(Headers.ID) or f"{record.topic}-{record.partition}-{record.offset}"
     failed = dead.get((record.topic, record.partition, record.offset), set())
@@ -134,11 +143,17 @@ def _entry(record: Record, readers: Mapping[str, Mapping[str, Mapping[TopicParti
             outcome = "handled"
         else:
             outcome = "pending"
-        handled_by.append({"group": group, "outcome": outcome})
+        entry: dict[str, Any] = {"group": group, "outcome": outcome}
+        if outcome == "handled" and (message_id, group) in effects:
+            # when its handling published the first message it caused (a group is named
+            # after its app unless told otherwise)
+            entry["at"] = effects[message_id, group]
+        handled_by.append(entry)
     return {
         "topic": record.topic, "partition": record.partition, "offset": record.offset,
         "id": message_id, "correlation_id": h.get(Headers.CORRELATION_ID) or message_id,
         "causation_id": h.get(Headers.CAUSATION_ID), "key": record.key,
+        "published_by": h.get(Headers.SOURCE),
         "type": _type_of(record.value), "published_at": record.timestamp,
         "redriven_for": only, "handled_by": handled_by, "payload": _payload(record.value),
     }

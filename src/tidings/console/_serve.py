@@ -6,6 +6,7 @@ line and creates no file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from .._backends import load_transport
 from .._errors import ConfigurationError, MissingDependencyError
 from ..asyncapi import merge, read_documents
+from ..ports import SupportsLookup, Transport
 from ._redact import redact_url
 from ._view import BusView
 from ._web import create_app
@@ -62,11 +64,30 @@ async def open_view(broker: str, dbs: Sequence[str] = (), *,
     try:
         await transport.start()
         stores = {_name(db, i, dbs): _store(db, engines) for i, db in enumerate(dbs)}
-        yield BusView(transport, stores, allow_actions=allow_actions)
+        indexing = asyncio.create_task(_keep_indexed(transport))
+        try:
+            yield BusView(transport, stores, allow_actions=allow_actions)
+        finally:
+            indexing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await indexing
     finally:
         for engine in engines:
             await engine.dispose()
         await transport.close()
+
+
+async def _keep_indexed(transport: Transport, every: float = 5.0) -> None:
+    """Index the bus for lookups at start (a big bus takes seconds: better before the
+    first question than during it), then what is new every few seconds."""
+    if not isinstance(transport, SupportsLookup):
+        return
+    while True:
+        try:
+            await transport.prepare_lookups()
+        except Exception as exc:  # the next lookup says what is wrong; keep trying
+            log.debug("indexing for lookups failed: %s", exc)
+        await asyncio.sleep(every)
 
 
 def _name(url: str, index: int, urls: Sequence[str]) -> str:

@@ -14,8 +14,8 @@ Tables::
     claims      per (group, topic, partition): owner and lease expiry
     offsets     per (group, topic, partition): the committed next offset
 
-``log`` is indexed by key, message id and conversation once the console first looks a
-conversation up (``LOOKUP_DDL``, see ``_lookup``).
+``log`` has no index but its primary key: the console's lookups index it in a private
+database of their own (see ``_lookup``), so appends never pay for them.
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ from ..._errors import TransportError
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
-    "CONVERSATION",
-    "LOOKUP_DDL",
     "MAX_PIDS",
-    "MESSAGE_ID",
     "OFFSET_BITS",
     "SCHEMA_VERSION",
     "connect",
@@ -42,11 +39,6 @@ OFFSET_BITS = 40  # up to ~1.1e12 records per partition
 MAX_PIDS = 1 << (63 - OFFSET_BITS)  # up to ~8.4e6 partitions in one database
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
-
-#: A record's message id and its conversation (correlation id, else its own id), as
-#: indexed: the console's lookups (``_lookup``) use the same expressions.
-MESSAGE_ID = """json_extract(headers, '$."tidings-id"')"""
-CONVERSATION = f"""coalesce(json_extract(headers, '$."tidings-correlation-id"'), {MESSAGE_ID})"""
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -109,16 +101,6 @@ CREATE TABLE IF NOT EXISTS offsets (
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (group_name, topic, partition)
 );
-"""
-
-#: The console's lookup indexes, made by its first lookup (see ``_lookup``), not here:
-#: every append maintains them, which costs a bus nobody inspects a third of its
-#: batched publish rate.
-LOOKUP_DDL = f"""
-CREATE INDEX IF NOT EXISTS log_by_key ON log (key) WHERE key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS log_by_id ON log ({MESSAGE_ID}) WHERE headers IS NOT NULL;
-CREATE INDEX IF NOT EXISTS log_by_conversation ON log ({CONVERSATION})
-    WHERE headers IS NOT NULL;
 """
 
 

@@ -35,14 +35,21 @@ from ..._records import (
     TopicInfo,
     TopicPartition,
 )
-from ...ports import RebalanceListener, Subscription, SupportsLookup, Transport
+from ...ports import (
+    BASE_CAPABILITIES,
+    Capability,
+    RebalanceListener,
+    Subscription,
+    SupportsLookup,
+    Transport,
+)
 from . import _groups, _lookup, _reads
 from ._append import Appender, TopicMeta
 from ._checkpoint import Checkpointer
 from ._housekeeping import Housekeeper
 from ._member import GroupMember
 from ._options import SqliteOptions
-from ._schema import LOOKUP_DDL, connect, create_schema
+from ._schema import connect, create_schema
 from ._subscription import FetchingSubscription, GrouplessSubscription
 from ._threads import DbThread
 from ._watcher import Watcher
@@ -57,6 +64,7 @@ class SqliteTransport(Transport, SupportsLookup):
     """A durable log with consumer groups in one SQLite file (WAL mode)."""
 
     system = "sqlite"
+    capabilities = BASE_CAPABILITIES | {Capability.LOOKUP}
 
     shared_between_processes = True
 
@@ -64,7 +72,6 @@ class SqliteTransport(Transport, SupportsLookup):
         self.options = options
         self._path = options.path.expanduser().absolute()
         self._writer: WriterThread | None = None
-        self._indexed = False  # the lookup indexes exist (made by the first lookup)
         self._reader: DbThread | None = None
         self._watcher: Watcher | None = None
         self._checkpointer: Checkpointer | None = None
@@ -302,13 +309,15 @@ class SqliteTransport(Transport, SupportsLookup):
         return await self.reader.call(_reads.describe_topics)
 
     async def lookup(self, wanted: str) -> list[Record]:
-        """Every record of the conversations ``wanted`` names (by index; see ``_lookup``).
-        The first lookup on a bus builds the indexes (once; appends maintain them)."""
+        """Every record of the conversations ``wanted`` names, through a private index
+        the reading connection keeps of the log (see ``_lookup``): the bus is only read."""
         await self._running()
-        if not self._indexed:
-            await self.writer.call(_index_for_lookups)
-            self._indexed = True
         return await self.reader.call(lambda c: _lookup.lookup(c, wanted))
+
+    async def prepare_lookups(self) -> None:
+        """Index what was appended since the last lookup (the first time: the whole bus)."""
+        await self._running()
+        await self.reader.call(_lookup.catch_up)
 
     async def describe_groups(self) -> list[GroupInfo]:
         """Every group with live members (and their partitions) or committed offsets."""
@@ -346,9 +355,3 @@ class SqliteTransport(Transport, SupportsLookup):
 def _unknown_partition(topic: str, partition: int) -> UnknownTopicError:
     return UnknownTopicError(f"topic {topic!r} has no partition {partition}")
 
-
-def _index_for_lookups(conn: sqlite3.Connection) -> None:
-    """Writer job (inside its transaction): the console's lookup indexes."""
-    for statement in LOOKUP_DDL.split(";"):
-        if statement.strip():
-            conn.execute(statement)
