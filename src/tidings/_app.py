@@ -13,6 +13,7 @@ from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
 from ._batch import batch_process
+from ._capabilities import require_capabilities
 from ._codec import decoder_for
 from ._consumer import Consumer
 from ._cron import CatchUp, cron
@@ -28,7 +29,7 @@ from ._records import OutRecord, Position, Start
 from ._reply import REPLIES_TOPIC, ReplyListener
 from ._retry import RetryPolicy
 from ._subscriber import Role, SubscriberSpec
-from ._transaction import hold, require_transactions
+from ._transaction import hold
 from ._workqueue import PRIORITIES, queue_group, queue_topics
 from .ports import Transport
 
@@ -264,10 +265,7 @@ class App:
 
     async def start(self) -> None:
         """Connect, create the subscribed topics, and start every subscriber."""
-        require_transactions(
-            self._transport, self.broker,
-            [s.handler.func.__qualname__ for s in self._subscribers if s.exactly_once],
-        )
+        require_capabilities(self._transport, self.broker, self._subscribers)
         await self._transport.start()
         self._running = self._open = True
         runtime = Runtime(self.name, self.system, self._emit, tuple(self._middlewares))

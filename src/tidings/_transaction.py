@@ -11,12 +11,10 @@ publishes them once.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 
-from ._errors import ConfigurationError
 from ._records import OutRecord, Position, TopicPartition
-from .ports import SupportsTransactions, Transport
 
 __all__ = [
     "HeldOutputs",
@@ -24,7 +22,6 @@ __all__ = [
     "held_outputs",
     "hold",
     "records_of",
-    "require_transactions",
 ]
 
 #: The records the running exactly-once handler published so far (None elsewhere).
@@ -89,13 +86,3 @@ def discard_held() -> None:
     held = held_outputs.get()
     if held is not None:
         held.clear()
-
-
-def require_transactions(transport: Transport, broker: str, handlers: Sequence[str]) -> None:
-    """Refuse exactly-once ``handlers`` on a transport without transactions."""
-    if handlers and not isinstance(transport, SupportsTransactions):
-        raise ConfigurationError(
-            f"{', '.join(handlers)}: exactly_once=True needs a backend that commits appends "
-            f"and offsets in one transaction (kafka://), not {broker.split('?')[0]!r}; "
-            "for exactly-once effects here, use the inbox of tidings.sqlalchemy"
-        )

@@ -19,6 +19,11 @@ Semantics every transport must honour (the conformance suite checks them):
   longer owns raises :class:`~tidings.FencedError`.
 * ``subscribe(group=None)`` reads every partition without a group (tail, replies).
 
+Capabilities are declared, not discovered by failing: each transport lists in
+:attr:`Transport.capabilities` what it honours (:class:`Capability`), and an App refuses
+at start, naming the backend and the capability, a subscriber option the transport
+cannot honour (see ``docs/backends.md`` for the matrix).
+
 Optional: a transport that can append records and commit offsets in one transaction
 (Kafka) also implements :class:`SupportsTransactions`; exactly-once subscribers need it.
 A transport that indexes its records by key, id and correlation id (SQLite) implements
@@ -28,6 +33,7 @@ A transport that indexes its records by key, id and correlation id (SQLite) impl
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Protocol
 
@@ -42,6 +48,8 @@ from ._records import (
 )
 
 __all__ = [
+    "BASE_CAPABILITIES",
+    "Capability",
     "RebalanceListener",
     "Subscription",
     "SupportsLookup",
@@ -49,6 +57,39 @@ __all__ = [
     "TransactionalSubscription",
     "Transport",
 ]
+
+
+class Capability(enum.StrEnum):
+    """What a transport can honour (Watermill's ``Features``, NServiceBus's transport
+    guarantees). The conformance suite asserts a refusal where one is missing."""
+
+    #: Consumer groups: each group gets every message, its members share them.
+    GROUPS = "groups"
+    #: Records of one key stay in one partition, in order.
+    ORDER_PER_KEY = "order_per_key"
+    #: A log kept after reading: ``set_offsets``, ``offsets_for_time``, ``read``.
+    REPLAY = "replay"
+    #: ``OutRecord.deliver_at`` delays a record durably.
+    DELAY = "delay"
+    #: Work queues run higher priorities first.
+    PRIORITY = "priority"
+    #: Appends and offset commits in one transaction (:class:`SupportsTransactions`).
+    EXACTLY_ONCE = "exactly_once"
+    #: Records survive a restart of the broker (or of the process, for embedded ones).
+    DURABILITY = "durability"
+    #: Records are copied to several nodes (when the broker runs as a cluster).
+    REPLICATION = "replication"
+    #: ``append`` returns the offsets the records got (not only their partitions).
+    APPEND_OFFSETS = "append_offsets"
+    #: An index by key, id and correlation id (:class:`SupportsLookup`).
+    LOOKUP = "lookup"
+
+
+#: What every transport honours unless it says otherwise.
+BASE_CAPABILITIES: frozenset[Capability] = frozenset({
+    Capability.GROUPS, Capability.ORDER_PER_KEY, Capability.REPLAY, Capability.DELAY,
+    Capability.PRIORITY, Capability.DURABILITY, Capability.APPEND_OFFSETS,
+})
 
 
 class RebalanceListener(Protocol):
@@ -114,6 +155,8 @@ class Transport(abc.ABC):
     shared_between_processes: bool = True
     #: The messaging system's name, as OpenTelemetry's ``messaging.system`` gives it.
     system: str = "unknown"
+    #: What this transport honours; an App refuses options that need anything else.
+    capabilities: frozenset[Capability] = BASE_CAPABILITIES
 
     @abc.abstractmethod
     async def start(self) -> None:
