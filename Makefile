@@ -33,6 +33,11 @@ setup-demo: $(DEMO_STAMP)
 system-deps:
 	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q \
 	  --no-install-recommends -o DPkg::Lock::Timeout=300 chromium; }
+	# mosquitto for the mqtt:// tests, which start their own; stop any service it started.
+	test -x /usr/sbin/mosquitto || { { apt-get update -q && apt-get install -y -q \
+	  --no-install-recommends -o DPkg::Lock::Timeout=300 mosquitto; } && \
+	  { service mosquitto stop >/dev/null 2>&1 || true; } && \
+	  { update-rc.d mosquitto disable >/dev/null 2>&1 || true; }; }
 
 # The shop: every service its own process under a supervisor; Ctrl-C stops all.
 demo: setup-demo

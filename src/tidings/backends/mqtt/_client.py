@@ -69,6 +69,7 @@ class Connection:
         self._ticker: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
+        self._warned = float("-inf")  # when a lost connection was last logged as a warning
         self.connected = False
 
     @property
@@ -152,8 +153,12 @@ class Connection:
             if not ack.done():
                 ack.set_exception(BrokerUnavailableError(f"{self.where}: connection lost"))
         if was:
-            log.warning("%s: connection of %s lost (%s); reconnecting",
-                        self.where, self.client_id, reason)
+            # Once per quiet spell: a broker that drops each attempt would flood the log.
+            now = self._loop.time()
+            level = logging.WARNING if now - self._warned > 30 else logging.DEBUG
+            self._warned = now
+            log.log(level, "%s: connection of %s lost (%s); reconnecting",
+                    self.where, self.client_id, reason)
             if self._on_state is not None:
                 self._on_state(False)
         if self._reconnecting is None or self._reconnecting.done():

@@ -1,7 +1,9 @@
 """Records to MQTT 5 messages and back.
 
 Headers travel as MQTT 5 user properties, the key as the user property ``tidings-key``
-and the publish time as ``tidings-timestamp``. A request's reply topic and id also go
+and the publish time as ``tidings-timestamp``. mosquitto refuses control characters in
+strings (a dead letter's error message may have newlines), so a value that has any
+travels JSON-quoted, its name listed in ``tidings-quoted``. A request's reply topic and id also go
 in MQTT 5's own Response Topic and Correlation Data, and a reply's correlation id in
 Correlation Data, so an MQTT 5 client that knows nothing of tidings can request from a
 tidings responder (its Response Topic and Correlation Data become tidings' headers).
@@ -9,6 +11,8 @@ tidings responder (its Response Topic and Correlation Data become tidings' heade
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import paho.mqtt.client as paho
@@ -22,6 +26,8 @@ __all__ = ["KEY", "TIMESTAMP", "properties_of", "record_of"]
 
 KEY = "tidings-key"
 TIMESTAMP = "tidings-timestamp"
+QUOTED = "tidings-quoted"
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def properties_of(record: OutRecord) -> Properties:
@@ -29,6 +35,10 @@ def properties_of(record: OutRecord) -> Properties:
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     headers = record.headers
     pairs = [(TIMESTAMP, f"{time.time():.6f}"), *headers.items()]
+    quoted = [name for name, value in headers.items() if _CONTROL.search(value)]
+    if quoted:
+        pairs = [(k, json.dumps(v) if k in quoted else v) for k, v in pairs]
+        pairs.append((QUOTED, ",".join(quoted)))
     if record.key is not None:
         pairs.append((KEY, record.key))
     props.UserProperty = pairs
@@ -47,6 +57,11 @@ def record_of(message: paho.MQTTMessage, offset: int) -> Record:
     headers = dict(getattr(props, "UserProperty", None) or ())
     key = headers.pop(KEY, None)
     stamp = headers.pop(TIMESTAMP, None)
+    quoted = headers.pop(QUOTED, None)
+    if quoted:
+        for name in quoted.split(","):
+            if name in headers:
+                headers[name] = json.loads(headers[name])
     try:
         timestamp = float(stamp) if stamp is not None else time.time()
     except ValueError:
