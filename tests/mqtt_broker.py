@@ -85,7 +85,8 @@ def running_mosquitto(*, users: dict[str, str] | None = None,
             try:
                 _wait_listening(port, process, 10.0)
             except RuntimeError as exc:
-                raise RuntimeError(f"{exc}: {(root / 'mosquitto.log').read_text()[-2000:]}") from None
+                said = (root / "mosquitto.log").read_text()[-2000:]
+                raise RuntimeError(f"{exc}: {said}") from None
             yield url
         finally:
             process.send_signal(signal.SIGTERM)

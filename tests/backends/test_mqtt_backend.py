@@ -15,11 +15,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_broker import running_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from mqtt_broker import running_mosquitto
 from tidings import App, Message, RetryPolicy
 from tidings._records import OutRecord
 
