@@ -49,7 +49,9 @@ class Connection:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
             manual_ack=on_message is not None, reconnect_on_failure=False,
         )
-        client.max_inflight_messages_set(settings.receive_maximum)
+        # paho's own window rescans every unconfirmed message on each PUBACK (quadratic);
+        # the window is kept here instead (``full``/``room``), at the broker's maximum.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)
@@ -68,6 +70,8 @@ class Connection:
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
+        self._send_maximum = 65535  # the broker's Receive Maximum (from its CONNACK)
+        self._roomy = asyncio.Event()
         self._closing = False
         self._warned = float("-inf")  # when a lost connection was last logged as a warning
         self.connected = False
@@ -137,6 +141,8 @@ class Connection:
         self.connected = True
         limit = getattr(properties, "MaximumPacketSize", None)
         self.max_packet = int(limit) if limit else None
+        self._send_maximum = min(int(getattr(properties, "ReceiveMaximum", 65535)),
+                                 self.settings.receive_maximum)
         if future is not None and not future.done():
             future.set_result(bool(flags.session_present))
 
@@ -216,9 +222,21 @@ class Connection:
             self._pubacks[info.mid] = future
         return future
 
+    @property
+    def full(self) -> bool:
+        """Whether as many publishes wait for their PUBACK as the broker allows."""
+        return len(self._pubacks) >= self._send_maximum
+
+    async def room(self) -> None:
+        """Wait until another publish may be sent."""
+        while self.full and not self._closing:
+            self._roomy.clear()
+            await self._roomy.wait()
+
     def _published(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode,
                    _p: Properties) -> None:
         future = self._pubacks.pop(mid, None)
+        self._roomy.set()
         if future is None or future.done():
             return
         if reason.is_failure:
@@ -288,3 +306,4 @@ class Connection:
                 future.set_exception(error)
         self._pubacks.clear()
         self._subacks.clear()
+        self._roomy.set()

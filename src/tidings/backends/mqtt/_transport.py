@@ -82,13 +82,14 @@ class MqttTransport(Transport):
             props = properties_of(record)
             limit = publisher.max_packet
             if limit is not None:
-                packed = props.pack()  # type: ignore[no-untyped-call]
-                size = len(record.value) + len(packed) + len(record.topic) + _OVERHEAD
+                size = len(record.value) + len(props.pack()) + len(record.topic) + _OVERHEAD
                 if size > limit:
                     raise MessageTooLargeError(
                         f"{publisher.where}: a message of {size} bytes to {record.topic!r} "
                         f"is larger than the broker's limit of {limit} bytes"
                     )
+            if publisher.full:
+                await publisher.room()
             futures.append(publisher.publish(record.topic, record.value, props))
         timeout = self.settings.publish_timeout
         try:
