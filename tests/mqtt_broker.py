@@ -50,18 +50,21 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float)
 
 
 @contextlib.contextmanager
-def running_mosquitto(*, users: dict[str, str] | None = None,
-                      extra: str = "") -> Iterator[str]:
-    """Start mosquitto on a free loopback port; yield its ``mqtt://`` URL (with the
-    first of ``users``' credentials when given: the broker then refuses anonymous
-    clients). ``extra`` is appended to the config file."""
-    port = free_port()
+def running_mosquitto(*, users: dict[str, str] | None = None, extra: str = "",
+                      port: int | None = None, data: Path | None = None) -> Iterator[str]:
+    """Start mosquitto on a free loopback port (or ``port``); yield its ``mqtt://`` URL
+    (with the first of ``users``' credentials when given: the broker then refuses
+    anonymous clients). ``extra`` is appended to the config file; ``data`` is where it
+    keeps its state (a private directory by default), so a restart can find it."""
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="tidings-mosquitto-") as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # mosquitto may have dropped to its own user when it reads it
-        (root / "data").mkdir(mode=0o777)
+        data = data or root / "data"
+        data.mkdir(mode=0o777, exist_ok=True)
+        data.chmod(0o777)
         lines = [f"listener {port} 127.0.0.1", "persistence true",
-                 f"persistence_location {root / 'data'}/", "max_queued_messages 0",
+                 f"persistence_location {data}/", "max_queued_messages 0",
                  "log_dest stderr", "log_type error", "log_type warning"]
         url = f"mqtt://127.0.0.1:{port}"
         if users:

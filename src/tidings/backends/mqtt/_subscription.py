@@ -114,7 +114,8 @@ class MqttSubscription(Subscription):
             await self._listener.on_lost(self._tps)
         connection = self._connection
         if connection is not None and connection.connected:
-            await connection.subscribe(self._filters)  # the session may have expired
+            # The session may have expired, or come back broken from a broker restart.
+            await connection.subscribe(self._filters, again=True)
             self._assigned = True
             await self._listener.on_assigned(self._tps)
 
