@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -63,7 +63,6 @@ class Connection:
         client.on_disconnect = self._disconnected
         client.on_publish = self._published
         client.on_subscribe = self._subscribed
-        client.on_unsubscribe = self._subscribed
         if on_message is not None:
             client.on_message = lambda _c, _u, message: on_message(message)
         self._connack: asyncio.Future[bool] | None = None
@@ -245,29 +244,18 @@ class Connection:
         else:
             future.set_result(None)
 
-    async def subscribe(self, filters: list[str], *, again: bool = False) -> None:
-        """Subscribe to ``filters`` at QoS 1; raise if the broker refuses one. With
-        ``again``, unsubscribe first: mosquitto 2.0 restores a session's shared
-        subscriptions from its persistence file without routing anything to them, and
-        only a new subscription mends that (subscribing again over it does not)."""
-        if again:
-            result, mid = self._client.unsubscribe(filters)
-            await self._acknowledged(result, mid)
+    async def subscribe(self, filters: list[str]) -> None:
+        """Subscribe to ``filters`` at QoS 1; raise if the broker refuses one."""
         result, mid = self._client.subscribe([(f, 1) for f in filters])
-        codes = await self._acknowledged(result, mid)
-        refused = [f for f, code in zip(filters, codes, strict=False) if code.is_failure]
-        if refused:
-            raise TransportError(f"{self.where} refused the subscription to {refused}")
-
-    async def _acknowledged(self, result: MQTTErrorCode, mid: int | None,
-                            ) -> list[ReasonCode]:
-        """The reason codes of the SUBACK or UNSUBACK of ``mid``."""
         if result != paho.MQTT_ERR_SUCCESS or mid is None:
-            raise BrokerUnavailableError(f"{self.where}: cannot (un)subscribe ({result})")
+            raise BrokerUnavailableError(f"{self.where}: cannot subscribe ({result})")
         future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
         self._subacks[mid] = future
         async with asyncio.timeout(self.settings.connect_timeout):
-            return await future
+            codes = await future
+        refused = [f for f, code in zip(filters, codes, strict=False) if code.is_failure]
+        if refused:
+            raise TransportError(f"{self.where} refused the subscription to {refused}")
 
     def _subscribed(self, _c: paho.Client, _u: Any, mid: int, codes: list[ReasonCode],
                     _p: Properties | None) -> None:

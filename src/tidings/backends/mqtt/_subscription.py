@@ -114,8 +114,7 @@ class MqttSubscription(Subscription):
             await self._listener.on_lost(self._tps)
         connection = self._connection
         if connection is not None and connection.connected:
-            # The session may have expired, or come back broken from a broker restart.
-            await connection.subscribe(self._filters, again=True)
+            await connection.subscribe(self._filters)  # the session may have expired
             self._assigned = True
             await self._listener.on_assigned(self._tps)
 
