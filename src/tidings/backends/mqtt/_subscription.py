@@ -78,22 +78,30 @@ class MqttSubscription(Subscription):
         return [inbox.popleft() for _ in range(count)]
 
     async def _open(self) -> None:
-        connection = Connection(self._settings, self._client_id, persistent=self._persistent,
-                                on_message=self._deliver, on_state=self._state)
-        await connection.connect()
+        # Kept before connecting: a resumed session's deliveries come with the CONNACK.
+        self._connection = connection = Connection(
+            self._settings, self._client_id, persistent=self._persistent,
+            on_message=self._deliver, on_state=self._state)
         try:
+            await connection.connect()
             await connection.subscribe(self._filters)
         except BaseException:
             connection.abandon()
+            self._connection = None
+            self._forget_deliveries()
             raise
-        self._connection = connection
         self._assigned = True
         await self._listener.on_assigned(self._tps)
 
     def _deliver(self, message: paho.MQTTMessage) -> None:
+        waiting = self._unacked.get(message.topic)
+        if waiting is None:  # not subscribed here (a session's leftover): nobody's
+            if self._connection is not None:
+                self._connection.ack(message.mid)
+            return
         offset = self._next
         self._next = offset + 1
-        self._unacked[message.topic].append((offset, message.mid))
+        waiting.append((offset, message.mid))
         self._inbox.append(record_of(message, offset))
         self._arrived.set()
 
@@ -102,10 +110,13 @@ class MqttSubscription(Subscription):
         drops their work in ``on_lost``)."""
         self._changed = True
         if not up:
-            self._inbox.clear()
-            for waiting in self._unacked.values():
-                waiting.clear()
+            self._forget_deliveries()
         self._arrived.set()
+
+    def _forget_deliveries(self) -> None:
+        self._inbox.clear()
+        for waiting in self._unacked.values():
+            waiting.clear()
 
     async def _rejoin(self) -> None:
         self._changed = False
