@@ -68,11 +68,15 @@ class MqttSubscription(Subscription):
         """Connect and subscribe on the first call; then up to ``max_records`` deliveries."""
         if self._connection is None:
             await self._open()
-        if self._changed:
-            await self._rejoin()
-        if not self._inbox:
+        if not self._changed and not self._inbox:
             self._arrived.clear()
             await wait_event(self._arrived, timeout)
+        if self._changed:  # lost (and maybe back): the runtime hears of it first
+            await self._rejoin()
+        if not self._assigned:  # lost, not back yet: wait for news, not in a loop
+            self._arrived.clear()
+            await wait_event(self._arrived, timeout)
+            return []
         inbox = self._inbox
         count = min(max_records, len(inbox))
         return [inbox.popleft() for _ in range(count)]
@@ -125,7 +129,11 @@ class MqttSubscription(Subscription):
             await self._listener.on_lost(self._tps)
         connection = self._connection
         if connection is not None and connection.connected:
-            await connection.subscribe(self._filters)  # the session may have expired
+            try:
+                await connection.subscribe(self._filters)  # the session may have expired
+            except BaseException:
+                self._changed = True  # the next fetch tries again
+                raise
             self._assigned = True
             await self._listener.on_assigned(self._tps)
 
