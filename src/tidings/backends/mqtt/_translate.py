@@ -16,14 +16,17 @@ from ..._errors import (
 
 __all__ = ["connect_error", "publish_error", "refused"]
 
-#: CONNACK reasons that a retry will not fix: the URL's credentials or client id.
-_CREDENTIALS = {"Bad user name or password", "Not authorized", "Client identifier not valid",
-                "Bad authentication method", "Banned"}
+#: CONNACK reasons that a retry will not fix: the URL's credentials.
+_CREDENTIALS = {"Bad user name or password", "Not authorized", "Bad authentication method",
+                "Banned"}
 
 
 def connect_error(where: str, reason: ReasonCode) -> TidingsError:
     """The error for a refused CONNECT."""
     name = reason.getName()
+    if name == "Client identifier not valid":
+        return ConfigurationError(f"{where} refused the connection: {name} (the broker may "
+                                  "limit client ids to 23 characters; see docs/mqtt.md)")
     if name in _CREDENTIALS:
         return ConfigurationError(
             f"{where} refused the connection: {name} (check the user and password in the URL)"
