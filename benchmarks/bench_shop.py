@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pydantic import SecretStr  # noqa: E402
 from reference.client import APPROVE, ShopClient  # noqa: E402
 from reference.common.settings import Settings, free_base_port  # noqa: E402
 from reference.inventory.catalog import CATALOG  # noqa: E402
@@ -54,9 +56,10 @@ class OrderPoster:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._used = 0.0
 
-    async def order(self, user_id: int, items: list[tuple[str, int]], card: str) -> str:
-        """``POST /orders``; the new order's id (any answer but 202 raises)."""
-        body = json.dumps({"user_id": user_id, "card_number": card,
+    async def order(self, user: dict[str, Any], items: list[tuple[str, int]]) -> str:
+        """``POST /orders`` as ``user`` with their card token; the new order's id (any
+        answer but 202 raises)."""
+        body = json.dumps({"user_id": user["id"], "card_token": user["card_token"],
                            "items": [{"sku": sku, "qty": qty} for sku, qty in items]}).encode()
         if self._streams is not None and (self._streams[0].at_eof()
                                           or time.monotonic() - self._used > KEEP_ALIVE):
@@ -65,8 +68,8 @@ class OrderPoster:
             self._streams = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._streams
         writer.write(b"POST /orders HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: %d\r\n\r\n%s"
-                     % (self.host.encode(), self.port, len(body), body))
+                     b"\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+                     % (self.host.encode(), self.port, user["token"].encode(), len(body), body))
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         headers = dict(line.lower().split(": ", 1) for line in head[1:] if ": " in line)
         answer = await reader.readexactly(int(headers["content-length"]))
@@ -88,13 +91,15 @@ class OrderPoster:
 @contextmanager
 def running_shop(data_dir: Path, mode: str) -> Iterator[Settings]:
     """Start the supervisor with every service; stop it afterwards."""
-    settings = Settings(base_port=free_base_port(), data_dir=data_dir)
+    settings = Settings(base_port=free_base_port(), data_dir=data_dir,
+                        admin_token=SecretStr(secrets.token_urlsafe(16)))
     log = (data_dir / "supervisor.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "reference.supervisor", "--base-port", str(settings.base_port),
          "--data-dir", str(data_dir), "--mode", mode],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT),
+             "SHOP_ADMIN_TOKEN": settings.admin_token.get_secret_value()},
     )
     try:
         yield settings
@@ -146,23 +151,27 @@ async def wait_healthy(shop: ShopClient, timeout: float = 60) -> None:
                 await asyncio.sleep(0.2)
 
 
-async def prepare(shop: ShopClient, users: int) -> list[int]:
-    """Users to order for, and stock that never runs out."""
-    ids = [(await shop.register(f"bench user {i}"))["id"] for i in range(users)]
+async def prepare(shop: ShopClient, users: int) -> list[dict[str, Any]]:
+    """Users to order for (each with a token and a card token), and stock that never
+    runs out."""
+    found = []
+    for i in range(users):
+        user = await shop.register(f"bench user {i}")
+        found.append({**user, "card_token": await shop.card_token(user, APPROVE)})
     for product in CATALOG:
         await shop.set_stock(product.sku, 1_000_000_000)
-    return ids
+    return found
 
 
-async def post(poster: OrderPoster, user_id: int, n: int) -> tuple[str, float]:
+async def post(poster: OrderPoster, user: dict[str, Any], n: int) -> tuple[str, float]:
     """Place one order; its id and when the POST started."""
     started = time.perf_counter()
     sku = CATALOG[n % len(CATALOG)].sku
-    return await poster.order(user_id, [(sku, 1 + n % 3)], APPROVE), started
+    return await poster.order(user, [(sku, 1 + n % 3)]), started
 
 
-async def throughput(settings: Settings, outcomes: Outcomes, users: list[int], orders: int,
-                     clients: int) -> dict[str, Any]:
+async def throughput(settings: Settings, outcomes: Outcomes, users: list[dict[str, Any]],
+                     orders: int, clients: int) -> dict[str, Any]:
     """Orders per second through the four services, with ``clients`` posting at once."""
     queue = iter(range(orders))
     placed: list[str] = []
@@ -186,7 +195,7 @@ async def throughput(settings: Settings, outcomes: Outcomes, users: list[int], o
             "seconds": round(finished - started, 2)}
 
 
-async def latency(settings: Settings, outcomes: Outcomes, users: list[int], rate: float,
+async def latency(settings: Settings, outcomes: Outcomes, users: list[dict[str, Any]], rate: float,
                   seconds: float) -> dict[str, Any]:
     """POST-to-CONFIRMED latency at a paced rate (each POST on a free connection, a new
     one when every open one is busy)."""

@@ -3,8 +3,12 @@
     python -m reference.supervisor [--mode orchestration] [--broker URL] [--base-port N]
                                    [--data-dir DIR] [--fresh] [--once]
 
-Ctrl-C (or SIGTERM) stops every service gracefully. ``--once`` starts everything, runs
-the scripted demo (:mod:`reference.demo`) against it, stops, and exits 0 if it passed.
+Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops every service gracefully; if the
+supervisor itself is killed, the kernel stops them (each service asks for a
+parent-death signal), so none is left behind on its port. It starts nothing while one
+of its ports is taken, and a service counts as up only when the process answering on
+its port is the one it started. ``--once`` starts everything, runs the scripted demo
+(:mod:`reference.demo`) against it, stops, and exits 0 if it passed.
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ from pathlib import Path
 
 import httpx
 
-from .common.settings import SERVICES, Mode, Settings
+from .common.service import SUPERVISOR_PID
+from .common.settings import SERVICES, Mode, Settings, taken_ports
 
 __all__ = ["Child", "Supervisor", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 COLORS = ("36", "32", "33", "35", "34", "31")
+
+
+def _print(line: str) -> None:
+    """Print ``line``; once stdout is gone (``make demo | tee log`` and the tee was
+    interrupted too), keep going without output: stopping the services matters more."""
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, ValueError, OSError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
 
 
 class Child:
@@ -44,6 +58,7 @@ class Child:
     async def start(self) -> asyncio.subprocess.Process:
         """Start the service process, its output piped to our stdout with a prefix."""
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1",
+               SUPERVISOR_PID: str(os.getpid()),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                             os.environ.get("PYTHONPATH")]))}
         self.process = await asyncio.create_subprocess_exec(
@@ -59,7 +74,7 @@ class Child:
             return
         async for raw in stdout:
             line = raw.decode(errors="replace").rstrip()
-            print(f"{self.prefix}{line}", flush=True)
+            _print(f"{self.prefix}{line}")
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the process if it still runs."""
@@ -79,7 +94,7 @@ class Supervisor:
 
     def say(self, text: str) -> None:
         """A line from the supervisor itself."""
-        print(f"{'supervisor':<13}| {text}", flush=True)
+        _print(f"{'supervisor':<13}| {text}")
 
     async def run(self) -> None:
         """Supervise until :meth:`stop`; then stop the children."""
@@ -124,14 +139,17 @@ class Supervisor:
         self.say("all services stopped")
 
     async def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Wait until every service answers ``GET /health``."""
+        """Wait until every service answers ``GET /health`` from the process we started
+        (its pid): another process on the port (a shop left running) does not count."""
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2) as client:
             for child in self.children:
                 url = f"{self.settings.url(child.name)}/health"
                 while True:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(url)).status_code == 200:
+                    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                        response = await client.get(url)
+                        if response.status_code == 200 and child.process is not None \
+                                and response.json()["pid"] == child.process.pid:
                             break
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{child.name} is not healthy at {url}")
@@ -155,14 +173,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _ports_taken(settings: Settings, base_port: int) -> str | None:
+    """Why the shop cannot start on these ports, or None if they are all free."""
+    taken = taken_ports(settings)
+    if not taken:
+        return None
+    names = ", ".join(f"{port} ({name})" for name, port in taken)
+    ports, are = ("port", "is") if len(taken) == 1 else ("ports", "are")
+    return (f"{ports} {names} on {settings.host} {are} already in use: is another shop (or an "
+            f"earlier one left running) still up? Stop it, or move this one with "
+            f"--base-port, e.g. --base-port {base_port + 100}")
+
+
 async def _main(args: argparse.Namespace) -> int:
-    settings = Settings(base_port=args.base_port, data_dir=args.data_dir.resolve(),
-                        broker=args.broker, mode=Mode(args.mode))
+    settings = Settings.from_env().model_copy(update={
+        "base_port": args.base_port, "data_dir": args.data_dir.resolve(),
+        "broker": args.broker, "mode": Mode(args.mode)})
+    supervisor = Supervisor(settings)
+    if (taken := _ports_taken(settings, args.base_port)) is not None:
+        supervisor.say(taken)  # and before --fresh deletes anything
+        return 2
     if args.fresh and settings.data_dir.exists():
         shutil.rmtree(settings.data_dir)
-    supervisor = Supervisor(settings)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, supervisor.stop)
     running = asyncio.create_task(supervisor.run())
     code = 0
@@ -170,10 +204,19 @@ async def _main(args: argparse.Namespace) -> int:
         await supervisor.wait_healthy()
         supervisor.say(f"all services up: open {settings.url('frontend')}; "
                        f"the tidings console is at {settings.url('console')}")
+        admin = settings.admin_token.get_secret_value()
+        supervisor.say("admin token (restocking, fraud rules; set SHOP_ADMIN_TOKEN to "
+                       f"choose it): {admin}")
+        supervisor.say(f"  curl -H 'Authorization: Bearer {admin}' "
+                       f"{settings.url('orders')}/fraud-rules")
         if args.once:
             from .demo import scripted_demo
 
-            code = 0 if await scripted_demo(settings, supervisor.say) else 1
+            try:
+                code = 0 if await scripted_demo(settings, supervisor.say) else 1
+            except Exception as exc:  # a failed demo still stops the services
+                supervisor.say(f"demo FAILED: {exc!r}")
+                code = 1
             supervisor.stop()
     except TimeoutError as exc:
         supervisor.say(str(exc))

@@ -121,6 +121,18 @@ class Member:
             await self.app.stop()
 
 
+if (ROOT / "tests" / "rabbitmq_broker.py").exists():
+    from rabbitmq_broker import running_rabbitmq
+
+    BACKENDS.append("amqp")
+
+    @pytest.fixture(scope="session")
+    def amqp_url() -> Iterator[str]:
+        """One private RabbitMQ node for the whole test session (~5 s to start)."""
+        with running_rabbitmq() as url:
+            yield url
+
+
 def _kafka_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("kafka_url"))
 
@@ -133,6 +145,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         url, multiprocess = testing.memory_url(session_timeout=1.5), False
     elif name == "sqlite":
         url, multiprocess = f"sqlite:///{tmp_path}/bus.db?session_timeout=1.5", True
+    elif name == "amqp":
+        url = f"{request.getfixturevalue('amqp_url')}?session_timeout=1.5"
+        multiprocess = True
     else:
         url, multiprocess = _kafka_url(request), True
     b = Backend(name, url, multiprocess, tmp_path)

@@ -94,8 +94,10 @@ class OrderCreated(_OrderMsg):
     user_id: int
     items: tuple[Line, ...]
     total_cents: int
-    # A real shop would pass a gateway token; the simulated gateway needs the number.
-    card_number: str
+    #: The payments vault's token for the card (never the number: this event is kept
+    #: for days and every consumer group reads it).
+    card_token: str
+    card_last4: str
 
 
 class OrderConfirmed(_OrderMsg):
@@ -154,8 +156,9 @@ class ReleaseStock(_OrderMsg):
 
 class ChargePayment(_OrderMsg):
     type: Literal["CHARGE_PAYMENT"] = "CHARGE_PAYMENT"
+    user_id: int
     amount_cents: int
-    card_number: str
+    card_token: str
 
 
 class RefundPayment(_OrderMsg):

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings import App, Message
-from tidings.sqlalchemy import Inbox, Outbox, create_tables
+from tidings.sqlalchemy import Inbox, Outbox, create_tables, inbox_table
 
 from .db import Database
 
@@ -69,13 +70,25 @@ class UnitOfWork:
         outbox = self.outbox
         return await self.db.run(lambda conn: work(Tx(conn, outbox)))
 
+    def inbox(self, consumer: str) -> Inbox:
+        """The inbox of ``consumer`` (one per subscription that handles messages once)."""
+        inbox = self._inboxes.get(consumer)
+        if inbox is None:
+            inbox = self._inboxes[consumer] = Inbox(self.db.engine, consumer)
+        return inbox
+
+    async def prune_inboxes(self, older_than: float) -> int:
+        """Forget, in every consumer's inbox, the messages handled more than
+        ``older_than`` seconds ago; how many rows went."""
+        async with self.db.read() as conn:
+            consumers = (await conn.scalars(select(inbox_table.c.consumer).distinct())).all()
+        return sum([await self.inbox(c).prune(older_than) for c in consumers])
+
     async def handle(self, message: Message, consumer: str,
                      work: Callable[[Tx], Awaitable[T]]) -> T | None:
         """Run ``work`` for ``message`` once per ``consumer``, in one transaction with the
         inbox row; return its result, or None if ``consumer`` handled it before."""
-        inbox = self._inboxes.get(consumer)
-        if inbox is None:
-            inbox = self._inboxes[consumer] = Inbox(self.db.engine, consumer)
+        inbox = self.inbox(consumer)
         outbox = self.outbox
         # A plain connection, not an ORM session per message: far less CPU.
         return await inbox.handle(message, lambda conn: work(Tx(conn, outbox)))

@@ -7,7 +7,10 @@ stops them, gracefully, after the last.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,12 +25,18 @@ from tidings import App, Middleware, RetryPolicy
 from tidings.otel import TracingMiddleware, configure_tracing
 from tidings.prometheus import CONTENT_TYPE, PrometheusMetrics
 
+from .auth import Auth
 from .db import Database
 from .messaging import UnitOfWork
 from .settings import Settings
 from .web import build_api
 
-__all__ = ["HANDLER_RETRY", "Service", "configure_logging", "run", "serve"]
+__all__ = ["HANDLER_RETRY", "SUPERVISOR_PID", "OneLineFormatter", "Service",
+           "configure_logging", "die_with_supervisor", "run", "serve"]
+
+#: The supervisor's process id, in its children's environment.
+SUPERVISOR_PID = "REFERENCE_SUPERVISOR_PID"
+PR_SET_PDEATHSIG = 1
 
 #: Handlers retry transient failures (a locked database, a message that arrived before
 #: the one it depends on) for about a minute before dead-lettering.
@@ -53,11 +62,21 @@ class Service:
         self.uow = UnitOfWork(self.db, self.bus)
         self.metrics.watch(self.bus)
         self.metrics.watch_outbox(self.uow.outbox)
-        self.api: FastAPI = build_api(name, self._lifespan)
+        self.api: FastAPI = build_api(name, settings, self._lifespan)
+        self.auth = Auth(settings)
+        self.auth.install(self.api)
         if tracing is not None:
             FastAPIInstrumentor.instrument_app(self.api, tracer_provider=tracing)
         self._ops_routes()
         self._startup: list[Callable[[], Awaitable[None]]] = []
+
+        @self.bus.cron(settings.inbox_prune_cron, name="prune-inboxes")
+        async def prune_inboxes() -> None:
+            """Forget the inbox rows older than the retention: the inbox only has to
+            outlive the redeliveries of a message, not the service."""
+            pruned = await self.uow.prune_inboxes(settings.inbox_retention)
+            if pruned:
+                logging.getLogger("reference").info("pruned %d inbox rows", pruned)
 
     def _ops_routes(self) -> None:
         api, bus, metrics = self.api, self.bus, self.metrics
@@ -88,10 +107,24 @@ class Service:
         await self.db.close()
 
 
+class OneLineFormatter(logging.Formatter):
+    """One record, one line: control characters in the message (a newline in a user
+    name, say) are escaped, so no input can forge a line of another service. A
+    traceback, appended after the message, keeps its lines."""
+
+    _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)} | {
+        ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The message with its control characters escaped."""
+        return super().formatMessage(record).translate(self._ESCAPES)
+
+
 def configure_logging() -> None:
     """Plain lines on stdout (the supervisor prefixes them with the service name)."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s",
-                        force=True)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(OneLineFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("tidings").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
@@ -109,8 +142,31 @@ def serve(name: str, api: FastAPI, settings: Settings) -> None:
     uvicorn.Server(config).run()
 
 
+def die_with_supervisor() -> None:
+    """Have the kernel send this process SIGTERM when the supervisor that started it
+    dies, however it dies (SIGKILL included), so no service outlives it on its port.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and when no supervisor started
+    the process, nothing. The supervisor may have died before the call: then the parent
+    is no longer the one named in the environment, and the process stops at once.
+    """
+    supervisor = os.environ.get(SUPERVISOR_PID)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != int(supervisor):
+        sys.exit("the supervisor that started this service is gone")
+
+
 def run(build: Callable[[Settings], Service]) -> None:
     """Build the service from the environment's settings and serve it."""
+    die_with_supervisor()
     configure_logging()
+    if not os.environ.get("SHOP_SECRET"):
+        logging.getLogger("reference").warning(
+            "SHOP_SECRET is not set: the tokens this service signs are good here only "
+            "(the supervisor gives every service the same secret; by hand, set it)")
     service = build(Settings.from_env())
     serve(service.name, service.api, service.settings)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import enum
 import os
 import random
+import secrets
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-__all__ = ["PORT_OFFSETS", "SERVICES", "Mode", "Settings", "SettingsError", "free_base_port"]
+__all__ = ["PORT_OFFSETS", "SERVICES", "Mode", "Settings", "SettingsError", "free_base_port",
+           "taken_ports"]
 
 #: Each service listens on the base port plus its offset (frontend 8000, users 8001, ...).
 PORT_OFFSETS: dict[str, int] = {
@@ -46,13 +48,27 @@ def _ephemeral_low() -> int:
         return 32_768  # Linux's default
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``port`` now. Like uvicorn, with ``SO_REUSEADDR``: a
+    port whose last connections linger in TIME_WAIT (a shop stopped a moment ago) is
+    free to a server."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def taken_ports(settings: Settings) -> list[tuple[str, int]]:
+    """The services whose port is taken on the settings' host, with the port."""
+    return [(name, settings.port(name)) for name in SERVICES
+            if not _port_free(settings.port(name), settings.host)]
+
+
+def _random_secret() -> SecretStr:
+    return SecretStr(secrets.token_urlsafe(32))
 DEFAULT_BASE_PORT = 8000
 DEFAULT_DATA_DIR = ".reference"
 
@@ -80,13 +96,38 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     #: The orders service's fraud rule file (default: ``reference/orders/fraud.yaml``).
     fraud_rules: Path | None = None
+    #: The key every service signs and checks tokens with (users' and cards'): the
+    #: supervisor makes one per run and gives it to every service, so any service checks
+    #: a token without asking another (``SHOP_SECRET``).
+    secret: SecretStr = Field(default_factory=_random_secret)
+    #: What the admin endpoints (restocking, fraud rules) want as bearer token
+    #: (``SHOP_ADMIN_TOKEN``; the demo makes one and prints it).
+    admin_token: SecretStr = Field(default_factory=_random_secret)
+    #: Host names the services answer besides localhost and 127.0.0.1
+    #: (``SHOP_ALLOWED_HOSTS``, comma-separated).
+    allowed_hosts: tuple[str, ...] = ()
+    #: How long an inbox remembers a handled message (``REFERENCE_INBOX_RETENTION``, in
+    #: seconds): longer than any redelivery can take, so a week.
+    inbox_retention: float = Field(7 * 24 * 3600, gt=0)
+    #: When each service forgets older inbox rows (a cron expression).
+    inbox_prune_cron: str = "17 * * * *"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read ``REFERENCE_BASE_PORT``, ``REFERENCE_DATA_DIR``, ``REFERENCE_MODE``,
-        ``REFERENCE_FRAUD_RULES`` and ``TIDINGS_BROKER``."""
+        ``REFERENCE_FRAUD_RULES``, ``REFERENCE_INBOX_RETENTION``, ``TIDINGS_BROKER``,
+        ``SHOP_SECRET``, ``SHOP_ADMIN_TOKEN`` and ``SHOP_ALLOWED_HOSTS``."""
         env = dict(os.environ) if env is None else env
-        raw = {
+        raw: dict[str, object] = {
+            key: env[name] for key, name in (
+                ("secret", "SHOP_SECRET"), ("admin_token", "SHOP_ADMIN_TOKEN"),
+                ("inbox_retention", "REFERENCE_INBOX_RETENTION"),
+                ("inbox_prune_cron", "REFERENCE_INBOX_PRUNE_CRON"))
+            if env.get(name)
+        }
+        hosts = env.get("SHOP_ALLOWED_HOSTS", "")
+        raw |= {
+            "allowed_hosts": tuple(h.strip() for h in hosts.split(",") if h.strip()),
             "base_port": env.get("REFERENCE_BASE_PORT", DEFAULT_BASE_PORT),
             "data_dir": env.get("REFERENCE_DATA_DIR", DEFAULT_DATA_DIR),
             "broker": env.get("TIDINGS_BROKER") or None,
@@ -106,6 +147,11 @@ class Settings(BaseModel):
             "REFERENCE_MODE": self.mode.value,
             "TIDINGS_BROKER": self.broker_url,
             **({"REFERENCE_FRAUD_RULES": str(self.fraud_rules)} if self.fraud_rules else {}),
+            "SHOP_SECRET": self.secret.get_secret_value(),
+            "SHOP_ADMIN_TOKEN": self.admin_token.get_secret_value(),
+            "SHOP_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
+            "REFERENCE_INBOX_RETENTION": str(self.inbox_retention),
+            "REFERENCE_INBOX_PRUNE_CRON": self.inbox_prune_cron,
         }
 
     @property

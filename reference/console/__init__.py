@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tidings.console import serve
 
-from ..common.service import configure_logging
+from ..common.service import configure_logging, die_with_supervisor
 from ..common.settings import Settings
 
 __all__ = ["main"]
@@ -42,5 +42,6 @@ async def _run(settings: Settings) -> None:
 
 def main() -> None:
     """Serve the console until SIGTERM/SIGINT."""
+    die_with_supervisor()
     configure_logging()
     asyncio.run(_run(Settings.from_env()))

@@ -1,4 +1,5 @@
-"""inventory: ``GET /products``, ``GET /stock/{sku}``, ``PUT /stock/{sku}``; reacts to orders.
+"""inventory: ``GET /products``, ``GET /stock/{sku}``, ``PUT /stock/{sku}`` (admin token);
+reacts to orders.
 
 Choreography: an ``ORDER_CREATED`` on ``orders`` reserves stock; ``PAYMENT_SUCCEEDED`` on
 ``payments`` turns the reservation into a sale, ``PAYMENT_DECLINED`` releases it.
@@ -13,6 +14,7 @@ from sqlalchemy import MetaData, func, select, update
 
 from tidings import Message
 
+from ..common.auth import ADMIN
 from ..common.events import (
     INVENTORY_COMMANDS,
     CommitStock,
@@ -116,10 +118,12 @@ def _routes(service: Service, stock: Stock) -> None:
         return StockLevel(sku=sku, available=row.available, reserved=row.reserved,
                           sold=row.sold)
 
-    @api.put("/stock/{sku}", response_model=StockLevel, responses=error_responses(404, 422),
-             tags=["inventory"])
+    @api.put("/stock/{sku}", response_model=StockLevel,
+             responses=error_responses(401, 404, 422), tags=["inventory"],
+             dependencies=[ADMIN])
     async def restock(sku: str, body: Restock) -> StockLevel:
-        """Set how many units can be sold (restocking; reserved and sold stay)."""
+        """Set how many units can be sold (restocking; reserved and sold stay); admin
+        token."""
         async with db.write() as conn:
             result = await conn.execute(
                 update(p).where(p.c.sku == sku).values(available=body.available)

@@ -15,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert
 
 from tidings import Message
 
+from ..common.auth import ADMIN
 from ..common.events import Topics, UserRegistered
 from ..common.messaging import Tx
 from ..common.service import Service
@@ -48,9 +49,10 @@ def build(settings: Settings) -> Service:
         # After the commit: a crash before it redelivers; after it, the inbox holds it.
         log.info("Received registration event for user %s (%s)", event.userId, event.username)
 
-    @service.api.get("/notifications/count", tags=["notifications"])
+    @service.api.get("/notifications/count", tags=["notifications"],
+                     dependencies=[ADMIN])
     async def count() -> dict[str, int]:
-        """How many users were notified."""
+        """How many users were notified (admin token)."""
         async with service.db.read() as conn:
             total = (await conn.execute(select(func.count()).select_from(sent))).scalar_one()
         return {"count": int(total)}

@@ -1,5 +1,10 @@
 """The orders HTTP API: ``POST /orders``, ``GET /orders/{order_id}``,
-``GET /orders/{order_id}/history``, ``GET /orders``."""
+``GET /orders/{order_id}/history``, ``GET /orders``, ``GET /fraud-rules``.
+
+Every order route wants the caller's user token and serves only the caller's orders
+(another user's order is a 404, as if it did not exist); the fraud rules want the admin
+token. An order carries a card token from the payments vault, never a card number.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from fastapi import Query, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..common.cards import luhn_valid, normalize_card
+from ..common.auth import ADMIN, Caller
+from ..common.cards import CardToken
 from ..common.events import Line, OrderCreated
 from ..common.messaging import Tx
 from ..common.service import Service
@@ -28,6 +34,10 @@ __all__ = ["Accepted", "FraudRules", "HistoryEntry", "NewOrder", "OrderView", "a
 REPLICA_WAIT = 3.0
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+#: ``GET /orders`` pages: at most this many orders at a time.
+PAGE_MAX, PAGE_DEFAULT = 100, 50
+#: Where a page ends: the last order's creation time and id (``X-Next-Cursor``).
+Cursor = Annotated[str, StringConstraints(pattern=r"^\d{1,12}\.\d{1,9}_[0-9a-f]{32}$")]
 
 
 class LineIn(BaseModel):
@@ -46,10 +56,8 @@ class NewOrder(BaseModel):
 
     user_id: int = Field(ge=1, le=2**62)
     items: list[LineIn] = Field(min_length=1, max_length=100)
-    #: Spaces and dashes between digit groups are accepted and dropped here, so every
-    #: client (the page, curl, another service) may send the number as people write it.
-    card_number: Annotated[str, StringConstraints(min_length=1, max_length=40),
-                           AfterValidator(normalize_card)]
+    #: The payments service's token for the card (``POST /vault``), not its number.
+    card_token: Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
 class Accepted(BaseModel):
@@ -72,9 +80,8 @@ class OrderView(BaseModel):
 
 
 class FraudRules(BaseModel):
-    """``GET /fraud-rules``: the rule file, its active rules, and why it did not load."""
+    """``GET /fraud-rules``: the active rules, and why the rule file did not load."""
 
-    path: str
     rules: list[str]
     error: str | None
 
@@ -88,8 +95,8 @@ class HistoryEntry(BaseModel):
     data: dict[str, Any]
 
 
-#: Starts the order's flow inside the transaction that inserts it.
-Starter = Callable[[Tx, str, NewOrder, int], Awaitable[None]]
+#: Starts the order's flow (its ``ORDER_CREATED``) inside the transaction that inserts it.
+Starter = Callable[[Tx, OrderCreated], Awaitable[None]]
 
 
 def _view(row: dict[str, Any]) -> OrderView:
@@ -118,22 +125,38 @@ async def _total(store: OrderStore, order: NewOrder) -> int:
     return sum(store.known_prices[line.sku] * line.qty for line in order.items)
 
 
+def _cursor(row: dict[str, Any]) -> str:
+    return f"{row['created_at']:.6f}_{row['order_id']}"
+
+
 def add_routes(service: Service, store: OrderStore, fraud: FraudCheck, start: Starter) -> None:
     """Add the order routes; ``start`` begins a new order's flow in its transaction."""
     api = service.api
 
+    async def owned(order_id: str, user_id: int) -> dict[str, Any]:
+        async with service.db.read() as conn:
+            row = await store.get(conn, order_id)
+        if row is None or row["user_id"] != user_id:
+            raise ApiError(404, f"no order {order_id!r}")
+        return row
+
     @api.post("/orders", status_code=202, response_model=Accepted,
-              responses=error_responses(413, 422), tags=["orders"])
-    async def place_order(order: NewOrder) -> Accepted:
-        """Accept an order (PENDING); stock, payment and the outcome follow on the bus.
-        An order a fraud rule stops is CANCELLED at once (reason ``fraud: <rule>``)."""
-        if not luhn_valid(order.card_number):
-            raise ApiError(422, "invalid card number")
+              responses=error_responses(401, 403, 413, 422), tags=["orders"])
+    async def place_order(order: NewOrder, user_id: Caller) -> Accepted:
+        """Accept the caller's order (PENDING); stock, payment and the outcome follow on
+        the bus. An order a fraud rule stops is CANCELLED at once (reason
+        ``fraud: <rule>``)."""
+        if order.user_id != user_id:
+            raise ApiError(403, "an order is placed by its own user only")
+        card = CardToken.decode(service.settings, order.card_token, user_id)
+        if card is None:
+            raise ApiError(422, "invalid card token (get one from the payments "
+                                "service's POST /vault)")
         total = await _total(store, order)
         created = OrderCreated(
             order_id=uuid.uuid4().hex, user_id=order.user_id, total_cents=total,
             items=tuple(Line(sku=i.sku, qty=i.qty) for i in order.items),
-            card_number=order.card_number)
+            card_token=order.card_token, card_last4=card.last4)
         cancel = await fraud.verdict(OrderCheck(
             order_id=created.order_id, user_id=order.user_id, total_cents=total,
             lines=len(order.items),
@@ -141,42 +164,58 @@ def add_routes(service: Service, store: OrderStore, fraud: FraudCheck, start: St
         async def record(tx: Tx) -> None:
             await store.insert(tx, created, cancel)
             if cancel is None:
-                await start(tx, created.order_id, order, total)
+                await start(tx, created)
 
         await service.uow.run(record)
         return Accepted(order_id=created.order_id,
                         status=PENDING if cancel is None else CANCELLED)
 
     @api.get("/orders/{order_id}", response_model=OrderView,
-             responses=error_responses(404), tags=["orders"])
-    async def get_order(order_id: str) -> OrderView:
-        """One order: PENDING, CONFIRMED or CANCELLED (with the reason)."""
-        async with service.db.read() as conn:
-            row = await store.get(conn, order_id)
-        if row is None:
-            raise ApiError(404, f"no order {order_id!r}")
-        return _view(row)
+             responses=error_responses(401, 404), tags=["orders"])
+    async def get_order(order_id: str, user_id: Caller) -> OrderView:
+        """One of the caller's orders: PENDING, CONFIRMED or CANCELLED (with the
+        reason)."""
+        return _view(await owned(order_id, user_id))
 
     @api.get("/orders/{order_id}/history", response_model=list[HistoryEntry],
-             responses=error_responses(404), tags=["orders"])
-    async def order_history(order_id: str) -> list[dict[str, Any]]:
-        """The order's events, oldest first (event-sourced)."""
+             responses=error_responses(401, 404), tags=["orders"])
+    async def order_history(order_id: str, user_id: Caller) -> list[dict[str, Any]]:
+        """One of the caller's orders' events, oldest first (event-sourced)."""
+        await owned(order_id, user_id)
         history = await store.history.read(order_id)
         if not history:
             raise ApiError(404, f"no order {order_id!r}")
         return history
 
-    @api.get("/fraud-rules", response_model=FraudRules, tags=["ops"])
+    @api.get("/fraud-rules", response_model=FraudRules, responses=error_responses(401),
+             tags=["ops"], dependencies=[ADMIN])
     async def fraud_rules() -> FraudRules:
-        """The fraud rules in force, and the rule file's error if it does not load."""
+        """The fraud rules in force, and the rule file's error if it does not load
+        (admin token)."""
         error = fraud.status_error()
-        return FraudRules(path=str(fraud.path), error=error,
-                          rules=fraud.engine.rule_names if fraud.engine else [])
+        if error is not None:  # where the file lives is the server's business
+            error = error.replace(str(fraud.path), fraud.path.name)
+        return FraudRules(error=error, rules=fraud.engine.rule_names if fraud.engine else [])
 
-    @api.get("/orders", response_model=list[OrderView], responses=error_responses(422),
-             tags=["orders"])
-    async def list_orders(user_id: Annotated[int, Query(ge=1, le=2**62)]) -> list[OrderView]:
-        """A user's orders, newest first."""
+    @api.get("/orders", response_model=list[OrderView],
+             responses=error_responses(401, 403, 422), tags=["orders"])
+    async def list_orders(
+        caller_id: Caller, response: Response,
+        user_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+        cursor: Annotated[Cursor | None, Query()] = None,
+    ) -> list[OrderView]:
+        """The caller's orders, newest first, ``limit`` at a time: when there are more,
+        the ``X-Next-Cursor`` header is the ``cursor`` of the next page."""
+        if user_id is not None and user_id != caller_id:
+            raise ApiError(403, "a user's orders are theirs only")
+        after = None
+        if cursor is not None:
+            at, _, order_id = cursor.partition("_")
+            after = (float(at), order_id)
         async with service.db.read() as conn:
-            rows = await store.by_user(conn, user_id)
+            rows = await store.by_user(conn, caller_id, limit + 1, after)
+        if len(rows) > limit:
+            rows = rows[:limit]
+            response.headers["x-next-cursor"] = _cursor(rows[-1])
         return [_view(row) for row in rows]

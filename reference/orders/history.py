@@ -6,7 +6,8 @@ An :class:`OrderHistory` aggregate per order keeps the order's own events,
 finishes the order, so the history and the ``orders`` row never disagree. The aggregate
 has no topic: the same events already reach the bus through the outbox.
 
-The card number is masked before it is stored: a history is for reading.
+Orders never sees a card number: an ``OrderCreated`` carries the payments vault's token
+and the last four digits only.
 """
 
 from __future__ import annotations
@@ -49,10 +50,6 @@ class OrderHistory(Aggregate):
                 self.status = "CANCELLED"
 
 
-def _masked(card_number: str) -> str:
-    return f"****{card_number[-4:]}"
-
-
 class History:
     """The event store of order histories, on the orders database."""
 
@@ -65,7 +62,7 @@ class History:
                      cancelled: OrderCancelled | None = None) -> None:
         """A new order's history (with its cancellation when it never got going)."""
         history = OrderHistory(event.order_id)
-        history.record(event.model_copy(update={"card_number": _masked(event.card_number)}))
+        history.record(event)
         if cancelled is not None:
             history.record(cancelled)
         await self.store.save(history, session=tx.conn)

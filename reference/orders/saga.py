@@ -39,13 +39,14 @@ from ..common.events import (
     ChargePayment,
     CommitStock,
     Line,
+    OrderCreated,
     RefundPayment,
     ReleaseStock,
     ReserveStock,
 )
 from ..common.messaging import Tx
 from ..common.service import Service
-from .api import NewOrder, Starter
+from .api import Starter
 from .store import CANCELLED, CONFIRMED, OrderStore
 
 __all__ = ["OrderFailedError", "OrderState", "orchestrate"]
@@ -58,9 +59,11 @@ class OrderState(BaseModel):
     """What the saga knows about its order."""
 
     order_id: str
+    user_id: int
     items: list[Line]
     total_cents: int
-    card_number: str
+    #: The payments vault's token: a saga's state is kept, and shown by ``sagas show``.
+    card_token: str
     failure: str | None = None
 
 
@@ -118,7 +121,8 @@ def order_saga(service: Service, store: OrderStore) -> Saga[OrderState]:
              timeout=10, retry=REQUEST_RETRY, compensation_retry=REQUEST_RETRY),
         Step("check-stock", _check, compensation=_nothing, retry=CHECK_RETRY),
         Step("charge-payment", _command(PAYMENTS_COMMANDS, lambda s: ChargePayment(
-                 order_id=oid(s), amount_cents=s.total_cents, card_number=s.card_number),
+                 order_id=oid(s), user_id=s.user_id, amount_cents=s.total_cents,
+                 card_token=s.card_token),
                  _note_failure),
              compensation=_command(PAYMENTS_COMMANDS, lambda s: RefundPayment(order_id=oid(s))),
              timeout=10, retry=REQUEST_RETRY, compensation_retry=REQUEST_RETRY),
@@ -138,11 +142,11 @@ def orchestrate(service: Service, store: OrderStore) -> Starter:
     engine = SagaEngine(service.bus, saga_store, [saga], lease=10.0)
     service.metrics.watch_sagas(saga_store)  # tidings_sagas{status=...} on /metrics
 
-    async def start(tx: Tx, order_id: str, order: NewOrder, total_cents: int) -> None:
+    async def start(tx: Tx, created: OrderCreated) -> None:
         state = OrderState(
-            order_id=order_id, items=[Line(sku=i.sku, qty=i.qty) for i in order.items],
-            total_cents=total_cents, card_number=order.card_number,
+            order_id=created.order_id, user_id=created.user_id, items=list(created.items),
+            total_cents=created.total_cents, card_token=created.card_token,
         )
-        await engine.start(saga, state, saga_id=order_id, within=tx.conn)
+        await engine.start(saga, state, saga_id=created.order_id, within=tx.conn)
 
     return start

@@ -18,7 +18,6 @@ from tidings.eventsourcing.sqlalchemy import create_tables
 
 from ..common.events import (
     InventoryEvent,
-    Line,
     OrderCreated,
     PaymentDeclined,
     PaymentEvent,
@@ -31,7 +30,7 @@ from ..common.events import (
 from ..common.messaging import Tx
 from ..common.service import Service
 from ..common.settings import Mode, Settings
-from .api import NewOrder, add_routes
+from .api import add_routes
 from .fraud import RULES, FraudCheck
 from .history import History
 from .store import CANCELLED, CONFIRMED, OrderStore
@@ -65,13 +64,9 @@ def build(settings: Settings) -> Service:
     return service
 
 
-async def _announce(tx: Tx, order_id: str, order: NewOrder, total_cents: int) -> None:
+async def _announce(tx: Tx, created: OrderCreated) -> None:
     """Choreography: announce the order; the others take it from there."""
-    lines = tuple(Line(sku=i.sku, qty=i.qty) for i in order.items)
-    await tx.emit(Topics.ORDERS, OrderCreated(
-        order_id=order_id, user_id=order.user_id, items=lines, total_cents=total_cents,
-        card_number=order.card_number,
-    ), key=order_id)
+    await tx.emit(Topics.ORDERS, created, key=created.order_id)
 
 
 def _replica_handlers(service: Service, store: OrderStore) -> None:

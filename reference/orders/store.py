@@ -20,7 +20,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    and_,
     bindparam,
+    func,
+    or_,
     select,
     update,
 )
@@ -121,11 +124,19 @@ class OrderStore:
             select(self.orders).where(self.orders.c.order_id == order_id))).first()
         return None if row is None else row._asdict()
 
-    async def by_user(self, conn: AsyncConnection, user_id: int) -> list[dict[str, Any]]:
-        """A user's orders, newest first."""
+    async def by_user(self, conn: AsyncConnection, user_id: int, limit: int,
+                      after: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` of a user's orders, newest first; with ``after`` (a creation
+        time and order id), only those that come after it in that order."""
         o = self.orders.c
+        # The cursor's time goes through text: order and compare to the microsecond.
+        created = func.round(o.created_at, 6)
+        query = select(self.orders).where(o.user_id == user_id)
+        if after is not None:
+            query = query.where(or_(created < after[0],
+                                    and_(created == after[0], o.order_id < after[1])))
         rows = await conn.execute(
-            select(self.orders).where(o.user_id == user_id).order_by(o.created_at.desc()))
+            query.order_by(created.desc(), o.order_id.desc()).limit(limit))
         return [row._asdict() for row in rows]
 
     async def know_user(self, tx: Tx, user_id: int, registered_at: float) -> None:

@@ -1,17 +1,37 @@
-"""The simulated card gateway and the payment ledger, idempotent per order.
+"""The simulated card gateway, its card vault, and the payment ledger, idempotent per
+order.
 
 Test cards: 4242424242424242 approves, 4000000000000002 declines; any other number that
-passes the Luhn check approves too. One ledger row per order (its primary key) makes a
-repeated charge request re-announce the recorded outcome instead of charging twice.
+passes the Luhn check approves too. The vault (``POST /vault``) turns a number into a
+card token (:class:`~reference.common.cards.CardToken`). A real gateway would keep the
+number, encrypted, to send to the card network; the simulated one needs only the
+network's answer, so the vault keeps that answer and the last four digits, and never the
+number. One ledger row per order (its primary key) makes a repeated charge request
+re-announce the recorded outcome instead of charging twice.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, update
+import time
 
-from ..common.cards import luhn_valid
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..common.cards import CardToken
 from ..common.events import PaymentDeclined, PaymentRefunded, PaymentSucceeded, Topics
 from ..common.messaging import Tx
+from ..common.settings import Settings
 
 __all__ = ["APPROVE", "DECLINE", "DECLINED_REASON", "Ledger", "PaymentEvent"]
 
@@ -21,15 +41,19 @@ APPROVE = "4242424242424242"
 DECLINE = "4000000000000002"
 DECLINED_REASON = "payment declined"
 SUCCEEDED, DECLINED, REFUNDED = "SUCCEEDED", "DECLINED", "REFUNDED"
+APPROVES, DECLINES = "approves", "declines"
 
 
 class Ledger:
-    """Payments (one per order) and, in choreography, what each order will be charged."""
+    """Payments (one per order), the card vault and, in choreography, what each order
+    will be charged."""
 
-    def __init__(self, metadata: MetaData) -> None:
+    def __init__(self, metadata: MetaData, settings: Settings) -> None:
+        self.settings = settings
         self.payments = Table(
             "payments", metadata,
             Column("order_id", String, primary_key=True),
+            Column("user_id", Integer, nullable=False),
             Column("amount_cents", Integer, nullable=False),
             Column("status", String, nullable=False),
             Column("card_last4", String, nullable=False),
@@ -37,9 +61,20 @@ class Ledger:
         self.intents = Table(
             "intents", metadata,
             Column("order_id", String, primary_key=True),
+            Column("user_id", Integer, nullable=False),
             Column("amount_cents", Integer, nullable=False),
-            Column("card_number", String, nullable=False),
+            Column("card_token", String, nullable=False),
         )
+        self.vault = Table(
+            "vault", metadata,
+            Column("vault_id", String, primary_key=True),
+            Column("user_id", Integer, nullable=False),
+            Column("last4", String, nullable=False),
+            Column("network_answer", String, nullable=False),
+            Column("created_at", Float, nullable=False),
+        )
+        self._answer = select(self.vault.c.network_answer).where(
+            self.vault.c.vault_id == bindparam("vid"), self.vault.c.user_id == bindparam("uid"))
         # Built once, reused with new parameters (SQLAlchemy caches their compiled form).
         c = self.payments.c
         self._find = select(c.status, c.amount_cents).where(c.order_id == bindparam("oid"))
@@ -52,15 +87,31 @@ class Ledger:
         row = (await tx.conn.execute(self._find, {"oid": order_id})).first()
         return None if row is None else (row.status, row.amount_cents)
 
-    async def charge(self, tx: Tx, order_id: str, amount_cents: int, card: str
-                     ) -> PaymentEvent:
-        """Charge the card once per order and announce the outcome."""
+    async def tokenize(self, conn: AsyncConnection, user_id: int, number: str) -> CardToken:
+        """Put a (valid) card number in the vault for ``user_id``; its token."""
+        card = CardToken.issue(user_id, number)
+        await conn.execute(self.vault.insert().values(
+            vault_id=card.vault_id, user_id=user_id, last4=card.last4, created_at=time.time(),
+            network_answer=DECLINES if number == DECLINE else APPROVES))
+        return card
+
+    async def _approves(self, tx: Tx, user_id: int, token: str) -> bool:
+        card = CardToken.decode(self.settings, token, user_id)
+        if card is None:
+            return False
+        answer = await tx.conn.scalar(self._answer, {"vid": card.vault_id, "uid": user_id})
+        return answer == APPROVES
+
+    async def charge(self, tx: Tx, order_id: str, user_id: int, amount_cents: int,
+                     card_token: str) -> PaymentEvent:
+        """Charge the user's tokenized card once per order and announce the outcome."""
         known = await self.find(tx, order_id)
         if known is None:
-            status = DECLINED if card == DECLINE or not luhn_valid(card) else SUCCEEDED
+            approved = await self._approves(tx, user_id, card_token)
+            status = SUCCEEDED if approved else DECLINED
             await tx.conn.execute(self._insert, {
-                "order_id": order_id, "amount_cents": amount_cents, "status": status,
-                "card_last4": card[-4:],
+                "order_id": order_id, "user_id": user_id, "amount_cents": amount_cents,
+                "status": status, "card_last4": card_token.partition(".")[0][-4:],
             })
             known = (status, amount_cents)
         return await self._announce(tx, order_id, *known)

@@ -1,6 +1,12 @@
-"""payments: ``GET /payments/{order_id}``; charges orders whose stock is reserved.
+"""payments: ``POST /vault``, ``GET /payments/{order_id}``; charges orders whose stock is
+reserved.
 
-Choreography: ``ORDER_CREATED`` on ``orders`` records what to charge (amount and card);
+``POST /vault`` is the gateway's tokenization API: the shop's page sends it the card
+number and puts the token it gets back in the order, so the number never reaches orders
+or the bus (:mod:`reference.payments.gateway`).
+
+Choreography: ``ORDER_CREATED`` on ``orders`` records what to charge (amount and card
+token);
 ``STOCK_RESERVED`` on ``inventory`` charges it; ``ORDER_CANCELLED`` refunds a charge, if
 one was made. Orchestration: ``CHARGE_PAYMENT`` and ``REFUND_PAYMENT`` commands on
 ``payments-commands``. The outcome is an event on ``payments``.
@@ -8,12 +14,16 @@ one was made. Orchestration: ``CHARGE_PAYMENT`` and ``REFUND_PAYMENT`` commands 
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from sqlalchemy import MetaData, bindparam, select
 from sqlalchemy.dialects.sqlite import insert
 
 from tidings import Message
 
+from ..common.auth import Caller
+from ..common.cards import luhn_valid, normalize_card
 from ..common.events import (
     PAYMENTS_COMMANDS,
     ChargePayment,
@@ -31,7 +41,7 @@ from ..common.settings import Mode, Settings
 from ..common.web import ApiError, error_responses
 from .gateway import Ledger, PaymentEvent
 
-__all__ = ["PaymentView", "build"]
+__all__ = ["NewCard", "PaymentView", "VaultedCard", "build"]
 
 CONCURRENCY = 32
 
@@ -44,6 +54,24 @@ class PaymentView(BaseModel):
     amount: float
 
 
+class NewCard(BaseModel):
+    """``POST /vault`` body."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    #: Spaces and dashes between digit groups are accepted and dropped here, so every
+    #: client (the page, curl, another service) may send the number as people write it.
+    card_number: Annotated[str, StringConstraints(min_length=1, max_length=40),
+                           AfterValidator(normalize_card)]
+
+
+class VaultedCard(BaseModel):
+    """``POST /vault`` answer: what an order carries instead of the card number."""
+
+    card_token: str
+    last4: str
+
+
 class IntentMissingError(Exception):
     """Stock was reserved for an order whose ``ORDER_CREATED`` has not arrived yet (the
     topics are consumed independently); retrying waits for it."""
@@ -52,7 +80,7 @@ class IntentMissingError(Exception):
 def build(settings: Settings) -> Service:
     """The payments service."""
     metadata = MetaData()
-    ledger = Ledger(metadata)
+    ledger = Ledger(metadata, settings)
     service = Service("payments", settings, metadata)
     _routes(service, ledger)
     if settings.mode is Mode.ORCHESTRATION:
@@ -63,13 +91,26 @@ def build(settings: Settings) -> Service:
 
 
 def _routes(service: Service, ledger: Ledger) -> None:
+
+    @service.api.post("/vault", status_code=201, response_model=VaultedCard,
+                      responses=error_responses(401, 413, 422), tags=["payments"])
+    async def vault(card: NewCard, user_id: Caller) -> VaultedCard:
+        """Tokenize the caller's card number for their orders."""
+        if not luhn_valid(card.card_number):
+            raise ApiError(422, "invalid card number")
+        async with service.db.write() as conn:
+            token = await ledger.tokenize(conn, user_id, card.card_number)
+        return VaultedCard(card_token=token.encode(service.settings), last4=token.last4)
+
     @service.api.get("/payments/{order_id}", response_model=PaymentView,
-                     responses=error_responses(404), tags=["payments"])
-    async def get_payment(order_id: str) -> PaymentView:
-        """An order's payment: SUCCEEDED, DECLINED or REFUNDED, and its amount."""
+                     responses=error_responses(401, 404), tags=["payments"])
+    async def get_payment(order_id: str, user_id: Caller) -> PaymentView:
+        """The caller's order's payment: SUCCEEDED, DECLINED or REFUNDED, and its
+        amount (404 for another user's order)."""
         t = ledger.payments
         async with service.db.read() as conn:
-            row = (await conn.execute(select(t).where(t.c.order_id == order_id))).first()
+            row = (await conn.execute(select(t).where(
+                t.c.order_id == order_id, t.c.user_id == user_id))).first()
         if row is None:
             raise ApiError(404, f"no payment for order {order_id!r}")
         return PaymentView(order_id=order_id, status=row.status, amount=row.amount_cents / 100)
@@ -82,15 +123,16 @@ def _event_handlers(service: Service, ledger: Ledger) -> None:
 
     async def remember(tx: Tx, event: OrderCreated) -> None:
         await tx.conn.execute(add_intent, {
-            "order_id": event.order_id, "amount_cents": event.total_cents,
-            "card_number": event.card_number,
+            "order_id": event.order_id, "user_id": event.user_id,
+            "amount_cents": event.total_cents, "card_token": event.card_token,
         })
 
     async def charge(tx: Tx, order_id: str) -> None:
         intent = (await tx.conn.execute(find_intent, {"oid": order_id})).first()
         if intent is None:
             raise IntentMissingError(order_id)
-        await ledger.charge(tx, order_id, intent.amount_cents, intent.card_number)
+        await ledger.charge(tx, order_id, intent.user_id, intent.amount_cents,
+                            intent.card_token)
 
     @service.bus.subscriber(Topics.ORDERS, concurrency=CONCURRENCY)
     async def on_order(event: OrderEvent, message: Message) -> None:
@@ -114,5 +156,5 @@ def _command_handlers(service: Service, ledger: Ledger) -> None:
         if isinstance(command, ChargePayment):
             charge = command
             return await uow.run(lambda tx: ledger.charge(
-                tx, charge.order_id, charge.amount_cents, charge.card_number))
+                tx, charge.order_id, charge.user_id, charge.amount_cents, charge.card_token))
         return await uow.run(lambda tx: ledger.refund(tx, command.order_id))

@@ -171,3 +171,68 @@ def test_the_inline_sqlite_engine_runs_its_calls_in_the_loops_thread(tmp_path: P
         assert ran_in == threading.get_ident()
 
     asyncio.run(main())
+
+
+def test_batched_items_share_one_call_and_fail_alone(url: str) -> None:
+    """``run_batched``: the items of one write waiting in a group go to one call of it;
+    an exception it returns for an item is that caller's alone; one it raises fails
+    its items but not the other units of the group."""
+    calls: list[list[str]] = []
+
+    async def write(conn: AsyncConnection, keys: list[str]) -> list[Any]:
+        calls.append(keys)
+        await conn.execute(items.insert(), [{"id": k, "n": 1} for k in keys if k != "bad"])
+        return [Boom(k) if k == "bad" else k for k in keys]
+
+    async def broken(conn: AsyncConnection, keys: list[str]) -> list[Any]:
+        await conn.execute(items.insert(), [{"id": k, "n": 1} for k in keys])
+        raise Boom("all of them")
+
+    async def main() -> None:
+        async with database(url) as engine:
+            commits = GroupCommit.of(engine)
+            results = await asyncio.gather(
+                *(commits.run_batched(write, k) for k in ("a", "bad", "b")),
+                commits.run(insert("c")), commits.run_batched(broken, "x"),
+                commits.run_batched(broken, "y"), return_exceptions=True)
+            assert results[:4] == ["a", results[1], "b", "c"]
+            assert isinstance(results[1], Boom)
+            assert [str(r) for r in results[4:]] == ["all of them"] * 2
+            assert calls == [["a", "bad", "b"]] and commits.commits == 1
+            assert await ids(engine) == ["a", "b", "c"]  # x and y rolled back
+
+    asyncio.run(main())
+
+
+def test_saga_saves_of_a_group_are_one_write_and_a_stale_one_conflicts(url: str) -> None:
+    from tidings.saga import SagaConflictError
+    from tidings.saga._store import Direction, SagaRecord, SagaStatus, StepEvent
+    from tidings.sqlalchemy import SqlSagaStore, create_tables
+
+    async def main() -> None:
+        async with database(url) as engine:
+            await create_tables(engine)
+            store = SqlSagaStore(engine)
+            for n in range(3):
+                await store.create(SagaRecord(f"s{n}", "bench", SagaStatus.RUNNING,
+                                              Direction.FORWARD, "{}"), [])
+            claimed = await store.claim("me", ["bench"], 30.0)
+            stale = claimed[1].replace(version=claimed[1].version - 1)
+            results = await asyncio.gather(
+                store.save(claimed[0].replace(step=1), [StepEvent("s0", "a", "action", "ok")],
+                           30.0),
+                store.save(stale.replace(step=1), [StepEvent("s1", "a", "action", "ok")], 30.0),
+                store.save(claimed[2].replace(step=2), [StepEvent("s2", "b", "action", "ok")],
+                           30.0, release=True),
+                return_exceptions=True)
+            assert isinstance(results[1], SagaConflictError)
+            assert [r.step for r in results if not isinstance(r, Exception)] == [1, 2]
+            s0, s1, s2 = [await store.get(f"s{n}") for n in range(3)]
+            assert s0 is not None and s1 is not None and s2 is not None
+            assert (s0.step, s0.version, s0.owner) == (1, claimed[0].version + 1, "me")
+            assert (s1.step, s1.version) == (0, claimed[1].version)  # untouched
+            assert (s2.step, s2.owner, s2.lease_until) == (2, None, None)
+            assert [e.step for e in await store.history("s0")] == ["a"]
+            assert await store.history("s1") == []  # a conflicting save wrote no event
+
+    asyncio.run(main())

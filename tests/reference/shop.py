@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
+from reference.client import APPROVE, bearer
 from reference.common.settings import SERVICES, Settings, free_base_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +30,29 @@ class Shop:
         self.process = process
         self.log = log
         self.http = httpx.Client(timeout=10)
+        #: The ``Authorization`` header with the admin token.
+        self.admin = bearer(settings.admin_token.get_secret_value())
 
     def url(self, service: str, path: str = "") -> str:
         """The URL of ``path`` on ``service``."""
         return f"{self.settings.url(service)}{path}"
+
+    def register(self, username: str, age: int = 30, address: str = "Hangzhou"
+                 ) -> dict[str, Any]:
+        """A new user: ``POST /register``'s answer (``id``, ``token``, ...)."""
+        response = self.http.post(self.url("users", "/register"), json={
+            "username": username, "age": age, "address": address})
+        assert response.status_code == 201, response.text
+        user: dict[str, Any] = response.json()
+        return user
+
+    def card_token(self, user: dict[str, Any], card: str = APPROVE) -> str:
+        """``card`` tokenized by the payments vault for ``user``."""
+        response = self.http.post(self.url("payments", "/vault"), json={"card_number": card},
+                                  headers=bearer(user["token"]))
+        assert response.status_code == 201, response.text
+        token: str = response.json()["card_token"]
+        return token
 
     def lines(self, service: str) -> list[str]:
         """Every line ``service`` logged so far (prefix removed)."""
@@ -70,17 +92,20 @@ class Shop:
 @contextmanager
 def running_shop(tmp: Path, mode: str = "choreography", broker: str | None = None,
                  fraud_rules: Path | None = None, env: dict[str, str] | None = None,
-                 ) -> Iterator[Shop]:
+                 base_port: int | None = None) -> Iterator[Shop]:
     """Start every service under the supervisor (orders with ``fraud_rules``, if
     given, instead of its own rule file; with ``env`` added to the environment); stop
     them all afterwards."""
-    settings = Settings(base_port=free_base_port(), data_dir=tmp / "data", broker=broker)
+    settings = Settings(base_port=base_port or free_base_port(), data_dir=tmp / "data",
+                        broker=broker,
+                        admin_token=SecretStr(secrets.token_urlsafe(16)))
     log = tmp / "shop.log"
     command = [sys.executable, "-m", "reference.supervisor", "--base-port",
                str(settings.base_port), "--data-dir", str(settings.data_dir), "--mode", mode]
     if broker:
         command += ["--broker", broker]
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    environ = {**os.environ, "PYTHONPATH": str(ROOT),
+               "SHOP_ADMIN_TOKEN": settings.admin_token.get_secret_value(), **(env or {})}
     environ.pop("TIDINGS_BROKER", None)
     environ.pop("REFERENCE_FRAUD_RULES", None)
     if fraud_rules is not None:

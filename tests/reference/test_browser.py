@@ -82,7 +82,7 @@ def _outcome(page: Page, title: str, detail: str) -> None:
 def test_every_outcome_is_one_click_away_and_refusals_read_as_sentences(
         sqlite_shop: Shop, page: Page) -> None:
     page.goto(sqlite_shop.url("frontend", "/"))
-    page.evaluate("localStorage.clear()")
+    page.evaluate("sessionStorage.clear()")
     page.reload()
     expect(page.locator("#row-VASE-007 .available")).to_have_text("3")
     page.click("#place-order")
@@ -91,6 +91,8 @@ def test_every_outcome_is_one_click_away_and_refusals_read_as_sentences(
     page.click("#register")
     expect(page.locator("#user-status")).to_contain_text("Welcome, Bob Li")
     expect(page.locator("#order-error")).to_have_text("")
+    page.reload()  # the user (and their token) stay for the tab's session
+    expect(page.locator("#user-status")).to_contain_text("Welcome, Bob Li")
 
     _order(page, "TEA-001", 1001, "4242424242424242")  # over the per-line limit
     error = page.locator("#order-error")
@@ -116,7 +118,18 @@ def test_every_outcome_is_one_click_away_and_refusals_read_as_sentences(
     icon = sqlite_shop.http.get(sqlite_shop.url("frontend", "/favicon.ico"))
     assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
     assert page.failures == [  # type: ignore[attr-defined]
-        f"422 {sqlite_shop.url('orders', '/orders')}"] * 2
+        f"422 {sqlite_shop.url('orders', '/orders')}",
+        f"422 {sqlite_shop.url('payments', '/vault')}"]
+
+
+def test_a_user_name_is_text_not_markup(sqlite_shop: Shop, page: Page) -> None:
+    page.goto(sqlite_shop.url("frontend", "/"))
+    name = "<img src=x onerror=\"document.title='pwned'\">"
+    page.fill("#username", name)
+    page.click("#register")
+    expect(page.locator("#user-status")).to_contain_text(f"Welcome, {name}")
+    expect(page.locator("#user-status img")).to_have_count(0)
+    assert page.title() == "tidings shop"
 
 
 def test_the_banner_says_how_the_cli_finds_the_demo_bus(sqlite_shop: Shop) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from reference.client import bearer
 from reference.inventory.catalog import CATALOG
 from shop import Shop, running_shop
 
@@ -45,15 +46,18 @@ async def _call(http: httpx.AsyncClient, method: str, url: str, **kw: Any) -> ht
             await asyncio.sleep(0.1)
 
 
-async def _place_orders(shop: Shop, http: httpx.AsyncClient, users: list[int]) -> int:
+async def _place_orders(shop: Shop, http: httpx.AsyncClient, users: list[dict[str, Any]]
+                        ) -> int:
     rng = random.Random(7)
     accepted = 0
     for n in range(ORDERS):
         items = [{"sku": rng.choice(CATALOG).sku, "qty": rng.randint(1, 3)}
                  for _ in range(rng.randint(1, 2))]
         card = DECLINE if rng.random() < 0.2 else APPROVE
-        body = {"user_id": users[n % len(users)], "items": items, "card_number": card}
-        response = await _call(http, "POST", shop.url("orders", "/orders"), json=body)
+        user = users[n % len(users)]
+        body = {"user_id": user["id"], "items": items, "card_token": user["cards"][card]}
+        response = await _call(http, "POST", shop.url("orders", "/orders"), json=body,
+                               headers=bearer(user["token"]))
         assert response.status_code == 202, response.text
         accepted += 1
         await asyncio.sleep(0.05)
@@ -83,16 +87,18 @@ async def _kill_at_random(shop: Shop, http: httpx.AsyncClient, placing: asyncio.
     return killed
 
 
-async def _orders(shop: Shop, http: httpx.AsyncClient, users: list[int]) -> list[dict[str, Any]]:
+async def _orders(shop: Shop, http: httpx.AsyncClient, users: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for user in users:
         response = await _call(http, "GET", shop.url("orders", "/orders"),
-                               params={"user_id": user})
+                               params={"limit": 100}, headers=bearer(user["token"]))
+        assert "x-next-cursor" not in response.headers  # at most 10 orders a user
         found.extend(response.json())
     return found
 
 
-async def _wait_final(shop: Shop, http: httpx.AsyncClient, users: list[int]
+async def _wait_final(shop: Shop, http: httpx.AsyncClient, users: list[dict[str, Any]]
                       ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 60
     while True:
@@ -109,21 +115,27 @@ async def _chaos(shop: Shop) -> dict[str, Any]:
         users = []
         for i in range(USERS):
             body = {"username": f"chaos user {i}", "age": 20 + i, "address": "Chengdu"}
-            users.append((await _call(http, "POST", shop.url("users", "/register"),
-                                      json=body)).json()["id"])
+            user = (await _call(http, "POST", shop.url("users", "/register"), json=body)).json()
+            user["cards"] = {card: (await _call(
+                http, "POST", shop.url("payments", "/vault"), json={"card_number": card},
+                headers=bearer(user["token"]))).json()["card_token"]
+                for card in (APPROVE, DECLINE)}
+            users.append(user)
         for product in CATALOG:
             await _call(http, "PUT", shop.url("inventory", f"/stock/{product.sku}"),
-                        json={"available": STOCK})
+                        json={"available": STOCK}, headers=shop.admin)
         placing = asyncio.create_task(_place_orders(shop, http, users))
         killed = await _kill_at_random(shop, http, placing)
         accepted = await placing
         orders = await _wait_final(shop, http, users)
         stock = {p.sku: (await _call(http, "GET", shop.url("inventory", f"/stock/{p.sku}"))
                          ).json() for p in CATALOG}
+        tokens = {user["id"]: bearer(user["token"]) for user in users}
         payments = {o["order_id"]: (await _call(
-            http, "GET", shop.url("payments", f"/payments/{o['order_id']}"))) for o in orders}
-    return {"users": users, "accepted": accepted, "killed": killed, "orders": orders,
-            "stock": stock, "payments": payments}
+            http, "GET", shop.url("payments", f"/payments/{o['order_id']}"),
+            headers=tokens[o["user_id"]])) for o in orders}
+    return {"users": [user["id"] for user in users], "accepted": accepted, "killed": killed,
+            "orders": orders, "stock": stock, "payments": payments}
 
 
 def test_orders_settle_and_invariants_hold_under_sigkill(chaos_shop: Shop) -> None:

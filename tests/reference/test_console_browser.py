@@ -55,11 +55,11 @@ def test_console_shows_topics_redrives_a_poison_message_and_follows_an_order(
                                 has_text="poison-1")
             expect(gone).to_have_count(0, timeout=10_000)
 
-            user = shop.http.post(shop.url("users", "/register"), json={
-                "username": "Console Carol", "age": 40, "address": "Lyon"}).json()
+            user = shop.register("Console Carol", 40, "Lyon")
             order = shop.http.post(shop.url("orders", "/orders"), json={
-                "user_id": user["id"], "card_number": "4242424242424242",
-                "items": [{"sku": "TEA-001", "qty": 1}]}).json()
+                "user_id": user["id"], "card_token": shop.card_token(user),
+                "items": [{"sku": "TEA-001", "qty": 1}]},
+                headers={"authorization": f"Bearer {user['token']}"}).json()
             page.fill("#conversation-id", order["order_id"])
             page.click("#conversation-go")
             steps = page.locator("#timeline li .type")

@@ -60,8 +60,10 @@ async def publish(ctx: click.Context, topic: str, payload: str, key: str | None,
             "offset": published.offset}
     if ctx.obj["json"]:
         click.echo(json.dumps(data))
-    elif published.offset is None:
+    elif published.offset is None and delay:
         click.echo(f"scheduled {published.id} for {topic} in {delay:g} s")
+    elif published.offset is None:  # a backend that does not tell offsets (amqp://)
+        click.echo(f"published {published.id} to {topic}[{published.partition}]")
     else:
         click.echo(f"published {published.id} to {topic}[{published.partition}]@{published.offset}")
 

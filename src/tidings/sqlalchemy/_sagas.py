@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from ..saga._errors import SagaConflictError, SagaNotFoundError
@@ -73,6 +74,43 @@ _CLAIMABLE = sa.select(_T.c.id).where(
     _T.c.status.in_(_ACTIVE), _T.c.name.in_(sa.bindparam("names", expanding=True)),
     _free(_NOW), sa.or_(_T.c.wake_at.is_(None), _T.c.wake_at <= _NOW),
 ).order_by(_T.c.created_at).limit(sa.bindparam("limit"))
+
+
+_SET = [name for name in _COLUMNS if name != "id"]
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+# PostgreSQL: every save of a group in one statement, its rows as arrays (one prepared
+# statement whatever their number), RETURNING the sagas it matched.
+_SAVE_MANY_PG = sa.text(
+    f"UPDATE {_T.name} AS t SET "
+    + ", ".join(f"{name} = u.{name}" for name in _SET)
+    + " FROM unnest(" + ", ".join(
+        f"CAST(:{name} AS {_T.c[name].type.compile(dialect=_PG)}[])"
+        for name in _SET)
+    + ", CAST(:w_id AS VARCHAR[]), CAST(:w_version AS INTEGER[]), CAST(:w_owner AS VARCHAR[]))"
+    + f" AS u({', '.join(_SET)}, w_id, w_version, w_owner)"
+    + " WHERE t.id = u.w_id AND t.version = u.w_version AND t.owner = u.w_owner"
+    + " RETURNING t.id"
+)
+
+
+async def _save_many(conn: AsyncConnection,
+                     items: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[Any]:
+    """The saves of a group: each saga's row if version and owner still match, and the
+    events of those that did. One UPDATE for them all on PostgreSQL (else one each:
+    cheap on SQLite, where they run on the sqlite3 connection itself); one INSERT."""
+    if conn.dialect.name == "postgresql":
+        columns = {name: [values[name] for values, _ in items]
+                   for name in (*_SET, "w_id", "w_version", "w_owner")}
+        matched = {row[0] for row in await conn.execute(_SAVE_MANY_PG, columns)}
+        ok = [values["w_id"] in matched for values, _ in items]
+    else:
+        ok = [await execute(conn, _SAVE, values) == 1 for values, _ in items]
+    rows = [row for (_, events), good in zip(items, ok, strict=True) if good for row in events]
+    if rows:
+        await execute(conn, _INSERT_EVENTS, rows)
+    return [None if good else SagaConflictError(
+        f"saga {values['w_id']} changed hands or versions meanwhile")
+        for (values, _), good in zip(items, ok, strict=True)]
 
 
 class SqlSagaStore(SagaStore):
@@ -159,15 +197,7 @@ class SqlSagaStore(SagaStore):
         written = saved(record, lease, release)
         values = _values(written)
         values.update(w_id=record.id, w_version=record.version, w_owner=record.owner)
-        rows = _event_values(events)
-
-        async def write(conn: AsyncConnection) -> None:
-            if await execute(conn, _SAVE, values) != 1:
-                raise SagaConflictError(f"saga {record.id} changed hands or versions meanwhile")
-            if rows:
-                await execute(conn, _INSERT_EVENTS, rows)
-
-        await self._commits.run(write)
+        await self._commits.run_batched(_save_many, (values, _event_values(events)))
         return written
 
     async def renew(self, owner: str, saga_ids: Collection[str], lease: float) -> set[str]:

@@ -28,6 +28,8 @@ from ..._records import (
     TopicPartition,
 )
 from ...ports import (
+    BASE_CAPABILITIES,
+    Capability,
     RebalanceListener,
     Subscription,
     SupportsTransactions,
@@ -53,6 +55,7 @@ class KafkaTransport(Transport, SupportsTransactions):
     """A transport over a Kafka cluster (or any Kafka-protocol broker such as tansu)."""
 
     system = "kafka"
+    capabilities = BASE_CAPABILITIES | {Capability.EXACTLY_ONCE, Capability.REPLICATION}
 
     shared_between_processes = True
 

@@ -21,7 +21,7 @@ from ..._records import (
     TopicPartition,
 )
 from ..._waiting import wait_event
-from ...ports import RebalanceListener, Subscription, Transport
+from ...ports import BASE_CAPABILITIES, Capability, RebalanceListener, Subscription, Transport
 from ._broker import Member, MemoryBroker
 
 __all__ = ["MemorySubscription", "MemoryTransport"]
@@ -31,6 +31,7 @@ class MemoryTransport(Transport):
     """A transport over a :class:`MemoryBroker` shared within one process."""
 
     system = "memory"
+    capabilities = BASE_CAPABILITIES - {Capability.DURABILITY}
 
     shared_between_processes = False
 

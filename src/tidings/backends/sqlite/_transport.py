@@ -34,7 +34,14 @@ from ..._records import (
     TopicInfo,
     TopicPartition,
 )
-from ...ports import RebalanceListener, Subscription, SupportsLookup, Transport
+from ...ports import (
+    BASE_CAPABILITIES,
+    Capability,
+    RebalanceListener,
+    Subscription,
+    SupportsLookup,
+    Transport,
+)
 from . import _groups, _lookup, _reads
 from ._append import Appender, TopicMeta
 from ._checkpoint import Checkpointer
@@ -56,6 +63,7 @@ class SqliteTransport(Transport, SupportsLookup):
     """A durable log with consumer groups in one SQLite file (WAL mode)."""
 
     system = "sqlite"
+    capabilities = BASE_CAPABILITIES | {Capability.LOOKUP}
 
     shared_between_processes = True
 

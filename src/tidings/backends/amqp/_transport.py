@@ -1,0 +1,364 @@
+"""The RabbitMQ transport: topics as streams, tidings' bookkeeping as JSON streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiormq
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from pamqp.commands import Basic
+
+from ..._errors import BrokerUnavailableError, TransportError, UnknownTopicError
+from ..._records import (
+    GroupInfo,
+    MemberInfo,
+    OutRecord,
+    Position,
+    Record,
+    Start,
+    TopicInfo,
+    TopicPartition,
+)
+from ...ports import BASE_CAPABILITIES, Capability, RebalanceListener, Subscription, Transport
+from ._connection import connect
+from ._delay import BUCKET, EXCHANGE, TARGET, DelayBuckets, DueForwarder, bucket_ms
+from ._log import JsonLog
+from ._members import observe
+from ._settings import AmqpSettings
+from ._streams import declare_stream, offset_of, partition_stream, properties, read_quiet
+from ._streams import to_record as _to_record
+from ._translate import driver_errors
+
+__all__ = ["AmqpTransport"]
+
+log = logging.getLogger("tidings.amqp")
+
+TOPICS_LOG = "tidings.topics"
+GROUPS_LOG = "tidings.groups"
+
+
+def offsets_log(group: str) -> str:
+    """The stream of ``group``'s committed offsets."""
+    return f"tidings.offsets.{group}"
+
+
+class AmqpTransport(Transport):
+    """One connection to one RabbitMQ virtual host."""
+
+    system = "rabbitmq"
+    # Streams replicate across a cluster's nodes; the offsets a publish got are not
+    # told to AMQP 0-9-1 publishers; no transactions across streams.
+    capabilities = (BASE_CAPABILITIES | {Capability.REPLICATION}) - {Capability.APPEND_OFFSETS}
+
+    def __init__(self, settings: AmqpSettings) -> None:
+        self.settings = settings
+        self._connection: AbstractConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._publish_lock = asyncio.Lock()
+        self._partitions: dict[str, int] = {}
+        self._declared: set[str] = set()
+        self._groups: set[str] = set()
+        self._registered: set[str] = set()
+        self._topic_lock = asyncio.Lock()
+        self._round_robin = itertools.count()
+        self._topics_log: JsonLog | None = None
+        self._groups_log: JsonLog | None = None
+        self._delays: DelayBuckets | None = None
+        self._forwarder: DueForwarder | None = None
+        self._started = False
+        self._connect_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and start tailing the topics and groups registries."""
+        if self._connection is not None:
+            return
+        self._started = True
+        await self._connect()
+
+    async def ensure_connected(self) -> AbstractConnection:
+        """The open connection, made again if the broker closed it (subscriptions then
+        lose their partitions and join again: see ``_subscription``)."""
+        connection = self._connection
+        if connection is not None and not connection.is_closed:
+            return connection
+        if not self._started:
+            raise BrokerUnavailableError("the RabbitMQ transport is not connected")
+        async with self._connect_lock:
+            if self._connection is None or self._connection.is_closed:
+                log.warning("the connection to RabbitMQ at %s:%s closed; connecting again",
+                            self.settings.host, self.settings.port)
+                await self._connect()
+        return self.connection
+
+    async def _connect(self) -> None:
+        self._publisher = None
+        self._connection = connection = await connect(self.settings)
+        self._topics_log = JsonLog(connection, self.publish, TOPICS_LOG, self._on_topic)
+        self._groups_log = JsonLog(connection, self.publish, GROUPS_LOG, self._on_group)
+        self._delays = DelayBuckets(connection, self.settings.queue_type)
+        self._forwarder = DueForwarder(connection, self.settings.queue_type, self.publish)
+        await self._topics_log.open()
+        await self._groups_log.open()
+        await self._forwarder.open()
+
+    async def close(self) -> None:
+        """Close the connection (its exclusive queues, hence partition locks, go too)."""
+        self._started = False
+        connection, self._connection = self._connection, None
+        self._publisher = None
+        if self._forwarder is not None:
+            await self._forwarder.close()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    @property
+    def connection(self) -> AbstractConnection:
+        """The open connection; raises if the transport is not started."""
+        if self._connection is None or self._connection.is_closed:
+            raise BrokerUnavailableError("the RabbitMQ transport is not connected")
+        return self._connection
+
+    async def publish(self, routing_key: str, body: bytes, props: Basic.Properties,
+                      exchange: str = "") -> None:
+        """Publish one message and wait for the broker's confirm."""
+        channel = await self._publishing_channel()
+        with driver_errors(f"publishing to {routing_key!r}"):
+            try:
+                confirm = await channel.basic_publish(
+                    body, exchange=exchange, routing_key=routing_key, properties=props)
+            except aiormq.exceptions.ChannelInvalidStateError:
+                # An earlier publish closed the channel (e.g. a message too large);
+                # its error was raised there; this publish gets a new channel.
+                self._publisher = None
+                channel = await self._publishing_channel()
+                confirm = await channel.basic_publish(
+                    body, exchange=exchange, routing_key=routing_key, properties=props)
+        if not isinstance(confirm, Basic.Ack):
+            raise TransportError(f"RabbitMQ refused a message for {routing_key!r}: {confirm}")
+
+    async def _publishing_channel(self) -> AbstractChannel:
+        channel = self._publisher
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._publish_lock:
+            if self._publisher is None or self._publisher.is_closed:
+                with driver_errors("opening a publishing channel"):
+                    connection = await self.ensure_connected()
+                    self._publisher = await connection.channel(publisher_confirms=True)
+            return self._publisher
+
+    # -- topics ------------------------------------------------------------------------
+
+    def _on_topic(self, entry: dict[str, Any]) -> None:
+        self._partitions.setdefault(entry["topic"], int(entry["partitions"]))
+
+    def _on_group(self, entry: dict[str, Any]) -> None:
+        self._groups.add(entry["group"])
+
+    async def ensure_topic(self, topic: str, partitions: int | None = None) -> int:
+        """Claim ``topic`` in the registry (the first claim wins) and declare its streams."""
+        if topic in self._declared:
+            return self._partitions[topic]
+        assert self._topics_log is not None, "start the transport first"
+        async with self._topic_lock:
+            if topic not in self._partitions:
+                await self._topics_log.sync()
+            if topic not in self._partitions:
+                # Streams first: a conflicting queue is refused before the topic is
+                # registered (extra streams, if another claim wins with fewer, are unused).
+                count = partitions or self.settings.partitions
+                await self._declare_streams(topic, count)
+                await self._topics_log.append({"topic": topic, "partitions": count})
+                await self._topics_log.sync()
+            count = self._partitions[topic]
+            await self._declare_streams(topic, count)
+            self._declared.add(topic)
+        return count
+
+    async def _declare_streams(self, topic: str, count: int) -> None:
+        with driver_errors(f"declaring the streams of topic {topic!r}"):
+            channel = await (await self.ensure_connected()).channel()
+            try:
+                for p in range(count):
+                    await declare_stream(channel, partition_stream(topic, p))
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    async def _known(self, topic: str) -> int:
+        if topic not in self._partitions and self._topics_log is not None:
+            await self._topics_log.sync()
+        if topic not in self._partitions:
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        return self._partitions[topic]
+
+    async def register_group(self, group: str) -> None:
+        """Note ``group`` in the groups registry (once per process)."""
+        if group not in self._registered and self._groups_log is not None:
+            self._registered.add(group)
+            await self._groups_log.append({"group": group})
+
+    # -- appends ------------------------------------------------------------------------
+
+    async def append(self, records: Sequence[OutRecord]) -> list[Position]:
+        """Publish each record to its partition's stream; return once all are confirmed."""
+        for topic in {r.topic for r in records}:
+            await self.ensure_topic(topic)
+        positions = [self._position(r) for r in records]
+        now = time.time()
+        await asyncio.gather(*(self._append_one(r, p.partition or 0, now)
+                               for r, p in zip(records, positions, strict=True)))
+        return positions
+
+    def _position(self, record: OutRecord) -> Position:
+        count = self._partitions[record.topic]
+        if record.partition is not None:
+            if not 0 <= record.partition < count:
+                raise ValueError(f"topic {record.topic!r} has no partition {record.partition}")
+            partition = record.partition
+        elif record.key is None:
+            partition = next(self._round_robin) % count
+        else:
+            partition = zlib.crc32(record.key.encode()) % count
+        return Position(record.topic, partition, None)
+
+    async def _append_one(self, record: OutRecord, partition: int, now: float) -> None:
+        stream = partition_stream(record.topic, partition)
+        delay = (record.deliver_at or 0) - now
+        if delay <= 0.001:
+            await self.publish(stream, record.value, properties(record, now))
+            return
+        assert self._delays is not None
+        bucket = bucket_ms(delay)
+        await self._delays.ensure(bucket)
+        props = properties(record, record.deliver_at or now,
+                           {BUCKET: str(bucket), TARGET: stream})
+        await self.publish(stream, record.value, props, exchange=EXCHANGE)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        group: str | None,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        start: Start = Start.EARLIEST,
+        client: str = "",
+    ) -> Subscription:
+        """Join ``group`` (or read group-less) on ``topics``."""
+        from ._subscription import AmqpSubscription
+
+        return AmqpSubscription(self, group, topics, listener, start, client)
+
+    def open_offsets(self, group: str, on_entry: Any) -> JsonLog:
+        """A (not yet opened) tail of ``group``'s committed offsets."""
+        return JsonLog(self.connection, self.publish, offsets_log(group), on_entry)
+
+    # -- reads and admin ------------------------------------------------------------------
+
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
+        """Records of one partition from ``offset`` on (until the stream stays quiet)."""
+        if not 0 <= partition < await self._known(topic):
+            raise UnknownTopicError(f"topic {topic!r} has no partition {partition}")
+        messages = await self._read(topic, partition, max(offset, 0), limit)
+        return [_to_record(topic, partition, m) for m in messages]
+
+    async def _read(self, topic: str, partition: int, start: int | str | float,
+                    limit: int) -> list[DeliveredMessage]:
+        wait = self.settings.end_wait
+        with driver_errors(f"reading {topic!r}[{partition}]"):
+            return await read_quiet(await self.ensure_connected(),
+                                    partition_stream(topic, partition), start, limit, wait,
+                                    max(2 * wait, 0.3))
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """The offset the next record of the partition will get."""
+        last = await self._read(topic, partition, "last", 1_000_000)
+        return offset_of(last[-1]) + 1 if last else 0
+
+    async def describe_topics(self) -> list[TopicInfo]:
+        """Every registered topic with its end offsets (found concurrently)."""
+        if self._topics_log is not None:
+            await self._topics_log.sync()
+        topics = sorted(self._partitions.items())
+        gate = asyncio.Semaphore(128)
+
+        async def end(topic: str, p: int) -> int:
+            async with gate:
+                return await self.end_offset(topic, p)
+
+        ends = await asyncio.gather(*(end(t, p) for t, n in topics for p in range(n)))
+        it = iter(ends)
+        return [TopicInfo(t, n, dict.fromkeys(range(n), 0), {p: next(it) for p in range(n)})
+                for t, n in topics]
+
+    async def describe_groups(self) -> list[GroupInfo]:
+        """Every registered group with its committed offsets and the members that answer
+        a roll call within ``end_wait`` seconds (all groups at once)."""
+        if self._groups_log is not None:
+            await self._groups_log.sync()
+        gate = asyncio.Semaphore(32)
+        found = await asyncio.gather(*(self._describe_group(g, gate) for g in sorted(self._groups)))
+        return list(found)
+
+    async def _describe_group(self, group: str, gate: asyncio.Semaphore) -> GroupInfo:
+        async with gate:
+            committed, heard = await asyncio.gather(
+                self.committed(group),
+                observe(await self.ensure_connected(), group, max(self.settings.end_wait, 0.1)))
+        members = tuple(
+            MemberInfo(member, client, tuple(sorted(TopicPartition(t, p) for t, p in parts)))
+            for member, (client, parts) in sorted(heard.items()))
+        return GroupInfo(group, members, committed)
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        """``group``'s committed offsets, as of now."""
+        committed: dict[TopicPartition, int] = {}
+
+        def note(entry: dict[str, Any]) -> None:
+            committed[TopicPartition(entry["t"], entry["p"])] = entry["o"]
+
+        log = self.open_offsets(group, note)
+        try:
+            await log.open()
+            await log.sync()
+        finally:
+            await log.close()
+        return committed
+
+    async def set_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Append the offsets to the group's log as seeks; owners follow them at once."""
+        for tp in offsets:
+            await self._known(tp.topic)
+        await self.register_group(group)
+        log = self.open_offsets(group, lambda entry: None)
+        with driver_errors(f"setting the offsets of group {group!r}"):
+            await log.open()
+            await log.close()
+            await log.append(*({"t": tp.topic, "p": tp.partition, "o": o, "seek": True}
+                               for tp, o in offsets.items()))
+
+    async def offsets_for_time(self, topic: str, timestamp: float) -> dict[int, int]:
+        """Per partition, the first offset at or after ``timestamp`` (streams index
+        chunks by time; the records of the chunk found are scanned)."""
+        count = await self._known(topic)
+        return dict(zip(range(count), await asyncio.gather(
+            *(self._offset_for_time(topic, p, timestamp) for p in range(count))), strict=True))
+
+    async def _offset_for_time(self, topic: str, partition: int, timestamp: float) -> int:
+        messages = await self._read(topic, partition, timestamp - 5.0, 1_000_000)
+        for message in messages:
+            if _to_record(topic, partition, message).timestamp >= timestamp:
+                return offset_of(message)
+        return offset_of(messages[-1]) + 1 if messages else await self.end_offset(topic, partition)

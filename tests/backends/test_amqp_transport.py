@@ -1,0 +1,219 @@
+"""The RabbitMQ backend's own behaviour on a real private node: settings, bad input
+(broker down, wrong credentials or vhost, too large, conflicting declarations), and
+capability refusals. Groups, failures, delays and replay are in tests/conformance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import time
+import uuid
+
+import aiormq
+import pytest
+
+from kafka_broker import free_port
+from rabbitmq_broker import MAX_MESSAGE_SIZE, control_env, rabbitmq_binaries
+from tidings import App, ConfigurationError
+from tidings._backends import load_transport
+from tidings._errors import BrokerUnavailableError, MessageTooLargeError
+from tidings._records import OutRecord
+from tidings.backends.amqp import AmqpSettings, AmqpTransport, from_url
+from tidings.backends.amqp._delay import bucket_ms
+from tidings.ports import Capability
+
+
+def _with(url: str, **changes: str) -> str:
+    """``url`` with its user, password or vhost changed."""
+    settings = from_url(url).settings
+    user = changes.get("user", settings.username)
+    password = changes.get("password", settings.password)
+    vhost = changes.get("vhost", "")
+    return f"amqp://{user}:{password}@{settings.host}:{settings.port}/{vhost}"
+
+
+async def _vhost(amqp_url: str, name: str) -> str:
+    """A new vhost on the test node (guest may use it); its URL."""
+    ctl = str(rabbitmq_binaries() / "rabbitmqctl")
+    env = {**os.environ, **control_env(amqp_url)}
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
+        await asyncio.to_thread(subprocess.run, [ctl, *args], env=env, check=True,
+                                capture_output=True, timeout=60)
+    return _with(amqp_url, vhost=name)
+
+
+def test_settings_from_the_url() -> None:
+    settings = from_url("amqp://u:p%40ss@h:5673/shop%2Feu?partitions=8&queue_type=quorum").settings
+    assert (settings.host, settings.port, settings.username, settings.password) == \
+        ("h", 5673, "u", "p@ss")
+    assert (settings.vhost, settings.partitions, settings.queue_type) == ("shop/eu", 8, "quorum")
+    assert from_url("amqp://h").settings.vhost == "/"
+    assert isinstance(load_transport("amqp://h"), AmqpTransport)
+    with pytest.raises(ConfigurationError, match="partitions") as caught:
+        from_url("amqp://u:hunter2@h/?partitions=0")
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="colour"):
+        from_url("amqp://h/?colour=blue")
+    assert isinstance(AmqpSettings(), AmqpSettings)
+
+
+def test_delay_buckets_round_up() -> None:
+    assert bucket_ms(0.0004) == 10
+    assert bucket_ms(0.4) == 400
+    assert bucket_ms(1.234) == 1300
+    assert bucket_ms(3600) == 3_600_000
+    assert all(bucket_ms(d / 1000) >= d for d in range(1, 5000, 7))
+
+
+def test_broker_down_is_one_error_within_the_connect_timeout(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    transport = from_url(f"amqp://guest:guest@127.0.0.1:{free_port()}/?connect_timeout=2")
+    began = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match="RabbitMQ") as caught:
+        asyncio.run(transport.start())
+    assert time.monotonic() - began < 3
+    assert "\n" not in str(caught.value)
+    assert not [r for r in caplog.records
+                if r.name.startswith("aiormq") and r.levelno >= logging.INFO]
+
+
+def test_wrong_credentials_and_vhost_are_named(amqp_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="credentials of user 'guest'"):
+        asyncio.run(from_url(_with(amqp_url, password="wrong")).start())
+    with pytest.raises(ConfigurationError, match="vhost 'nowhere'"):
+        asyncio.run(from_url(_with(amqp_url, vhost="nowhere")).start())
+
+
+def test_too_large_and_conflicting_declarations(amqp_url: str) -> None:
+    topic = f"big-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        transport = from_url(amqp_url)
+        await transport.start()
+        try:
+            await transport.ensure_topic(topic, 1)
+            with pytest.raises(MessageTooLargeError):
+                await transport.append([OutRecord(topic, b"x" * (MAX_MESSAGE_SIZE + 1))])
+            # The transport goes on after the refusal.
+            await transport.append([OutRecord(topic, b"small")])
+            assert [r.value for r in await transport.read(topic, 0, 0, 10)] == [b"small"]
+            # A queue named like a topic's stream, with other arguments, is named.
+            taken = f"taken-{uuid.uuid4().hex[:8]}"
+            connection = await aiormq.connect(amqp_url)
+            channel = await connection.channel()
+            await channel.queue_declare(f"{taken}.0", durable=True)
+            await connection.close()
+            with pytest.raises(ConfigurationError, match=f"{taken}.0"):
+                await transport.ensure_topic(taken, 1)
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_an_option_the_backend_cannot_honour_is_refused_at_start(amqp_url: str) -> None:
+    async def main() -> None:
+        app = App("billing", broker=amqp_url)
+
+        @app.subscriber(f"orders-{uuid.uuid4().hex[:8]}", exactly_once=True)
+        async def bill(payload: dict) -> None: ...
+
+        with pytest.raises(ConfigurationError, match=r"exactly_once.*rabbitmq backend"):
+            await app.start()
+
+    asyncio.run(main())
+    capabilities = from_url(amqp_url).capabilities
+    assert Capability.EXACTLY_ONCE not in capabilities
+    assert Capability.APPEND_OFFSETS not in capabilities
+    assert {Capability.GROUPS, Capability.REPLAY, Capability.DELAY} <= capabilities
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_long_delay_does_not_hold_a_shorter_one_back(amqp_url: str, queue_type: str) -> None:
+    topic = f"later-{uuid.uuid4().hex[:8]}"
+    vhost = f"v-{queue_type}-{uuid.uuid4().hex[:6]}"  # tidings' own queues: one type each
+
+    async def main() -> None:
+        transport = from_url(amqp_url) if queue_type == "classic" else \
+            from_url(f"{await _vhost(amqp_url, vhost)}?queue_type=quorum")
+        await transport.start()
+        try:
+            await transport.ensure_topic(topic, 1)
+            now = time.time()
+            await transport.append([OutRecord(topic, b"long", deliver_at=now + 30)])
+            await transport.append([OutRecord(topic, b"short", deliver_at=now + 0.3)])
+            for _ in range(100):
+                records = await transport.read(topic, 0, 0, 10)
+                if records:
+                    break
+                await asyncio.sleep(0.05)
+            assert [r.value for r in records] == [b"short"]
+            assert time.time() - now >= 0.3
+            assert records[0].timestamp >= now + 0.3
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_groups_are_described_with_their_members_and_offsets(amqp_url: str) -> None:
+    topic, group = f"described-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        app = App(group, broker=amqp_url)
+        handled: list[dict] = []
+
+        @app.subscriber(topic)
+        async def handle(payload: dict) -> None:
+            handled.append(payload)
+
+        async with app:
+            await app.publish(topic, {"n": 1}, partition=2)
+            for _ in range(200):
+                if handled:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # a commit interval
+            info = {g.name: g for g in await app.transport.describe_groups()}[group]
+        (member,) = info.members
+        assert member.client == app.instance_id
+        assert {tp.partition for tp in member.assignment} == {0, 1, 2, 3}
+        assert {tp.partition: o for tp, o in info.committed.items()
+                if tp.topic == topic} == {2: 1}
+
+    asyncio.run(main())
+
+
+def test_a_member_whose_connection_the_broker_closes_joins_again(amqp_url: str) -> None:
+    topic, group = f"reconnect-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        app, producer = App(group, broker=amqp_url), App("producer", broker=amqp_url)
+        handled: set[int] = set()
+
+        @app.subscriber(topic)
+        async def handle(payload: dict) -> None:
+            handled.add(payload["n"])
+
+        async with producer, app:
+            await producer.publish_many(topic, [{"n": n} for n in range(10)])
+            await _until(lambda: len(handled) == 10)
+            await asyncio.to_thread(
+                subprocess.run, [str(rabbitmq_binaries() / "rabbitmqctl"),
+                                 "close_all_connections", "test: closed by the broker"],
+                env={**os.environ, **control_env(amqp_url)}, check=True,
+                capture_output=True, timeout=60)
+            await producer.publish_many(topic, [{"n": n} for n in range(10, 20)])
+            await _until(lambda: len(handled) == 20, 20)
+        assert handled == set(range(20))
+
+    asyncio.run(main())
+
+
+async def _until(check, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,109 @@
+"""A throwaway RabbitMQ node for tests: Debian's ``rabbitmq-server``, started privately.
+
+``running_rabbitmq()`` starts a node of its own (own node name, ports, data, logs, Erlang
+cookie and epmd) on free loopback ports, enables the plugins tidings' docs mention, and
+yields an ``amqp://`` URL; stopping kills the node and its epmd by PID. The session fixture
+``amqp_url`` (``tests/conftest.py``) shares one node across the test session (tests
+isolate themselves with unique names). No pytest here: the benchmarks import it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from kafka_broker import free_port
+
+__all__ = ["MAX_MESSAGE_SIZE", "control_env", "rabbitmq_binaries", "running_rabbitmq"]
+
+#: AMQP port -> the environment rabbitmqctl needs to reach that running node.
+_NODES: dict[int, dict[str, str]] = {}
+
+
+def control_env(url: str) -> dict[str, str]:
+    """The environment for ``rabbitmqctl`` to reach the node of ``url`` (started here)."""
+    from urllib.parse import urlsplit
+
+    return _NODES[urlsplit(url).port or 5672]
+
+_BIN = Path("/usr/lib/rabbitmq/bin")
+#: The test node refuses messages above this (RabbitMQ's default is 128 MiB).
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
+
+def rabbitmq_binaries() -> Path:
+    """Where ``rabbitmq-server`` and ``rabbitmqctl`` are (Debian's package)."""
+    if not (_BIN / "rabbitmq-server").exists():
+        raise RuntimeError("RabbitMQ is a system dependency: apt-get install rabbitmq-server "
+                           "(`make test` installs it)")
+    return _BIN
+
+
+def _environment(base: Path, port: int, dist: int, epmd: int, name: str) -> dict[str, str]:
+    config = base / "rabbitmq.conf"
+    config.write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n"
+                      "log.console = false\nlog.file.level = warning\n"
+                      f"max_message_size = {MAX_MESSAGE_SIZE}\n")
+    (base / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+    env.update({
+        "HOME": str(base), "RABBITMQ_NODENAME": f"{name}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist), "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_CONFIG_FILE": str(config),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_PID_FILE": str(base / "node.pid"), "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "ERL_EPMD_PORT": str(epmd), "RABBITMQ_USE_LONGNAME": "false",
+    })
+    return env
+
+
+def _epmd_pids(epmd: int) -> list[int]:
+    """The epmd daemons serving port ``epmd`` (started by our node; found by its argv)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"epmd" in cmdline and f"ERL_EPMD_PORT={epmd}".encode() in environ:
+                out.append(int(proc.name))
+    return out
+
+
+@contextlib.contextmanager
+def running_rabbitmq() -> Iterator[str]:
+    """Start a private RabbitMQ node on free loopback ports; yield its ``amqp://`` URL
+    (guest/guest, vhost ``/``). The node, its epmd and its data go when the block exits."""
+    binaries = rabbitmq_binaries()
+    port, dist, epmd = free_port(), free_port(), free_port()
+    base = Path(tempfile.mkdtemp(prefix="tidings-rabbitmq-"))
+    env = _environment(base, port, dist, epmd, f"tidings{port}")
+    with open(base / "stdout.log", "wb") as log:
+        node = subprocess.Popen([str(binaries / "rabbitmq-server")], env=env, stdout=log,
+                                stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        subprocess.run([str(binaries / "rabbitmqctl"), "--timeout", "60", "wait",
+                        str(base / "node.pid")],
+                       env=env, check=True, capture_output=True, timeout=90)
+        _NODES[port] = env
+        yield f"amqp://guest:guest@127.0.0.1:{port}/"
+    finally:
+        _NODES.pop(port, None)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+        for pid in _epmd_pids(epmd):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0)
+        if not os.environ.get("TIDINGS_KEEP_RABBITMQ"):
+            shutil.rmtree(base, ignore_errors=True)
