@@ -326,7 +326,18 @@ class App:
         timedelta, or an absolute datetime) holds it back durably until then. Inside an
         exactly-once handler it is held and appended with the handler's offset commit
         (``partition`` and ``offset`` of the result are then None)."""
-        out = self._out(topic, payload, key, headers, delay, partition)
+        out = make_record(topic, payload, key, headers, delay, partition)
+        position = (await self._appending([out]))[0]
+        return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
+
+    async def _publish(
+        self, topic: str, payload: Any, *, key: str | None = None,
+        headers: Mapping[str, str] | None = None, reserved: Mapping[str, str] | None = None,
+        delay: Delay = None,
+    ) -> Published:
+        """``publish`` with the runtime's own ``reserved`` headers (``tidings-*``), which
+        a caller's ``headers`` may not hold: cron ticks, work queues, rules, sagas."""
+        out = make_record(topic, payload, key, headers, delay, None, reserved)
         position = (await self._appending([out]))[0]
         return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
 
@@ -351,8 +362,14 @@ class App:
         return await self._publish_batch(messages, "publish")
 
     async def _publish_batch(self, messages: Iterable[Outgoing], kind: str) -> PublishedMany:
-        """``publish_batch`` as an append of ``kind`` (the outbox relay's is "relay")."""
-        outs = [self._out(m.topic, m.payload, m.key, m.headers, m.delay, None) for m in messages]
+        """``publish_batch`` as an append of ``kind``. The outbox relay's ("relay") carry
+        the headers the runtime gave its rows when they were recorded (their ids)."""
+        if kind == "relay":
+            outs = [make_record(m.topic, m.payload, m.key, None, m.delay, None, m.headers)
+                    for m in messages]
+        else:
+            outs = [make_record(m.topic, m.payload, m.key, m.headers, m.delay, None)
+                    for m in messages]
         ids = [o.headers[Headers.ID] for o in outs]
         topics = [o.topic for o in outs]
         appending = self._appending(outs, kind)
@@ -366,9 +383,9 @@ class App:
         """Add an item to work queue ``queue`` with ``priority`` 0 (lowest) to 9."""
         if priority not in PRIORITIES:
             raise ConfigurationError(f"priority must be an int from 0 to 9, not {priority!r}")
-        merged = {**(headers or {}), Headers.PRIORITY: str(priority)}
-        return await self.publish(queue_topics(queue)[priority], payload, key=key,
-                                  headers=merged, delay=delay)
+        return await self._publish(queue_topics(queue)[priority], payload, key=key,
+                                   headers=headers, reserved={Headers.PRIORITY: str(priority)},
+                                   delay=delay)
 
     @overload
     async def request(self, topic: str, payload: Any, *, timeout: float = ...,
@@ -386,8 +403,17 @@ class App:
         """Send ``payload`` to the responder of ``topic`` and return its decoded reply.
         Raises :class:`RequestTimeoutError` after ``timeout`` seconds without one, and
         :class:`RemoteError` if the responder failed."""
-        out = self._out(topic, payload, key, {**(headers or {}), Headers.REPLY_TO: REPLIES_TOPIC},
-                        None, None)
+        return await self._request(topic, payload, timeout=timeout, key=key, headers=headers,
+                                   response_type=response_type)
+
+    async def _request(
+        self, topic: str, payload: Any, *, timeout: float = 10.0, key: str | None = None,
+        headers: Mapping[str, str] | None = None, response_type: type[Any] | None = None,
+        reserved: Mapping[str, str] | None = None,
+    ) -> Any:
+        """``request`` with the runtime's own ``reserved`` headers (a saga's step)."""
+        out = make_record(topic, payload, key, headers, None, None,
+                          {**(reserved or {}), Headers.REPLY_TO: REPLIES_TOPIC})
         self._require_running()
         reply = await self._replies.request(out, out.headers[Headers.ID], timeout)
         if reply.headers.get(Headers.REPLY_STATUS) == "error":
@@ -471,12 +497,6 @@ class App:
         so they carry what it adds (a trace context) when relayed."""
         if self._append_next is not None:
             await self._append_next(AppendCall(self.name, "create", self.system, records))
-
-    def _out(
-        self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
-        delay: Delay, partition: int | None,
-    ) -> OutRecord:
-        return make_record(topic, payload, key, headers, delay, partition)
 
 
 def _unchanged(func: F) -> F:

@@ -43,8 +43,8 @@ def describe_record(app: App) -> OutRecord:
     """The record an app appends to :data:`APPS_TOPIC` when it starts."""
     body = {"app": app.name, "instance": app.instance_id, "started_at": time.time(),
             "asyncapi": document(app)}
-    return make_record(APPS_TOPIC, body, app.name, {Headers.ID: f"{app.instance_id}-describe"},
-                       None, None)
+    return make_record(APPS_TOPIC, body, app.name, None, None, None,
+                       {Headers.ID: f"{app.instance_id}-describe"})
 
 
 async def read_documents(transport: Transport) -> dict[str, dict[str, Any]]:

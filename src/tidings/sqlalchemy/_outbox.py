@@ -64,13 +64,24 @@ class Outbox:
 
         Nothing is sent now: the relay publishes it after the transaction commits, and
         never if it rolls back. Bad input (no open transaction, an invalid topic, a
-        payload JSON cannot hold) raises here, before anything is written.
+        payload JSON cannot hold, a header in the reserved ``tidings-`` namespace)
+        raises here, before anything is written.
         """
+        return await self._record(transaction, topic, payload, key=key, headers=headers,
+                                  delay=delay)
+
+    async def _record(
+        self, transaction: AsyncSession | Executor, topic: str, payload: Any, *,
+        key: str | None = None, headers: Mapping[str, str] | None = None,
+        reserved: Mapping[str, str] | None = None, delay: Delay = None,
+    ) -> str:
+        """``publish`` with the runtime's own ``reserved`` headers (an event store's
+        event id and stream, a rule's name), which a caller's ``headers`` may not hold."""
         executor = in_transaction(transaction, self.engine, "outbox.publish")
         # Built now, in the caller's transaction, so the handled message's correlation
         # and causation ids (and, through the relaying app's middleware, the caller's
         # trace context) are kept although the relay publishes it later.
-        record = make_record(topic, payload, key, headers, delay, None)
+        record = make_record(topic, payload, key, headers, delay, None, reserved)
         if self._app is not None:
             await self._app._stamp([record])
         row = _row(record)
