@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 from ._backends import load_transport
 from ._batch import batch_process
 from ._codec import decoder_for
-from ._consumer import Consumer
+from ._consumer import DEFAULT_MAX_IN_FLIGHT_BYTES, Consumer
 from ._cron import CatchUp, cron
 from ._dlq import DeadLetters
 from ._errors import ConfigurationError, NotRunningError, RemoteError, TransportError
@@ -51,7 +51,9 @@ class App:
     ``sqlite:///.tidings/bus.db``. Subscribers run, and the app can publish, inside
     ``async with app:``, which returns once every subscriber has joined its group (at
     most ``join_timeout`` seconds). Subscribers join the consumer group named after the
-    app unless they name another. ``middleware`` wraps every handler call and every
+    app unless they name another. Each subscriber holds at most ``max_in_flight_bytes``
+    of fetched, unfinished messages (default 64 MiB; one larger message is still
+    handled, alone) unless it sets its own. ``middleware`` wraps every handler call and every
     append (see :class:`~tidings.Middleware`); more can be added with
     :meth:`add_middleware` before the app starts.
     """
@@ -65,8 +67,10 @@ class App:
         shutdown_timeout: float = 30.0,
         join_timeout: float = 30.0,
         middleware: Sequence[Middleware] = (),
+        max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES,
     ) -> None:
         self.name = check_name("app", name)
+        self.max_in_flight_bytes = max_in_flight_bytes
         if isinstance(broker, Transport):
             self._transport: Transport = broker
             self.broker = type(broker).__name__
@@ -130,11 +134,13 @@ class App:
         exactly_once: bool = False,
         batch: bool = False,
         max_batch: int = 500,
+        max_in_flight_bytes: int | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic`` in consumer group ``group`` (default: the app's
         name). Every group gets every message; members of a group share the partitions.
         Up to ``concurrency`` messages run at once, one at a time per key; at most
-        ``max_in_flight`` are fetched and unfinished (backpressure). With
+        ``max_in_flight`` messages, and ``max_in_flight_bytes`` of their payloads
+        (default: the app's), are fetched and unfinished (backpressure). With
         ``exactly_once``, what the handler publishes is appended in one broker
         transaction with the consumed offset (backends with transactions only: Kafka).
         With ``batch``, the handler takes a list of payloads (``list[Event]``, and
@@ -146,7 +152,8 @@ class App:
             raise ConfigurationError(f"max_batch must be an int >= 1, not {max_batch!r}")
         return self._register(
             Role.SUBSCRIBER, topics, group=group, concurrency=concurrency, retry=retry,
-            max_in_flight=max_in_flight, start=start, partitions=partitions,
+            max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes,
+            start=start, partitions=partitions,
             exactly_once=exactly_once, batch=max_batch if batch else 0,
         )
 

@@ -68,11 +68,15 @@ class Subscription(abc.ABC):
     """A consumer's view of its assigned partitions."""
 
     @abc.abstractmethod
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+    async def fetch(self, max_records: int, timeout: float,
+                    max_bytes: int | None = None) -> list[Record]:
         """Return up to ``max_records`` new records, waiting up to ``timeout`` seconds.
 
         Records of one partition come in offset order. Rebalance callbacks run inside
-        this call. An empty list means nothing arrived in time.
+        this call. An empty list means nothing arrived in time. With ``max_bytes``, the
+        records' values add up to at most that many bytes, except that a fetch that
+        returns anything returns at least one record (however large), so a record
+        larger than the budget is still delivered; records left out are not skipped.
         """
 
     @abc.abstractmethod
@@ -114,6 +118,10 @@ class Transport(abc.ABC):
     shared_between_processes: bool = True
     #: The messaging system's name, as OpenTelemetry's ``messaging.system`` gives it.
     system: str = "unknown"
+    #: The largest record (value, key and headers, in bytes) ``append`` accepts, or None
+    #: for no limit; a larger one raises :class:`~tidings.MessageTooLargeError`. The
+    #: outbox checks it when an event is recorded, not when it is relayed.
+    max_record_bytes: int | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:

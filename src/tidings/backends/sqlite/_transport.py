@@ -61,6 +61,7 @@ class SqliteTransport(Transport, SupportsLookup):
 
     def __init__(self, options: SqliteOptions) -> None:
         self.options = options
+        self.max_record_bytes = options.max_record_bytes
         self._path = options.path.expanduser().absolute()
         self._writer: WriterThread | None = None
         self._indexed = False  # the lookup indexes exist (made by the first lookup)
@@ -130,7 +131,8 @@ class SqliteTransport(Transport, SupportsLookup):
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer thread does it
         conn.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL after bursts
         # Keep a margin below SQLite's length limit for the key, headers and row.
-        appender.max_length = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) - 65536
+        appender.max_length = min(self.options.max_record_bytes,
+                                  conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) - 65536)
         return conn
 
     async def close(self) -> None:
