@@ -174,6 +174,14 @@ class Transport(abc.ABC):
     async def offsets_for_time(self, topic: str, timestamp: float) -> dict[int, int]:
         """Per partition, the first offset whose record is at or after ``timestamp``."""
 
+    def dead_letters_trimmed(self) -> Mapping[str, int]:
+        """Per dead-letter topic, how many *pending* dead letters this transport's own
+        retention deleted since it started (a dead-letter topic keeps its entries until
+        they are resolved unless given a retention of its own). Exported by the metrics
+        as ``tidings_dead_letters_trimmed``. A transport whose broker trims by itself
+        (Kafka) cannot know, and reports nothing."""
+        return {}
+
 
 class SupportsTransactions(abc.ABC):
     """Optional transport capability: exactly-once consume-transform-produce."""

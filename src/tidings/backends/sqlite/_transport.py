@@ -62,6 +62,7 @@ class SqliteTransport(Transport, SupportsLookup):
     def __init__(self, options: SqliteOptions) -> None:
         self.options = options
         self.max_record_bytes = options.max_record_bytes
+        self._trimmed: dict[str, int] = {}
         self._path = options.path.expanduser().absolute()
         self._writer: WriterThread | None = None
         self._indexed = False  # the lookup indexes exist (made by the first lookup)
@@ -307,6 +308,15 @@ class SqliteTransport(Transport, SupportsLookup):
         return await self.reader.call(lambda c: _reads.offsets_for_time(c, topic, timestamp))
 
     # -- operations ------------------------------------------------------------------
+
+    def dead_letters_trimmed(self) -> Mapping[str, int]:
+        """Pending dead letters this transport's retention deleted, per topic (see
+        ``dlq_retention_hours``)."""
+        return dict(self._trimmed)
+
+    def count_trimmed_dead_letters(self, topic: str, count: int) -> None:
+        """Retention deleted ``count`` pending dead letters of ``topic``."""
+        self._trimmed[topic] = self._trimmed.get(topic, 0) + count
 
     async def apply_retention(self) -> int:
         """Apply retention now (it also runs at start and every 30 s); returns the number
