@@ -42,6 +42,7 @@ from ._records import (
 )
 
 __all__ = [
+    "OutRecord",
     "RebalanceListener",
     "Subscription",
     "SupportsLookup",

@@ -13,7 +13,7 @@ from reference.common.settings import Settings
 from reference.notifications.service import build
 
 from tidings import Headers
-from tidings._records import OutRecord
+from tidings.ports import OutRecord
 from tidings.testing import TestBus
 
 
