@@ -102,3 +102,15 @@ def test_a_responder_replies_only_to_the_replies_topic() -> None:
     victim, answer = asyncio.run(main())
     assert answer == {"price": 3}
     assert victim == []
+
+
+def test_the_cli_refuses_a_reserved_header_in_one_line() -> None:
+    from click.testing import CliRunner
+
+    from tidings.cli import cli
+
+    result = CliRunner().invoke(cli, ["--broker", testing.memory_url(), "publish", "t", "{}",
+                                      "--header", "tidings-redrive-group=other"])
+    assert result.exit_code == 1
+    assert "'tidings-redrive-group' is reserved" in result.output
+    assert "Traceback" not in result.output
