@@ -127,3 +127,28 @@ def test_the_cli_lists_no_dead_rows_of_a_clean_outbox(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "no dead outbox rows" in done.stdout
+
+
+def test_a_database_without_the_dead_table_gets_it_when_the_relay_starts(
+        tmp_path: Path) -> None:
+    async def main() -> list[Message]:
+        async with database(f"sqlite+aiosqlite:///{tmp_path}/svc.db") as engine:
+            async with engine.begin() as conn:  # as made by an older version
+                await conn.execute(sa.text("DROP TABLE tidings_outbox_dead"))
+                await Outbox(engine).publish(conn, "a", {"pad": BIG}, key="k")
+                await Outbox(engine).publish(conn, "a", {"n": "1"}, key="other")
+            outbox = Outbox(engine)
+            app = App("svc", broker=f"sqlite:///{tmp_path}/bus.db?max_record_bytes={LIMIT}")
+            outbox.relay(app, interval=0.02)
+            seen: list[Message] = []
+            await _tail(app, seen)
+            async with app:
+                await eventually(lambda: len(seen) == 1, 10, "the small event")
+                for _ in range(100):  # moved in the transaction that deletes the sent row
+                    if await outbox.dead_letters().list():
+                        break
+                    await asyncio.sleep(0.05)
+                assert len(await outbox.dead_letters().list()) == 1
+            return seen
+
+    assert [m.key for m in asyncio.run(main())] == ["other"]

@@ -16,6 +16,7 @@ original order; ``discard`` deletes them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .._errors import ConfigurationError, MessageTooLargeError, SerializationError
 from ._schema import outbox_dead_table, outbox_table
 
-__all__ = ["PERMANENT", "DeadRow", "OutboxDeadLetters", "Triage", "dead_keys", "move_dead"]
+__all__ = ["PERMANENT", "DeadRow", "OutboxDeadLetters", "Triage", "dead_keys",
+           "ensure_dead_table", "move_dead"]
+
+log = logging.getLogger("tidings.outbox")
 
 #: Errors that sending the same row again would meet again.
 PERMANENT = (MessageTooLargeError, ConfigurationError, SerializationError)
@@ -78,6 +82,18 @@ class Triage:
 
     def __bool__(self) -> bool:
         return bool(self.errors)
+
+
+async def ensure_dead_table(engine: AsyncEngine) -> None:
+    """Create ``tidings_outbox_dead`` if missing: a database made by an older version
+    (or by migrations that do not have it yet) would otherwise stop the relay at its
+    first query. Without the right to create it, the relay still runs, and logs why."""
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(outbox_dead_table.create, checkfirst=True)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("outbox relay: cannot create tidings_outbox_dead (add it to your "
+                    "migrations: tidings.sqlalchemy.metadata has it): %s", exc)
 
 
 async def dead_keys(conn: AsyncConnection) -> set[tuple[str, str]]:

@@ -28,7 +28,7 @@ from .._message import Outgoing
 from .._records import OutRecord, check_record_bytes
 from ._group import GroupCommit
 from ._lease import Lease
-from ._outbox_dead import PERMANENT, Triage, dead_keys, move_dead
+from ._outbox_dead import PERMANENT, Triage, dead_keys, ensure_dead_table, move_dead
 from ._schema import outbox_table
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class OutboxRelay:
 
     async def start(self) -> None:
         """Start relaying (the app's startup hook)."""
+        await ensure_dead_table(self._outbox.engine)
         self._outbox._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="tidings-outbox-relay")
 
