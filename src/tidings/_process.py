@@ -22,6 +22,7 @@ from ._dlq import dead_letter_record, not_for
 from ._message import Headers, Message, current_message
 from ._middleware import CallNext, HandlerCall, Middleware, handler_chain
 from ._records import OutRecord, Position, Record
+from ._reply import REPLIES_TOPIC
 from ._retry import Retry, RetryPolicy
 from ._subscriber import Role, SubscriberSpec
 from ._transaction import discard_held
@@ -171,6 +172,13 @@ async def _reply(emit: Emit, request: Mapping[str, str], result: Any) -> None:
     request had the headers ``request``."""
     reply_to = request.get(Headers.REPLY_TO)
     if reply_to is None:
+        return
+    if reply_to != REPLIES_TOPIC:
+        # Only app.request() writes this header, always naming the replies topic; any
+        # other value was forged (by a raw producer), and a reply there would let a
+        # requester make this responder write into a topic of its choosing.
+        log.warning("ignored a request whose reply-to %r is not the replies topic %r",
+                    reply_to, REPLIES_TOPIC)
         return
     headers = {Headers.CORRELATION_ID: request.get(Headers.ID, "")}
     if isinstance(result, Exception):

@@ -64,8 +64,11 @@ class MqttSubscription(Subscription):
         """The MQTT client id of this member's session."""
         return self._client_id
 
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        """Connect and subscribe on the first call; then up to ``max_records`` deliveries."""
+    async def fetch(self, max_records: int, timeout: float,
+                    max_bytes: int | None = None) -> list[Record]:
+        """Connect and subscribe on the first call; then up to ``max_records`` deliveries
+        (values of at most ``max_bytes`` in all, or one; the rest wait for the next
+        fetch: what the broker sends ahead is bounded by its in-flight window)."""
         if self._connection is None:
             await self._open()
         if not self._changed and not self._inbox:
@@ -79,7 +82,16 @@ class MqttSubscription(Subscription):
             return []
         inbox = self._inbox
         count = min(max_records, len(inbox))
-        return [inbox.popleft() for _ in range(count)]
+        if max_bytes is None:
+            return [inbox.popleft() for _ in range(count)]
+        out: list[Record] = []
+        while inbox and len(out) < count:
+            if out and len(inbox[0].value) > max_bytes:
+                break
+            record = inbox.popleft()
+            max_bytes -= len(record.value)
+            out.append(record)
+        return out
 
     async def _open(self) -> None:
         # Kept before connecting: a resumed session's deliveries come with the CONNACK.
