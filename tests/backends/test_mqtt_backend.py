@@ -213,12 +213,12 @@ def _plain_request(url: str, topic: str, body: bytes) -> tuple[bytes, bytes]:
     client.connect(host, int(port))
     client.loop_start()
     try:
-        client.subscribe("plain/replies", qos=1)[1]
+        client.subscribe("tidings.replies/plain", qos=1)[1]
         import time
 
         time.sleep(0.2)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = "plain/replies"
+        props.ResponseTopic = "tidings.replies/plain"
         props.CorrelationData = b"corr-1"
         client.publish(topic, body, qos=1, properties=props).wait_for_publish(5)
         for _ in range(500):
