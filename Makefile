@@ -9,7 +9,7 @@ SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STAMP  := $(VENV)/.installed-dev-$(SUM)
 DEMO_STAMP := $(VENV)/.installed-reference-$(SUM)
 
-.PHONY: setup setup-demo system-deps demo demo-check test lint docs bench bench-kafka bench-amqp bench-saga clean
+.PHONY: setup setup-demo system-deps demo demo-check test lint docs bench bench-kafka bench-amqp bench-mqtt bench-saga clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,15 @@ setup: $(STAMP)
 setup-demo: $(DEMO_STAMP)
 
 # Debian's chromium for the browser test (Playwright's own download fails here), and
-# RabbitMQ for the amqp:// backend's tests (they start a private node; the Debian
-# service the package may start is stopped: nothing should listen on 5672 for them).
+# RabbitMQ and mosquitto for the amqp:// and mqtt:// backends' tests (they start private
+# brokers; the Debian services the packages may start are stopped).
 system-deps:
 	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q \
 	  --no-install-recommends -o DPkg::Lock::Timeout=300 chromium; }
+	test -x /usr/sbin/mosquitto || { { apt-get update -q && apt-get install -y -q \
+	  --no-install-recommends -o DPkg::Lock::Timeout=300 mosquitto; } && \
+	  { service mosquitto stop >/dev/null 2>&1 || true; } && \
+	  { update-rc.d mosquitto disable >/dev/null 2>&1 || true; }; }
 	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { { apt-get update -q && \
 	  apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
 	  rabbitmq-server; } && { service rabbitmq-server stop >/dev/null 2>&1 || true; }; }
@@ -73,6 +77,10 @@ bench-kafka: setup
 # RabbitMQ (a private node it starts) against the raw aio-pika client.
 bench-amqp: setup system-deps
 	$(BIN)/python benchmarks/bench_amqp.py
+
+# MQTT (a mosquitto it starts) against the raw paho-mqtt client.
+bench-mqtt: setup system-deps
+	$(BIN)/python benchmarks/bench_mqtt.py
 
 # Sagas against DBOS Transact, which goes in a throwaway venv, never in the project's.
 DBOS_VENV := /tmp/tidings-dbos-venv

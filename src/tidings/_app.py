@@ -15,7 +15,7 @@ from ._backends import load_transport
 from ._batch import batch_process
 from ._capabilities import require_capabilities
 from ._codec import decoder_for
-from ._consumer import Consumer
+from ._consumer import DEFAULT_MAX_IN_FLIGHT_BYTES, Consumer
 from ._cron import CatchUp, cron
 from ._dlq import DeadLetters
 from ._errors import ConfigurationError, NotRunningError, RemoteError, TransportError
@@ -53,7 +53,9 @@ class App:
     ``sqlite:///.tidings/bus.db``. Subscribers run, and the app can publish, inside
     ``async with app:``, which returns once every subscriber has joined its group (at
     most ``join_timeout`` seconds). Subscribers join the consumer group named after the
-    app unless they name another. ``middleware`` wraps every handler call and every
+    app unless they name another. Each subscriber holds at most ``max_in_flight_bytes``
+    of fetched, unfinished messages (default 64 MiB; one larger message is still
+    handled, alone) unless it sets its own. ``middleware`` wraps every handler call and every
     append (see :class:`~tidings.Middleware`); more can be added with
     :meth:`add_middleware` before the app starts.
     """
@@ -67,8 +69,10 @@ class App:
         shutdown_timeout: float = 30.0,
         join_timeout: float = 30.0,
         middleware: Sequence[Middleware] = (),
+        max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES,
     ) -> None:
         self.name = check_name("app", name)
+        self.max_in_flight_bytes = max_in_flight_bytes
         if isinstance(broker, Transport):
             self._transport: Transport = broker
             self.broker = type(broker).__name__
@@ -136,11 +140,13 @@ class App:
         exactly_once: bool = False,
         batch: bool = False,
         max_batch: int = 500,
+        max_in_flight_bytes: int | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic`` in consumer group ``group`` (default: the app's
         name). Every group gets every message; members of a group share the partitions.
         Up to ``concurrency`` messages run at once, one at a time per key; at most
-        ``max_in_flight`` are fetched and unfinished (backpressure). With
+        ``max_in_flight`` messages, and ``max_in_flight_bytes`` of their payloads
+        (default: the app's), are fetched and unfinished (backpressure). With
         ``exactly_once``, what the handler publishes is appended in one broker
         transaction with the consumed offset (backends with transactions only: Kafka).
         With ``batch``, the handler takes a list of payloads (``list[Event]``, and
@@ -152,7 +158,8 @@ class App:
             raise ConfigurationError(f"max_batch must be an int >= 1, not {max_batch!r}")
         return self._register(
             Role.SUBSCRIBER, topics, group=group, concurrency=concurrency, retry=retry,
-            max_in_flight=max_in_flight, start=start, partitions=partitions,
+            max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes,
+            start=start, partitions=partitions,
             exactly_once=exactly_once, batch=max_batch if batch else 0,
         )
 
@@ -369,7 +376,19 @@ class App:
         timedelta, or an absolute datetime) holds it back durably until then. Inside an
         exactly-once handler it is held and appended with the handler's offset commit
         (``partition`` and ``offset`` of the result are then None)."""
-        out = self._out(topic, payload, key, headers, delay, partition)
+        self._seen(topic, payload)
+        out = make_record(topic, payload, key, headers, delay, partition)
+        position = (await self._appending([out]))[0]
+        return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
+
+    async def _publish(
+        self, topic: str, payload: Any, *, key: str | None = None,
+        headers: Mapping[str, str] | None = None, reserved: Mapping[str, str] | None = None,
+        delay: Delay = None,
+    ) -> Published:
+        """``publish`` with the runtime's own ``reserved`` headers (``tidings-*``), which
+        a caller's ``headers`` may not hold: cron ticks, work queues, rules, sagas."""
+        out = make_record(topic, payload, key, headers, delay, None, reserved)
         position = (await self._appending([out]))[0]
         return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
 
@@ -394,8 +413,17 @@ class App:
         return await self._publish_batch(messages, "publish")
 
     async def _publish_batch(self, messages: Iterable[Outgoing], kind: str) -> PublishedMany:
-        """``publish_batch`` as an append of ``kind`` (the outbox relay's is "relay")."""
-        outs = [self._out(m.topic, m.payload, m.key, m.headers, m.delay, None) for m in messages]
+        """``publish_batch`` as an append of ``kind``. The outbox relay's ("relay") carry
+        the headers the runtime gave its rows when they were recorded (their ids)."""
+        if kind == "relay":
+            outs = [make_record(m.topic, m.payload, m.key, None, m.delay, None, m.headers)
+                    for m in messages]
+        else:
+            messages = list(messages)
+            for m in messages:
+                self._seen(m.topic, m.payload)
+            outs = [make_record(m.topic, m.payload, m.key, m.headers, m.delay, None)
+                    for m in messages]
         ids = [o.headers[Headers.ID] for o in outs]
         topics = [o.topic for o in outs]
         appending = self._appending(outs, kind)
@@ -409,9 +437,9 @@ class App:
         """Add an item to work queue ``queue`` with ``priority`` 0 (lowest) to 9."""
         if priority not in PRIORITIES:
             raise ConfigurationError(f"priority must be an int from 0 to 9, not {priority!r}")
-        merged = {**(headers or {}), Headers.PRIORITY: str(priority)}
-        return await self.publish(queue_topics(queue)[priority], payload, key=key,
-                                  headers=merged, delay=delay)
+        return await self._publish(queue_topics(queue)[priority], payload, key=key,
+                                   headers=headers, reserved={Headers.PRIORITY: str(priority)},
+                                   delay=delay)
 
     @overload
     async def request(self, topic: str, payload: Any, *, timeout: float = ...,
@@ -429,8 +457,17 @@ class App:
         """Send ``payload`` to the responder of ``topic`` and return its decoded reply.
         Raises :class:`RequestTimeoutError` after ``timeout`` seconds without one, and
         :class:`RemoteError` if the responder failed."""
-        out = self._out(topic, payload, key, {**(headers or {}), Headers.REPLY_TO: REPLIES_TOPIC},
-                        None, None)
+        return await self._request(topic, payload, timeout=timeout, key=key, headers=headers,
+                                   response_type=response_type)
+
+    async def _request(
+        self, topic: str, payload: Any, *, timeout: float = 10.0, key: str | None = None,
+        headers: Mapping[str, str] | None = None, response_type: type[Any] | None = None,
+        reserved: Mapping[str, str] | None = None,
+    ) -> Any:
+        """``request`` with the runtime's own ``reserved`` headers (a saga's step)."""
+        out = make_record(topic, payload, key, headers, None, None,
+                          {**(reserved or {}), Headers.REPLY_TO: REPLIES_TOPIC})
         self._require_running()
         reply = await self._replies.request(out, out.headers[Headers.ID], timeout)
         if reply.headers.get(Headers.REPLY_STATUS) == "error":
@@ -526,14 +563,11 @@ class App:
                 self._learn(topic, cls)
             yield payload
 
-    def _out(
-        self, topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
-        delay: Delay, partition: int | None,
-    ) -> OutRecord:
+    def _seen(self, topic: str, payload: Any) -> None:
+        """A publish call of ``payload`` to ``topic``: a new typed message is learnt."""
         cls = type(payload)
         if cls is not dict and (topic, cls) not in self._typed:
             self._learn(topic, cls)
-        return make_record(topic, payload, key, headers, delay, partition)
 
 
 def _sourced(outs: Sequence[OutRecord], name: str) -> None:

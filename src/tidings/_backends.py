@@ -24,6 +24,7 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "memory": ("tidings.backends.memory", None),
     "sqlite": ("tidings.backends.sqlite", None),
     "kafka": ("tidings.backends.kafka", "kafka"),
+    "mqtt": ("tidings.backends.mqtt", "mqtt"),
     "amqp": ("tidings.backends.amqp", "amqp"),
     "amqps": ("tidings.backends.amqp", "amqp"),
 }

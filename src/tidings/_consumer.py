@@ -6,6 +6,11 @@ up to ``concurrency``; records without a key carry no order once ``concurrency >
 A failed record waits for its retry off the workers, holding back only its own key.
 Offsets are committed up to the first unfinished record of each partition, so nothing
 is committed before its handler succeeded or it was dead-lettered (at-least-once).
+Fetching stops while ``max_in_flight`` records, or ``max_in_flight_bytes`` of record
+values, are fetched and unfinished; a fetch asks the transport for at most the bytes
+left, and the transport always returns at least one record, so a record larger than
+the room left is still fetched: it waits until nothing else is in flight and runs
+alone. What is held is at most the budget plus one record.
 An exactly-once (``transactional``) consumer holds what each handler published until
 its offset commits, and commits both in one transaction (see ``_transaction``).
 
@@ -34,7 +39,11 @@ from ._transaction import HeldOutputs, records_of
 from ._waiting import wait_event
 from .ports import Subscription, SupportsTransactions, TransactionalSubscription, Transport
 
-__all__ = ["BatchProcess", "Consumer", "ConsumerSpec", "Partition", "Process"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT_BYTES", "BatchProcess", "Consumer", "ConsumerSpec",
+           "Partition", "Process"]
+
+#: A subscriber's default budget of fetched, unfinished record bytes (64 MiB).
+DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger("tidings.consumer")
 
@@ -57,6 +66,7 @@ class ConsumerSpec:
     topics: tuple[str, ...]
     concurrency: int = 1
     max_in_flight: int = 1000
+    max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES
     fetch_batch: int = 500
     start: Start = Start.EARLIEST
     commit_interval: float = 0.1
@@ -75,12 +85,14 @@ class Partition:
     A re-assigned partition gets a new object, so stale work can never touch it.
     """
 
-    __slots__ = ("accepting", "active", "inflight", "lanes", "tp", "tracked", "tracker")
+    __slots__ = ("accepting", "active", "inflight", "inflight_bytes", "lanes", "tp", "tracked",
+                 "tracker")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
         self.tracker = OffsetTracker()
         self.inflight = 0  # fetched and not finished
+        self.inflight_bytes = 0  # their values' bytes
         self.active = 0  # handlers running now
         # A key with a running record; its deque (made on demand) holds the ones waiting.
         self.lanes: dict[str, deque[Record] | None] = {}
@@ -93,8 +105,8 @@ class Consumer:
 
     Its dispatch strategy (see ``_dispatch``) reads and updates the shared state below:
     ``process`` (the per-record callback), ``held`` (exactly-once outputs), ``inflight``,
-    the ``stopped`` and ``progress`` events, ``part_of``, ``work_ready``, ``finish`` and
-    ``retry_later``.
+    ``inflight_bytes``, the ``stopped`` and ``progress`` events, ``part_of``,
+    ``work_ready``, ``finish`` and ``retry_later``.
     """
 
     def __init__(self, transport: Transport, spec: ConsumerSpec, process: Process,
@@ -109,6 +121,7 @@ class Consumer:
         self.stopped = asyncio.Event()
         self.progress = asyncio.Event()
         self.inflight = 0
+        self.inflight_bytes = 0
         self.held = HeldOutputs() if spec.transactional else None
         self._parts: dict[TopicPartition, Partition] = {}
         self._timers: set[asyncio.TimerHandle] = set()
@@ -228,6 +241,7 @@ class Consumer:
                 part.accepting = part.tracked = False
                 part.lanes.clear()
                 self.inflight -= part.inflight
+                self.inflight_bytes -= part.inflight_bytes
         if self.held is not None:
             self.held.drop(set(partitions))
         self.progress.set()
@@ -239,13 +253,15 @@ class Consumer:
         spec = self.spec
         while not self.stopped.is_set():
             room = spec.max_in_flight - self.inflight
-            if room <= 0:
+            room_bytes = spec.max_in_flight_bytes - self.inflight_bytes
+            if room <= 0 or (room_bytes <= 0 and self.inflight):
                 self.progress.clear()
                 await wait_event(self.progress, spec.commit_interval)
             else:
                 try:
                     records = await self._subscription.fetch(
-                        min(room, spec.fetch_batch), spec.commit_interval
+                        min(room, spec.fetch_batch), spec.commit_interval,
+                        max_bytes=max(room_bytes, 1),
                     )
                 except TransportError as exc:
                     log.warning("fetch failed for %s: %s; retrying", spec.topics, exc)
@@ -253,8 +269,21 @@ class Consumer:
                     continue
                 self.started.set()
                 if records:
+                    # Only a fetch's first record may be larger than the room left: one
+                    # larger than that waits until nothing else is in flight, and runs alone.
+                    if self.inflight and len(records[0].value) > room_bytes:
+                        await self._drain()
+                        if self.stopped.is_set():
+                            return  # not submitted, not committed: fetched again later
                     self._dispatch.submit(records)
                     self._has_work.set()
+            await self._commit_if_due()
+
+    async def _drain(self) -> None:
+        """Wait (committing as usual) until nothing is in flight or the consumer stops."""
+        while self.inflight and not self.stopped.is_set():
+            self.progress.clear()
+            await wait_event(self.progress, self.spec.commit_interval)
             await self._commit_if_due()
 
     def part_of(self, record: Record) -> Partition:
@@ -292,6 +321,9 @@ class Consumer:
         part.tracker.finish(record.offset)
         part.inflight -= 1
         self.inflight -= 1
+        size = len(record.value)
+        part.inflight_bytes -= size
+        self.inflight_bytes -= size
         key, lanes = record.key, part.lanes
         if key is None or not lanes:  # no lanes (a sequential consumer, mostly): done
             return

@@ -275,5 +275,5 @@ class _CronJob:
 
     async def _publish(self, tick: datetime) -> None:
         message_id = f"cron-{self.app.name}-{self.name}-{tick.timestamp():.0f}"
-        await self.app.publish(self.topic, _Tick(job=self.name, tick=tick), key=self.name,
-                               headers={Headers.ID: message_id})
+        await self.app._publish(self.topic, _Tick(job=self.name, tick=tick), key=self.name,
+                                reserved={Headers.ID: message_id})

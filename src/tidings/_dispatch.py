@@ -86,9 +86,13 @@ class Dispatch(abc.ABC):
                 end += 1
             run = records[start:end] if start or end < len(records) else records
             add = part.tracker.add
+            size = 0
             for record in run:
                 add(record.offset)
+                size += len(record.value)
             part.inflight += len(run)
+            part.inflight_bytes += size
+            consumer.inflight_bytes += size
             runs.append((part, run))
             start = end
         consumer.inflight += len(records)
@@ -146,6 +150,9 @@ class ParallelDispatch(Dispatch):
                 part = consumer.part_of(record)
             part.tracker.add(record.offset)
             part.inflight += 1
+            size = len(record.value)
+            part.inflight_bytes += size
+            consumer.inflight_bytes += size
             key = record.key
             if key is not None:
                 lanes = part.lanes
@@ -323,6 +330,9 @@ class BatchDispatch(Dispatch):
                 part.tracker.finish_all(r.offset for r in done)
                 part.inflight -= len(done)
                 consumer.inflight -= len(done)
+                size = sum(len(r.value) for r in done)
+                part.inflight_bytes -= size
+                consumer.inflight_bytes -= size
             if again is not None and part.accepting:
                 kept = [r for r in run if id(r) in again]
                 if kept:

@@ -23,7 +23,7 @@ from ._message import Headers
 from ._records import OutRecord, Position, Record
 from .ports import Transport
 
-__all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dlq_topic"]
+__all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dlq_topic", "parse_marks"]
 
 _RESOLVES = Headers.DLQ_RESOLVES  # a resolution record: "partition:offset,..."
 _PAGE = 1000
@@ -154,7 +154,7 @@ class DeadLetters:
             if marks is None:
                 entries[(record.partition, record.offset)] = record
             else:
-                resolved.update(_parse_marks(marks))
+                resolved.update(parse_marks(marks))
         return [entry for pos, entry in sorted(entries.items()) if pos not in resolved]
 
     async def get(self, partition: int, offset: int) -> DeadLetter:
@@ -218,7 +218,8 @@ class DeadLetters:
         ])
 
 
-def _parse_marks(marks: str) -> set[tuple[int, int]]:
+def parse_marks(marks: str) -> set[tuple[int, int]]:
+    """The ``(partition, offset)`` pairs a resolution record's header names."""
     out = set()
     for mark in marks.split(","):
         partition, _, offset = mark.partition(":")

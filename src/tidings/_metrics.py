@@ -9,7 +9,9 @@ a :class:`Sink`: ``tidings.prometheus`` gives one over prometheus-client,
 ``_retried``, ``_dead_lettered`` (counters; labels topic, group, handler);
 ``tidings_handler_duration_seconds`` (histogram); ``tidings_handlers_in_flight``;
 ``tidings_messages_published`` (counter; topic, kind) and
-``tidings_publish_duration_seconds`` (histogram; kind); the gauges
+``tidings_publish_duration_seconds`` (histogram; kind); ``tidings_dead_letters_trimmed``
+(counter; topic: pending dead letters the bus's retention deleted, read on refresh from
+:meth:`~tidings.ports.Transport.dead_letters_trimmed`); the gauges
 ``tidings_consumer_lag`` (group, topic, partition), ``tidings_dead_letters_pending``
 (topic), ``tidings_outbox_pending``, ``tidings_outbox_oldest_age_seconds`` and
 ``tidings_sagas`` (status). Prometheus adds ``_total`` to counter names.
@@ -87,6 +89,10 @@ class MetricsMiddleware(Middleware):
                               ("group", "topic", "partition"))
         self.dead_letters = sink.gauge("tidings_dead_letters_pending",
                                        "Dead letters not re-driven or purged", ("topic",))
+        self.dead_letters_trimmed = sink.counter(
+            "tidings_dead_letters_trimmed",
+            "Pending dead letters deleted by retention (dlq_retention_hours)", ("topic",))
+        self._trimmed_seen: dict[tuple[int, str], int] = {}
         self.outbox_pending = sink.gauge("tidings_outbox_pending",
                                          "Outbox rows not yet relayed", ())
         self.outbox_age = sink.gauge("tidings_outbox_oldest_age_seconds",
@@ -182,6 +188,12 @@ class MetricsMiddleware(Middleware):
                 except TidingsError:  # trimmed or unreadable meanwhile
                     continue
                 self.dead_letters.labels(info.name[: -len(".dlq")]).set(len(pending))
+        transport = app.transport
+        for topic, count in transport.dead_letters_trimmed().items():
+            seen = self._trimmed_seen.get((id(transport), topic), 0)
+            if count > seen:
+                self._trimmed_seen[(id(transport), topic)] = count
+                self.dead_letters_trimmed.labels(topic.removesuffix(".dlq")).inc(count - seen)
 
     async def _refresh_outbox(self, outbox: Outbox) -> None:
         self.outbox_pending.labels().set(await outbox.pending())

@@ -21,7 +21,12 @@ from ._ids import new_id
 from ._message import Headers, current_message
 from ._records import OutRecord
 
-__all__ = ["Delay", "check_name", "deliver_at", "make_record", "make_records"]
+__all__ = ["RESERVED_PREFIX", "Delay", "check_headers", "check_name", "deliver_at",
+           "make_record", "make_records"]
+
+#: Headers whose name starts with this belong to the runtime (``Headers``); a caller
+#: who could set them could forge a message id, a reply address or a dead-letter mark.
+RESERVED_PREFIX = "tidings-"
 
 Delay = float | timedelta | datetime | None
 _delivery = current_message.var  # read directly first: most publishes have no parent
@@ -42,6 +47,30 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def check_headers(headers: Mapping[str, str] | None) -> None:
+    """Refuse (ConfigurationError) a caller's header in the reserved ``tidings-``
+    namespace: only the runtime sets those."""
+    if headers:
+        for name in headers:
+            if name not in _ALLOWED:
+                _check_header(name)
+
+
+#: Header names already checked (an app uses a few, again and again: a set lookup is
+#: cheaper than looking at the name every time).
+_ALLOWED: set[str] = set()
+
+
+def _check_header(name: str) -> None:
+    if name[:8].lower() == RESERVED_PREFIX:
+        raise ConfigurationError(
+            f"header {name!r} is reserved: names starting with {RESERVED_PREFIX!r} are set "
+            "by tidings only"
+        )
+    if len(_ALLOWED) < 4096:
+        _ALLOWED.add(name)
+
+
 def deliver_at(delay: Delay) -> float | None:
     """Epoch seconds to deliver at: ``delay`` is seconds, a timedelta or an aware datetime."""
     if delay is None:
@@ -59,20 +88,31 @@ def deliver_at(delay: Delay) -> float | None:
 
 def make_record(
     topic: str, payload: Any, key: str | None, headers: Mapping[str, str] | None,
-    delay: Delay, partition: int | None,
+    delay: Delay, partition: int | None, reserved: Mapping[str, str] | None = None,
 ) -> OutRecord:
     """The record for one message; every bad input fails here, before anything is sent.
 
-    A message published while a handler runs carries the handled message's correlation
-    id and has its id as causation id; a caller may fix the message id (``Headers.ID``).
-    Headers written: the id always; the content type unless it is JSON; correlation and
-    causation ids when there is a parent (or the caller gave them).
+    ``headers`` are the caller's: one in the reserved ``tidings-`` namespace is refused.
+    ``reserved`` are the runtime's own (a cron tick's fixed id, a request's reply
+    topic, an outbox row being relayed) and win over the caller's. A message published
+    while a handler runs carries the handled message's correlation id and has its id as
+    causation id. Headers written: the id always; the content type unless it is JSON;
+    correlation and causation ids when there is a parent (or the runtime gave them).
     """
     check_name("topic", topic)
     _check_key(key)
+    if headers:
+        merged = {**headers}
+        for name in merged:  # check_headers, inline: this runs once per publish
+            if name not in _ALLOWED:
+                _check_header(name)
+    else:
+        merged = {}
     value, content_type = encode(payload)
-    merged = {**headers} if headers else {}
-    merged.setdefault(Headers.ID, new_id())
+    if reserved:
+        merged.update(reserved)
+    if Headers.ID not in merged:
+        merged[Headers.ID] = new_id()
     _add_headers(merged, content_type, _parent())
     return OutRecord(topic, value, key, merged, partition,
                      deliver_at(delay) if delay is not None else None)

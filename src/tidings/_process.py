@@ -22,6 +22,7 @@ from ._dlq import dead_letter_record, not_for
 from ._message import Headers, Message, current_message
 from ._middleware import CallNext, HandlerCall, Middleware, handler_chain
 from ._records import OutRecord, Position, Record
+from ._reply import REPLIES_TOPIC
 from ._retry import Retry, RetryPolicy
 from ._subscriber import Role, SubscriberSpec
 from ._transaction import discard_held
@@ -166,11 +167,23 @@ async def _failed(emit: Emit, record: Record, group: str | None, attempt: int,
     return None
 
 
+_REPLY_SPACE = REPLIES_TOPIC + "/"
+
+
 async def _reply(emit: Emit, request: Mapping[str, str], result: Any) -> None:
     """Send a responder's result (or its exception, as an error) to the requester whose
     request had the headers ``request``."""
     reply_to = request.get(Headers.REPLY_TO)
     if reply_to is None:
+        return
+    if reply_to != REPLIES_TOPIC and not reply_to.startswith(_REPLY_SPACE):
+        # app.request() writes this header, always naming the replies topic (a plain
+        # MQTT 5 client's Response Topic may name one under "tidings.replies/", which
+        # no tidings topic can be: names have no "/"); any other value was forged (by a
+        # raw producer), and a reply there would let a requester make this responder
+        # write into a topic of its choosing.
+        log.warning("ignored a request whose reply-to %r is not the replies topic %r",
+                    reply_to, REPLIES_TOPIC)
         return
     headers = {Headers.CORRELATION_ID: request.get(Headers.ID, "")}
     if isinstance(result, Exception):

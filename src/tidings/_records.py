@@ -8,9 +8,11 @@ the hot paths, so they are plain slotted dataclasses rather than frozen ones (wh
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from ._errors import MessageTooLargeError
 
 __all__ = [
     "GroupInfo",
@@ -21,6 +23,8 @@ __all__ = [
     "Start",
     "TopicInfo",
     "TopicPartition",
+    "check_record_bytes",
+    "within_bytes",
 ]
 
 _NO_HEADERS: Mapping[str, str] = {}
@@ -100,3 +104,36 @@ class GroupInfo:
     name: str
     members: tuple[MemberInfo, ...]
     committed: Mapping[TopicPartition, int]
+
+
+def within_bytes(records: list[Record], budget: int, first: bool) -> tuple[list[Record], int]:
+    """The leading ``records`` whose values fit in ``budget`` bytes, and their bytes:
+    for a transport's ``fetch(max_bytes=)``. With ``first`` (nothing taken yet in this
+    fetch) the first record is kept whatever its size, so a large record is delivered."""
+    used = 0
+    for index, record in enumerate(records):
+        size = len(record.value)
+        if used + size > budget and (index or not first):
+            return records[:index], used
+        used += size
+    return records, used
+
+
+def check_record_bytes(records: Sequence[OutRecord], max_bytes: int, where: str) -> None:
+    """Refuse (MessageTooLargeError), before anything is written, a record whose value,
+    key and headers take more than ``max_bytes``."""
+    for record in records:
+        # The common case first: a quick upper bound (UTF-8 takes at most 4 bytes a
+        # character); a plain loop, as it runs once per record appended.
+        chars = len(record.key or "")
+        for name, value in record.headers.items():
+            chars += len(name) + len(value)
+        size = len(record.value)
+        if size + 4 * chars <= max_bytes:
+            continue
+        size += len((record.key or "").encode()) + sum(
+            len(name.encode()) + len(value.encode()) for name, value in record.headers.items())
+        if size > max_bytes:
+            raise MessageTooLargeError(
+                f"record of {size} bytes for topic {record.topic!r} exceeds {where}'s "
+                f"max_record_bytes={max_bytes}")

@@ -39,6 +39,7 @@ class SubscriberSpec:
     concurrency: int
     retry: RetryPolicy
     max_in_flight: int
+    max_in_flight_bytes: int
     start: Start
     partitions: int | None
     exactly_once: bool = False
@@ -48,7 +49,8 @@ class SubscriberSpec:
     def build(
         cls, role: Role, topics: tuple[str, ...], handler: Handler, app: App, *,
         group: str | None = None, concurrency: int = 1, retry: RetryPolicy | None = None,
-        max_in_flight: int | None = None, start: str | Start = Start.EARLIEST,
+        max_in_flight: int | None = None, max_in_flight_bytes: int | None = None,
+        start: str | Start = Start.EARLIEST,
         partitions: int | None = None, exactly_once: bool = False, batch: int = 0,
     ) -> SubscriberSpec:
         """Validate a declaration; every mistake is a ConfigurationError here, not later."""
@@ -58,6 +60,11 @@ class SubscriberSpec:
             raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
         if max_in_flight is not None and max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be >= 1, not {max_in_flight!r}")
+        if max_in_flight_bytes is None:
+            max_in_flight_bytes = app.max_in_flight_bytes
+        if not isinstance(max_in_flight_bytes, int) or max_in_flight_bytes < 1:
+            raise ConfigurationError(
+                f"max_in_flight_bytes must be an int >= 1, not {max_in_flight_bytes!r}")
         if partitions is not None and partitions < 1:
             raise ConfigurationError(f"partitions must be >= 1, not {partitions!r}")
         if batch and (concurrency != 1 or exactly_once):
@@ -74,7 +81,8 @@ class SubscriberSpec:
         return cls(
             role=role, topics=topics, handler=handler, group=group or app.name,
             concurrency=concurrency, retry=retry or app.retry,
-            max_in_flight=max_in_flight or max(1000, 2 * concurrency, 2 * batch), start=start,
+            max_in_flight=max_in_flight or max(1000, 2 * concurrency, 2 * batch),
+            max_in_flight_bytes=max_in_flight_bytes, start=start,
             partitions=partitions, exactly_once=bool(exactly_once), batch=batch,
         )
 
@@ -85,6 +93,7 @@ class SubscriberSpec:
             topics=self.topics,
             concurrency=self.concurrency,
             max_in_flight=self.max_in_flight,
+            max_in_flight_bytes=self.max_in_flight_bytes,
             fetch_batch=min(max(500, self.batch), self.max_in_flight),
             start=self.start,
             shutdown_timeout=app.shutdown_timeout,

@@ -50,6 +50,7 @@ from ._records import (
 __all__ = [
     "BASE_CAPABILITIES",
     "Capability",
+    "OutRecord",
     "RebalanceListener",
     "Subscription",
     "SupportsLookup",
@@ -109,11 +110,15 @@ class Subscription(abc.ABC):
     """A consumer's view of its assigned partitions."""
 
     @abc.abstractmethod
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+    async def fetch(self, max_records: int, timeout: float,
+                    max_bytes: int | None = None) -> list[Record]:
         """Return up to ``max_records`` new records, waiting up to ``timeout`` seconds.
 
         Records of one partition come in offset order. Rebalance callbacks run inside
-        this call. An empty list means nothing arrived in time.
+        this call. An empty list means nothing arrived in time. With ``max_bytes``, the
+        records' values add up to at most that many bytes, except that a fetch that
+        returns anything returns at least one record (however large), so a record
+        larger than the budget is still delivered; records left out are not skipped.
         """
 
     @abc.abstractmethod
@@ -157,6 +162,10 @@ class Transport(abc.ABC):
     system: str = "unknown"
     #: What this transport honours; an App refuses options that need anything else.
     capabilities: frozenset[Capability] = BASE_CAPABILITIES
+    #: The largest record (value, key and headers, in bytes) ``append`` accepts, or None
+    #: for no limit; a larger one raises :class:`~tidings.MessageTooLargeError`. The
+    #: outbox checks it when an event is recorded, not when it is relayed.
+    max_record_bytes: int | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -208,6 +217,14 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def offsets_for_time(self, topic: str, timestamp: float) -> dict[int, int]:
         """Per partition, the first offset whose record is at or after ``timestamp``."""
+
+    def dead_letters_trimmed(self) -> Mapping[str, int]:
+        """Per dead-letter topic, how many *pending* dead letters this transport's own
+        retention deleted since it started (a dead-letter topic keeps its entries until
+        they are resolved unless given a retention of its own). Exported by the metrics
+        as ``tidings_dead_letters_trimmed``. A transport whose broker trims by itself
+        (Kafka) cannot know, and reports nothing."""
+        return {}
 
 
 class SupportsTransactions(abc.ABC):

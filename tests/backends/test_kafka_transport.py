@@ -450,3 +450,34 @@ def test_revocation_is_awaited_before_another_member_gets_the_partitions(
             await transport.close()
 
     asyncio.run(main())
+
+
+def test_a_fetch_keeps_to_its_byte_budget_and_loses_nothing(kafka_url: str) -> None:
+    """Issue 16.4: records consume() returned past ``max_bytes`` come with the next
+    fetch, in order; a record larger than the budget still comes, alone."""
+    topic = unique("budget")
+
+    async def main() -> list[list[int]]:
+        transport = from_url(quiet(kafka_url))
+        await transport.start()
+        try:
+            await transport.ensure_topic(topic, 1)
+            sizes = [1000] * 6 + [5000] + [1000] * 3
+            await transport.append([OutRecord(topic, bytes([i]) * size)
+                                    for i, size in enumerate(sizes)])
+            subscription = transport.subscribe(None, [topic], Recorder())
+            fetches: list[list[int]] = []
+            deadline = time.monotonic() + 20
+            while sum(map(len, fetches)) < len(sizes) and time.monotonic() < deadline:
+                got = await subscription.fetch(100, 0.5, max_bytes=2500)
+                if got:
+                    assert sum(len(r.value) for r in got) <= 2500 or len(got) == 1
+                    fetches.append([r.value[0] for r in got])
+            await subscription.close()
+            return fetches
+        finally:
+            await transport.close()
+
+    fetches = asyncio.run(main())
+    assert [n for fetch in fetches for n in fetch] == list(range(10))
+    assert [6] in fetches  # the large one, alone

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tidings import App
 from tidings._message import Headers
+from tidings._records import OutRecord
 
 
 def _schema(path: Path) -> set[str]:
@@ -31,13 +32,15 @@ def test_lookups_index_privately_and_catch_up(tmp_path: Path) -> None:
 
             # a reply in the same conversation, and another conversation, after the
             # first lookup: the next lookups find them (by key, id and correlation id)
-            reply = await app.publish("payments", {"n": 2}, key="o-1", headers={
-                Headers.CORRELATION_ID: first.id, Headers.CAUSATION_ID: first.id})
+            # (as a handler of the first would publish it: with its correlation headers)
+            await transport.append([OutRecord("payments", b'{"n": 2}', "o-1", {
+                Headers.ID: "reply-1", Headers.CORRELATION_ID: first.id,
+                Headers.CAUSATION_ID: first.id})])
             other = await app.publish("orders", {"n": 3}, key="o-2")
-            for wanted in ("o-1", first.id, reply.id):
+            for wanted in ("o-1", first.id, "reply-1"):
                 found = await transport.lookup(wanted)  # type: ignore[attr-defined]
                 assert sorted(r.headers[Headers.ID] for r in found) == \
-                    sorted([first.id, reply.id]), wanted
+                    sorted([first.id, "reply-1"]), wanted
             found = await transport.lookup("o-2")  # type: ignore[attr-defined]
             assert [r.headers[Headers.ID] for r in found] == [other.id]
             assert await transport.lookup("nothing") == []  # type: ignore[attr-defined]
@@ -75,7 +78,8 @@ def test_records_removed_by_retention_leave_the_index(tmp_path: Path) -> None:
             old = await app.publish("orders", {"pad": "x" * 1500}, key="o-old")
             assert len(await transport.lookup("o-old")) == 1  # type: ignore[attr-defined]
             await app.publish("orders", {"pad": "y" * 1500}, key="o-new")
-            assert await transport.apply_retention() >= 1  # type: ignore[attr-defined]
+            await transport.apply_retention()  # type: ignore[attr-defined]
+            assert (await transport.describe_topics())[0].start_offsets[0] == 1  # trimmed
             assert await transport.lookup(old.id) == []  # type: ignore[attr-defined]
             assert len(await transport.lookup("o-new")) == 1  # type: ignore[attr-defined]
 

@@ -18,9 +18,10 @@ def test_exported_members() -> None:
         "SagaStatus", "SagaStore", "Sleep", "Step", "StepEvent",
     ]
     assert sorted(tidings.sqlalchemy.__all__) == [
-        "GroupCommit", "Inbox", "Lease", "Outbox", "OutboxRelay", "OutsideTransactionError",
-        "SqlSagaStore", "create_tables", "inbox_table", "leases_table", "metadata",
-        "outbox_table", "saga_events_table", "sagas_table", "sqlite_engine",
+        "DeadRow", "GroupCommit", "Inbox", "Lease", "Outbox", "OutboxDeadLetters",
+        "OutboxRelay", "OutsideTransactionError", "SqlSagaStore", "create_tables",
+        "inbox_table", "leases_table", "metadata", "outbox_dead_table", "outbox_table",
+        "saga_events_table", "sagas_table", "sqlite_engine",
     ]
     for module in (tidings.saga, tidings.sqlalchemy):
         for name in module.__all__:

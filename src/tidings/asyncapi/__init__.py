@@ -44,8 +44,8 @@ def describe_record(app: App, n: int = 1) -> OutRecord:
     again (``n`` = 2, 3, ...) when a publish call shows it a new typed message."""
     body = {"app": app.name, "instance": app.instance_id, "started_at": time.time(),
             "asyncapi": document(app)}
-    return make_record(APPS_TOPIC, body, app.name, {Headers.ID: f"{app.instance_id}-describe-{n}"},
-                       None, None)
+    return make_record(APPS_TOPIC, body, app.name, None, None, None,
+                       {Headers.ID: f"{app.instance_id}-describe-{n}"})
 
 
 async def read_documents(transport: Transport) -> dict[str, dict[str, Any]]:

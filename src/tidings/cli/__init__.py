@@ -19,6 +19,7 @@ from ._admin import group_rows, topic_rows
 from ._common import connected, run_async
 from ._console import commands as console_commands
 from ._dlq import dlq
+from ._outbox import outbox
 from ._output import emit
 from ._projections import projections
 from ._run import run
@@ -151,6 +152,7 @@ cli.add_command(run)
 cli.add_command(tail)
 cli.add_command(dlq)
 cli.add_command(sagas)
+cli.add_command(outbox)
 cli.add_command(projections)
 for command in console_commands:
     cli.add_command(command)

@@ -43,7 +43,7 @@ class Effects:
         headers = {RULE_HEADER: rule.rule.name, RULE_MESSAGE_HEADER: message.id}
         if isinstance(act, Route):
             user = {k: v for k, v in message.headers.items() if not k.startswith("tidings-")}
-            await self._send(act.topic, message.body, message.key, {**user, **headers}, session)
+            await self._send(act.topic, message.body, message.key, headers, session, user)
             return f"route {act.topic}"
         assert isinstance(act, Publish | Enqueue)
         payload = {**act.payload, **{n: plain(e.evaluate(facts))
@@ -57,11 +57,14 @@ class Effects:
         return f"enqueue {act.queue}"
 
     async def _send(self, topic: str, payload: Any, key: str | None,
-                    headers: dict[str, str], session: Any) -> None:
+                    reserved: dict[str, str], session: Any,
+                    headers: Mapping[str, str] | None = None) -> None:
+        # The rule's own headers are the runtime's (tidings-*): sent as reserved ones.
         if session is not None and self.outbox is not None:
-            await self.outbox.publish(session, topic, payload, key=key, headers=headers)
+            await self.outbox._record(session, topic, payload, key=key, headers=headers,
+                                      reserved=reserved)
         elif self.app is not None:
-            await self.app.publish(topic, payload, key=key, headers=headers)
+            await self.app._publish(topic, payload, key=key, headers=headers, reserved=reserved)
         else:
             raise ConfigurationError("a rule publishes, but the RuleEngine has no app "
                                      "(RuleEngine(app, ...)) nor outbox with a session")

@@ -239,12 +239,12 @@ class SagaRun:
         timeout = step.timeout if step.timeout is not None else 30.0
         payload = command.payload(state)
         if command.response_type is None:
-            reply = await self._app.request(command.topic, payload, timeout=timeout,
-                                            key=self.record.id, headers=headers)
+            reply = await self._app._request(command.topic, payload, timeout=timeout,
+                                             key=self.record.id, reserved=headers)
         else:
-            reply = await self._app.request(command.topic, payload, timeout=timeout,
-                                            key=self.record.id, headers=headers,
-                                            response_type=command.response_type)
+            reply = await self._app._request(command.topic, payload, timeout=timeout,
+                                             key=self.record.id, reserved=headers,
+                                             response_type=command.response_type)
         result = command.on_reply(state, reply) if command.on_reply is not None else None
         return self._checked(result, state, step)
 

@@ -32,6 +32,7 @@ from ._group import GroupCommit
 from ._inbox import Inbox
 from ._lease import Lease
 from ._outbox import Outbox
+from ._outbox_dead import DeadRow, OutboxDeadLetters
 from ._relay import OutboxRelay
 from ._sagas import SqlSagaStore
 from ._schema import (
@@ -39,6 +40,7 @@ from ._schema import (
     inbox_table,
     leases_table,
     metadata,
+    outbox_dead_table,
     outbox_table,
     saga_events_table,
     sagas_table,
@@ -47,10 +49,12 @@ from ._sql import OutsideTransactionError
 from ._sqlite import sqlite_engine
 
 __all__ = [
+    "DeadRow",
     "GroupCommit",
     "Inbox",
     "Lease",
     "Outbox",
+    "OutboxDeadLetters",
     "OutboxRelay",
     "OutsideTransactionError",
     "SqlSagaStore",
@@ -58,6 +62,7 @@ __all__ = [
     "inbox_table",
     "leases_table",
     "metadata",
+    "outbox_dead_table",
     "outbox_table",
     "saga_events_table",
     "sagas_table",

@@ -4,6 +4,8 @@
 through the caller's open transaction, so the event exists iff the caller's writes
 commit. A relay (:meth:`Outbox.relay`) later appends the rows to the bus and deletes
 them: at least once, in order per key, each with the message id it got when recorded.
+An event larger than the bus accepts is refused when recorded (``MessageTooLargeError``,
+in the caller's transaction, which then rolls back), not found out by the relay later.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .._message import Headers
 from .._outgoing import Delay, make_record
-from .._records import OutRecord
+from .._records import OutRecord, check_record_bytes
+from ._outbox_dead import OutboxDeadLetters
 from ._schema import outbox_table
 from ._sql import Executor, in_transaction
 
@@ -35,12 +38,16 @@ __all__ = ["Outbox"]
 class Outbox:
     """Events to publish, recorded in the same transaction as the service's writes.
 
-    ``engine`` is the service's database; the ``tidings_outbox`` table must exist
-    (:func:`~tidings.sqlalchemy.create_tables` or your migrations).
+    ``engine`` is the service's database; the ``tidings_outbox`` and
+    ``tidings_outbox_dead`` tables must exist (:func:`~tidings.sqlalchemy.create_tables`
+    or your migrations). ``max_record_bytes`` is the largest event :meth:`publish`
+    records; by default the relaying app's bus's limit
+    (:attr:`~tidings.ports.Transport.max_record_bytes`), once :meth:`relay` was called.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_record_bytes: int | None = None) -> None:
         self.engine = engine
+        self.max_record_bytes = max_record_bytes
         self._wake: asyncio.Event | None = None
         self._app: App | None = None  # the relaying app, whose middleware stamps rows
         # Once per engine, not per transaction: adding a listener is costly. A commit on
@@ -64,15 +71,31 @@ class Outbox:
 
         Nothing is sent now: the relay publishes it after the transaction commits, and
         never if it rolls back. Bad input (no open transaction, an invalid topic, a
-        payload JSON cannot hold) raises here, before anything is written.
+        payload JSON cannot hold, a header in the reserved ``tidings-`` namespace, an
+        event over ``max_record_bytes``: ``MessageTooLargeError``) raises here, before
+        anything is written; the caller's transaction then rolls back.
         """
+        return await self._record(transaction, topic, payload, key=key, headers=headers,
+                                  delay=delay)
+
+    async def _record(
+        self, transaction: AsyncSession | Executor, topic: str, payload: Any, *,
+        key: str | None = None, headers: Mapping[str, str] | None = None,
+        reserved: Mapping[str, str] | None = None, delay: Delay = None,
+    ) -> str:
+        """``publish`` with the runtime's own ``reserved`` headers (an event store's
+        event id and stream, a rule's name), which a caller's ``headers`` may not hold."""
         executor = in_transaction(transaction, self.engine, "outbox.publish")
         # Built now, in the caller's transaction, so the handled message's correlation
         # and causation ids (and, through the relaying app's middleware, the caller's
         # trace context) are kept although the relay publishes it later.
-        record = make_record(topic, payload, key, headers, delay, None)
+        record = make_record(topic, payload, key, headers, delay, None, reserved)
         if self._app is not None:
             await self._app._stamp([record])
+        limit = self.max_record_bytes or (
+            self._app.transport.max_record_bytes if self._app is not None else None)
+        if limit is not None:
+            check_record_bytes([record], limit, "the outbox's bus")
         row = _row(record)
         connection = await executor.connection() if isinstance(executor, AsyncSession) \
             else executor
@@ -96,6 +119,10 @@ class Outbox:
         app.on_startup(relay.start)
         app.on_shutdown(relay.stop)
         return relay
+
+    def dead_letters(self) -> OutboxDeadLetters:
+        """The rows the relay could never send (see ``tidings outbox dead``)."""
+        return OutboxDeadLetters(self.engine)
 
     async def pending(self) -> int:
         """How many recorded events the relay has not published yet."""

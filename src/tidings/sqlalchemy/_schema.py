@@ -15,6 +15,7 @@ __all__ = [
     "inbox_table",
     "leases_table",
     "metadata",
+    "outbox_dead_table",
     "outbox_table",
     "saga_events_table",
     "sagas_table",
@@ -35,6 +36,24 @@ outbox_table = sa.Table(
     sa.Column("headers", sa.Text(), nullable=False),
     sa.Column("deliver_at", sa.Double(), nullable=True),
     sa.Column("created_at", sa.Double(), nullable=False),
+)
+
+#: Outbox rows the relay can never send (the bus refused them for good, such as a record
+#: over its size limit), and the later rows of the same topic and key, which wait with
+#: them so the key's order holds (``blocked_by``: the seq of the row they wait behind).
+outbox_dead_table = sa.Table(
+    "tidings_outbox_dead", metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=False),
+    sa.Column("message_id", sa.String(200), nullable=False),
+    sa.Column("topic", sa.String(200), nullable=False),
+    sa.Column("key", sa.Text(), nullable=True),
+    sa.Column("value", sa.LargeBinary(), nullable=False),
+    sa.Column("headers", sa.Text(), nullable=False),
+    sa.Column("deliver_at", sa.Double(), nullable=True),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Column("failed_at", sa.Double(), nullable=False),
+    sa.Column("error", sa.Text(), nullable=False),
+    sa.Column("blocked_by", _SEQ, nullable=True),
 )
 
 inbox_table = sa.Table(

@@ -127,12 +127,16 @@ class AmqpSubscription(Subscription):
 
     # -- fetching ----------------------------------------------------------------------
 
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        """Records of the owned partitions, waiting up to ``timeout`` for some."""
+    async def fetch(self, max_records: int, timeout: float,
+                    max_bytes: int | None = None) -> list[Record]:
+        """Records of the owned partitions (values of at most ``max_bytes`` in all, or
+        one record; the rest stay buffered for the next fetch), waiting up to
+        ``timeout`` for some. What the broker pushed ahead is bounded by the prefetch."""
         with driver_errors("fetching"):
-            return await self._fetch(max_records, timeout)
+            return await self._fetch(max_records, timeout, max_bytes)
 
-    async def _fetch(self, max_records: int, timeout: float) -> list[Record]:
+    async def _fetch(self, max_records: int, timeout: float,
+                     max_bytes: int | None = None) -> list[Record]:
         if self._opened and (self._channel is None or self._channel.is_closed):
             await self._reset()
         if not self._opened:
@@ -144,17 +148,22 @@ class AmqpSubscription(Subscription):
             if self._group is not None:
                 await self._rebalance()
                 await self._apply_seeks()
-            records = await self._drain(max_records)
+            records = await self._drain(max_records, max_bytes)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
             await wait_event(self._wake, min(remaining, beat, _CLAIM_RETRY))
         return []
 
-    async def _drain(self, max_records: int) -> list[Record]:
+    async def _drain(self, max_records: int, max_bytes: int | None = None) -> list[Record]:
         out: list[Record] = []
+        room = max_bytes
         while self._buffer and len(out) < max_records:
+            if room is not None and out and len(self._buffer[0][1].body) > room:
+                break  # over the byte budget: it waits in the buffer
             tag, message = self._buffer.popleft()
+            if room is not None:
+                room -= len(message.body)
             self._seen = max(self._seen, message.delivery_tag or 0)
             tp = self._by_tag.get(tag)
             owned = self._owned.get(tp) if tp is not None else None

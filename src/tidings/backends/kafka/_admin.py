@@ -103,7 +103,8 @@ class KafkaAdmin:
             raise ConfigurationError(f"topic {topic!r} needs at least one partition")
         count = partitions or self._settings.partitions
         replicas = self._settings.replication_factor or -1  # -1: the cluster's default
-        spec = NewTopic(topic, count, replicas, config=self._settings.topic_config())
+        spec = NewTopic(topic, count, replicas,
+                        config=self._settings.topic_config() | self._topic_config(topic))
         timeout = self._settings.request_timeout
         futures = self.client.create_topics([spec], operation_timeout=timeout,
                                             request_timeout=timeout)
@@ -116,6 +117,16 @@ class KafkaAdmin:
             count = await self.partition_count(topic)
         self._partitions[topic] = count
         return count
+
+    def _topic_config(self, topic: str) -> dict[str, str]:
+        """A dead-letter topic keeps its records (a pending dead letter waits for a
+        re-drive or a purge, however old), unless ``dlq_retention_hours`` says how long;
+        the broker's default (often 7 days) would delete them silently."""
+        if not topic.endswith(".dlq"):
+            return {}
+        hours = self._settings.dlq_retention_hours
+        return {"retention.ms": str(int(hours * 3_600_000)) if hours else "-1",
+                "retention.bytes": "-1"}
 
     async def partition_count(self, topic: str) -> int:
         """How many partitions ``topic`` has; UnknownTopicError if it does not exist."""

@@ -64,6 +64,9 @@ class KafkaSettings(BaseModel):
     #: None: the cluster's ``default.replication.factor`` (and ``min.insync.replicas``).
     replication_factor: int | None = Field(default=None, ge=1)
     min_insync_replicas: int | None = Field(default=None, ge=1)
+    #: Retention of the dead-letter topics tidings creates (``*.dlq``); 0 keeps their
+    #: records until deleted by hand (``retention.ms=-1``), whatever the broker's default.
+    dlq_retention_hours: float = Field(default=0.0, ge=0)
     session_timeout: float = Field(default=6.0, gt=0, le=3600)
     max_poll_interval: float = Field(default=300.0, gt=0)
     fetch_max_wait_ms: int = Field(default=10, ge=0, le=60_000)

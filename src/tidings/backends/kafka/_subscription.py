@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from ..._errors import FencedError, TransportError
-from ..._records import Record, Start, TopicPartition
+from ..._records import Record, Start, TopicPartition, within_bytes
 from ...ports import RebalanceListener, Subscription
 from ._convert import take, to_records
 from ._leave import JoinState, close_when_settled
@@ -70,6 +70,10 @@ class KafkaSubscription(Subscription):
         self._owned: frozenset[TopicPartition] = frozenset()
         self._positions: Mapping[TopicPartition, int] = {}  # as of the last empty fetch
         self._rebalances = 0  # rebalance callbacks so far (driver thread)
+        # Records consumed past a fetch's max_bytes, returned first by the next fetch
+        # (librdkafka cannot put them back), and the rebalance count they belong to.
+        self._leftover: list[Record] = []
+        self._leftover_of = 0
         self._thread: DriverThread | None = None
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,8 +151,28 @@ class KafkaSubscription(Subscription):
         """The partitions this member owns now (as of its last rebalance callback)."""
         return self._owned
 
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        """Up to ``max_records`` records, waiting up to ``timeout`` seconds for some."""
+    async def fetch(self, max_records: int, timeout: float,
+                    max_bytes: int | None = None) -> list[Record]:
+        """Up to ``max_records`` records (values of at most ``max_bytes`` in all, or
+        one record), waiting up to ``timeout`` seconds for some."""
+        if self._leftover and self._leftover_of == self._rebalances:
+            records, self._leftover = self._leftover, []
+            return self._within(records, max_records, max_bytes)
+        self._leftover = []  # a rebalance since: the partitions restart from their commits
+        records = await self._fetch(max_records, timeout)
+        return self._within(records, max_records, max_bytes) if records else records
+
+    def _within(self, records: list[Record], max_records: int,
+                max_bytes: int | None) -> list[Record]:
+        """What fits in ``max_bytes`` (and ``max_records``); the rest is kept for later."""
+        kept = records[:max_records]
+        if max_bytes is not None:
+            kept, _ = within_bytes(kept, max_bytes, True)
+        if len(kept) < len(records):
+            self._leftover, self._leftover_of = records[len(kept):], self._rebalances
+        return kept
+
+    async def _fetch(self, max_records: int, timeout: float) -> list[Record]:
         if await self._ready() is None:
             return []
         # A new member's first fetch returns once it joined, as the memory backend's does:

@@ -61,6 +61,7 @@ class KafkaTransport(Transport, SupportsTransactions):
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
+        self.max_record_bytes = settings.max_message_bytes
         self._errors: deque[KafkaError] = deque(maxlen=32)
         self._admin: KafkaAdmin | None = None
         self._producer: DeliveryProducer | None = None

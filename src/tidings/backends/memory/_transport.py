@@ -19,6 +19,7 @@ from ..._records import (
     Start,
     TopicInfo,
     TopicPartition,
+    within_bytes,
 )
 from ..._waiting import wait_event
 from ...ports import BASE_CAPABILITIES, Capability, RebalanceListener, Subscription, Transport
@@ -145,14 +146,16 @@ class MemorySubscription(Subscription):
         """The partitions this member owns now."""
         return frozenset(self._positions)
 
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        """Records from owned partitions, waiting up to ``timeout`` for some."""
+    async def fetch(self, max_records: int, timeout: float,
+                    max_bytes: int | None = None) -> list[Record]:
+        """Records from owned partitions (values of at most ``max_bytes`` in all, or
+        one record), waiting up to ``timeout`` for some."""
         deadline = time.monotonic() + timeout
         while not self._closed:
             self._wake.clear()
             if self._group_name is not None:
                 await self._rebalance()
-            records = self._collect(max_records)
+            records = self._collect(max_records, max_bytes)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
@@ -162,12 +165,16 @@ class MemorySubscription(Subscription):
     def _heartbeat(self) -> float:
         return max(self._broker.session_timeout / 3, 0.01)
 
-    def _collect(self, max_records: int) -> list[Record]:
+    def _collect(self, max_records: int, max_bytes: int | None) -> list[Record]:
         out: list[Record] = []
+        budget = max_bytes
         for tp, position in list(self._positions.items()):
-            if len(out) >= max_records:
+            if len(out) >= max_records or (budget is not None and budget <= 0 and out):
                 break
             batch = self._broker.read(tp, position, max_records - len(out))
+            if budget is not None:
+                batch, used = within_bytes(batch, budget, not out)
+                budget -= used
             if batch:
                 self._positions[tp] = batch[-1].offset + 1
                 out.extend(batch)

@@ -50,7 +50,8 @@ class Appender:
 
     def __init__(self, default_partitions: int, max_length: int) -> None:
         self.default_partitions = default_partitions
-        #: The largest value accepted, in bytes (set from the connection's limit).
+        #: The largest record accepted (value, key and headers), in bytes: the bus's
+        #: max_record_bytes, within the connection's length limit.
         self.max_length = max_length
         self._topics: dict[str, TopicMeta] = {}
         self._round_robin = itertools.count()
@@ -128,21 +129,21 @@ class Appender:
         meta = TopicMeta("", ())
         for out in records:
             topic, key, value = out.topic, out.key, out.value
-            if len(value) > self.max_length:
+            headers = encode_headers(out.headers)
+            size = record_size(key, value, headers)
+            if size > self.max_length:
                 raise MessageTooLargeError(
-                    f"record of {len(value)} bytes for {topic!r} exceeds SQLite's "
-                    f"limit of {self.max_length} bytes"
+                    f"record of {size} bytes for {topic!r} exceeds the bus's "
+                    f"max_record_bytes={self.max_length}"
                 )
             if topic != meta.name:
                 meta = self.topic(conn, topic)
-            headers = encode_headers(out.headers)
             if out.deliver_at is not None and out.deliver_at > now:
                 self._partition(meta, out.partition, None)  # validate it now
                 delayed.append((out.deliver_at, topic, out.partition, key, value, headers))
                 continue
             partition = self._partition(meta, out.partition, key)
-            placed.append((meta.pids[partition], partition, topic, key, value, headers,
-                           record_size(key, value, headers)))
+            placed.append((meta.pids[partition], partition, topic, key, value, headers, size))
         return placed, delayed
 
     def _partition(self, meta: TopicMeta, partition: int | None, key: str | None) -> int:

@@ -6,17 +6,21 @@ shortly after another process committed); when it fires, the writer moves due ro
 into the log with INSERT and DELETE in one transaction, so with several processes each
 record is delivered exactly once. Retention runs at start and every 30 s, deleting in
 chunks of 1000 records per transaction so appends are never held up for long.
+Dead-letter topics have their own retention (``_dlq_retention``): their pending entries
+stay until resolved, or until ``dlq_retention_hours``, with a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ._dlq_retention import DLQ_SUFFIX, dlq_partitions, trim_dead_letters
 from ._schema import OFFSET_BITS
 
 if TYPE_CHECKING:
@@ -110,16 +114,41 @@ class Housekeeper:
 
     async def apply_retention(self) -> int:
         """Delete records older than ``retention_hours`` and the oldest records of
-        partitions above ``retention_bytes``; return how many were deleted."""
+        partitions above ``retention_bytes`` (but in dead-letter topics: see
+        ``_dlq_retention``); return how many were deleted."""
         options = self._transport.options
-        cutoff = time.time() - options.retention_hours * 3600 if options.retention_hours else None
+        now = time.time()
+        cutoff = now - options.retention_hours * 3600 if options.retention_hours else None
         limit = options.retention_bytes
+        deleted = await self._retain_dead_letters(
+            cutoff, now - options.dlq_retention_hours * 3600
+            if options.dlq_retention_hours else None)
         if cutoff is None and not limit:
-            return 0
+            return deleted
         pids = await self._transport.reader.call(lambda c: retention_candidates(c, cutoff, limit))
-        deleted = 0
         for pid in pids:
             deleted += await self._trim(pid, cutoff, limit)
+        return deleted
+
+    async def _retain_dead_letters(self, cutoff: float | None,
+                                   pending_cutoff: float | None) -> int:
+        if cutoff is None and pending_cutoff is None:
+            return 0
+        deleted = 0
+        for pid, topic, partition in await self._transport.reader.call(dlq_partitions):
+            while True:
+                count, pending = await self._transport.writer.call(functools.partial(
+                    trim_dead_letters, pid=pid, partition=partition, resolved_cutoff=cutoff,
+                    pending_cutoff=pending_cutoff))
+                deleted += count
+                if pending:
+                    self._transport.count_trimmed_dead_letters(topic, pending)
+                    log.warning(
+                        "tidings sqlite: retention deleted %d pending dead letter(s) of %s[%d], "
+                        "older than dlq_retention_hours=%g, never re-driven nor purged",
+                        pending, topic, partition, self._transport.options.dlq_retention_hours)
+                if count < _TRIM_CHUNK:
+                    break
         return deleted
 
     async def _trim(self, pid: int, cutoff: float | None, limit: int) -> int:
@@ -159,10 +188,11 @@ def retention_candidates(conn: sqlite3.Connection, cutoff: float | None, limit: 
     return [
         int(row[0])
         for row in conn.execute(
-            "SELECT pid FROM partitions AS p WHERE start_offset < next_offset AND ("
+            "SELECT pid FROM partitions AS p WHERE start_offset < next_offset"
+            " AND topic NOT LIKE ? AND ("
             " (? > 0 AND bytes > ?) OR (? IS NOT NULL AND"
             "  (SELECT ts FROM log WHERE id = (p.pid << ?) + p.start_offset) < ?))",
-            (limit, limit, cutoff, OFFSET_BITS, cutoff),
+            (f"%{DLQ_SUFFIX}", limit, limit, cutoff, OFFSET_BITS, cutoff),
         )
     ]
 

@@ -117,12 +117,13 @@ class GroupMember(FetchingSubscription):
         self._dirty = True
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="tidings-heartbeat")
 
-    async def _read(self, max_records: int) -> list[Record]:
+    async def _read(self, max_records: int, max_bytes: int | None = None) -> list[Record]:
         wants = self._wants()
         group = self.member.group
 
         def job(conn: sqlite3.Connection) -> tuple[int, list[list[Record]]]:
-            return _groups.generation(conn, group), read_chunks(conn, wants, max_records)
+            return (_groups.generation(conn, group),
+                    read_chunks(conn, wants, max_records, max_bytes))
 
         generation, chunks = await self._transport.reader.call(job)
         if generation != self._generation:

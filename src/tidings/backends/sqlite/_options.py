@@ -10,10 +10,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..._errors import ConfigurationError
 from ..._redact import redact_url
 
-__all__ = ["SqliteOptions", "parse_url"]
+__all__ = ["DEFAULT_MAX_RECORD_BYTES", "SqliteOptions", "parse_url"]
 
 _KNOWN = ("partitions", "session_timeout", "heartbeat", "retention_hours", "retention_bytes",
-          "mode")
+          "max_record_bytes", "dlq_retention_hours", "mode")
+#: The largest record an embedded bus accepts by default (8 MiB): a bigger one is
+#: refused at publish, so a subscriber never has to hold one it cannot afford.
+DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,9 @@ class SqliteOptions:
     heartbeat: float = 0.5
     retention_hours: float = 168.0
     retention_bytes: int = 0
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    #: Dead-letter topics (``*.dlq``): 0 keeps their entries until resolved.
+    dlq_retention_hours: float = 0.0
     #: How often retention runs (seconds); not a URL option, tests shorten it.
     retention_interval: float = 30.0
     #: ``mode=ro``: open an existing bus read-only (for inspection): nothing is created,
@@ -66,6 +72,9 @@ def parse_url(url: str) -> SqliteOptions:
         heartbeat=heartbeat,
         retention_hours=_number(options, "retention_hours", 168.0, minimum=0.0),
         retention_bytes=int(_number(options, "retention_bytes", 0, minimum=0, integer=True)),
+        max_record_bytes=int(_number(options, "max_record_bytes", DEFAULT_MAX_RECORD_BYTES,
+                                     minimum=1024, integer=True)),
+        dlq_retention_hours=_number(options, "dlq_retention_hours", 0.0, minimum=0.0),
         read_only=mode == "ro",
     )
 

@@ -19,6 +19,7 @@ __all__ = [
     "partition_offsets",
     "read_many",
     "read_range",
+    "read_range_within",
 ]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -45,6 +46,29 @@ def read_range(
                empty if headers is None else decode(headers)[0], ts)
         for rid, key, value, headers, ts in rows
     ]
+
+
+def read_range_within(
+    conn: sqlite3.Connection, tp: TopicPartition, pid: int, offset: int, limit: int,
+    budget: int, first: bool,
+) -> tuple[list[Record], int]:
+    """``read_range`` of the leading records whose values fit in ``budget`` bytes (the
+    first one whatever its size when ``first``), and their bytes. One pass: the row
+    that does not fit is read and dropped (a moment's peak of one record, within the
+    bound of budget plus one record), which costs less than reading sizes first."""
+    base = pid << OFFSET_BITS
+    topic, partition = tp
+    rows = conn.execute(_RANGE, (base + max(offset, 0), base + _LAST_OFFSET, max(limit, 0)))
+    records: list[Record] = []
+    used = 0
+    for rid, key, value, headers, ts in rows:
+        size = len(value)
+        if used + size > budget and (records or not first):
+            break
+        used += size
+        records.append(Record(topic, partition, rid - base, key, value,
+                              _EMPTY if headers is None else _decode(headers)[0], ts))
+    return records, used
 
 
 def decode_headers(headers: str | None) -> Mapping[str, str]:

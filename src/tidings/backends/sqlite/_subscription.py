@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..._records import Record, Start, TopicPartition
 from ...ports import RebalanceListener, Subscription
-from ._reads import Want, first_at, partition_offsets, read_range
+from ._reads import Want, first_at, partition_offsets, read_range, read_range_within
 
 if TYPE_CHECKING:
     import sqlite3
@@ -61,8 +61,10 @@ class FetchingSubscription(Subscription):
         """The partitions this subscription reads now."""
         return frozenset(self._positions)
 
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        """Up to ``max_records`` records, waiting up to ``timeout`` seconds for some.
+    async def fetch(self, max_records: int, timeout: float,
+                    max_bytes: int | None = None) -> list[Record]:
+        """Up to ``max_records`` records (values of at most ``max_bytes`` in all, or
+        one record), waiting up to ``timeout`` seconds for some.
 
         Not safe to call from two tasks at once (like a Kafka consumer's poll).
         """
@@ -70,7 +72,7 @@ class FetchingSubscription(Subscription):
         while not self._closed:
             self._wake.clear()
             await self._prepare()
-            records = await self._read(max(max_records, 1))
+            records = await self._read(max(max_records, 1), max_bytes)
             if records:
                 return records
             remaining = deadline - time.monotonic()
@@ -83,12 +85,12 @@ class FetchingSubscription(Subscription):
     async def _prepare(self) -> None:
         """Work to do before reading (joining, rebalancing)."""
 
-    async def _read(self, max_records: int) -> list[Record]:
+    async def _read(self, max_records: int, max_bytes: int | None = None) -> list[Record]:
         wants = self._wants()
         if not wants:
             return []
         chunks = await self._transport.reader.call(
-            lambda conn: read_chunks(conn, wants, max_records)
+            lambda conn: read_chunks(conn, wants, max_records, max_bytes)
         )
         return self._accept(wants, chunks)
 
@@ -120,15 +122,22 @@ class FetchingSubscription(Subscription):
 
 
 def read_chunks(
-    conn: sqlite3.Connection, wants: Sequence[Want], max_records: int
+    conn: sqlite3.Connection, wants: Sequence[Want], max_records: int,
+    max_bytes: int | None = None,
 ) -> list[list[Record]]:
-    """Per wanted partition (in order), its next records, ``max_records`` in all."""
+    """Per wanted partition (in order), its next records, ``max_records`` in all, and
+    values of at most ``max_bytes`` in all (but at least one record)."""
     chunks: list[list[Record]] = []
-    room = max_records
+    room, budget = max_records, max_bytes
     for tp, pid, offset in wants:
-        if room <= 0:
+        if room <= 0 or (budget is not None and budget <= 0 and room < max_records):
             break
-        chunk = read_range(conn, tp, pid, offset, room)
+        if budget is None:
+            chunk = read_range(conn, tp, pid, offset, room)
+        else:
+            chunk, used = read_range_within(conn, tp, pid, offset, room, budget,
+                                            room == max_records)
+            budget -= used
         room -= len(chunk)
         chunks.append(chunk)
     return chunks

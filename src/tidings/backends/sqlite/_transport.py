@@ -70,6 +70,8 @@ class SqliteTransport(Transport, SupportsLookup):
 
     def __init__(self, options: SqliteOptions) -> None:
         self.options = options
+        self.max_record_bytes = options.max_record_bytes
+        self._trimmed: dict[str, int] = {}
         self._path = options.path.expanduser().absolute()
         self._writer: WriterThread | None = None
         self._reader: DbThread | None = None
@@ -155,7 +157,8 @@ class SqliteTransport(Transport, SupportsLookup):
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer thread does it
         conn.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL after bursts
         # Keep a margin below SQLite's length limit for the key, headers and row.
-        appender.max_length = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) - 65536
+        appender.max_length = min(self.options.max_record_bytes,
+                                  conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) - 65536)
         return conn
 
     async def close(self) -> None:
@@ -339,6 +342,15 @@ class SqliteTransport(Transport, SupportsLookup):
         return await self.reader.call(lambda c: _reads.offsets_for_time(c, topic, timestamp))
 
     # -- operations ------------------------------------------------------------------
+
+    def dead_letters_trimmed(self) -> Mapping[str, int]:
+        """Pending dead letters this transport's retention deleted, per topic (see
+        ``dlq_retention_hours``)."""
+        return dict(self._trimmed)
+
+    def count_trimmed_dead_letters(self, topic: str, count: int) -> None:
+        """Retention deleted ``count`` pending dead letters of ``topic``."""
+        self._trimmed[topic] = self._trimmed.get(topic, 0) + count
 
     async def apply_retention(self) -> int:
         """Apply retention now (it also runs at start and every 30 s); returns the number

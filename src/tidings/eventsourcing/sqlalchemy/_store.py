@@ -128,8 +128,8 @@ class EventStore:
                     for row, event, position in zip(rows, events, positions, strict=True)]
         if self.outbox is not None and aggregate.topic is not None:
             for item in recorded:
-                await self.outbox.publish(executor, aggregate.topic, item.event.model_dump_json(
-                    by_alias=True).encode(), key=item.stream_id, headers=_headers(item))
+                await self.outbox._record(executor, aggregate.topic, item.event.model_dump_json(
+                    by_alias=True).encode(), key=item.stream_id, reserved=_headers(item))
         return recorded
 
     async def _maybe_snapshot(self, executor: Executor, aggregate: Aggregate,

@@ -1,0 +1,309 @@
+"""One MQTT 5 connection, driven by the asyncio loop: paho's client without its thread.
+
+paho-mqtt 2.x does the protocol; its socket is read and written from this loop's
+reader and writer callbacks (as aiomqtt does), so every paho callback runs on the loop.
+A lost connection is re-made in the background with the same client id; paho sends
+its unconfirmed publishes again, and the broker its unacknowledged deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ..._errors import BrokerUnavailableError, TransportError
+from ._settings import MqttSettings
+from ._translate import connect_error, publish_error
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("tidings.mqtt")
+
+#: ``(message)``: a delivery, on the loop; acknowledge it later with ``ack(message.mid)``.
+OnMessage = Callable[[paho.MQTTMessage], None]
+#: ``(up)``: the connection was lost (False) or made again (True), on the loop.
+OnState = Callable[[bool], None]
+
+
+class Connection:
+    """An MQTT 5 client connection with futures for CONNACK, PUBACK and SUBACK."""
+
+    def __init__(self, settings: MqttSettings, client_id: str, *, persistent: bool,
+                 on_message: OnMessage | None = None, on_state: OnState | None = None) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.persistent = persistent
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size, if it said
+        self._on_state = on_state
+        self._loop = asyncio.get_running_loop()
+        self._client = client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+            manual_ack=on_message is not None, reconnect_on_failure=False,
+        )
+        # paho's own window rescans every unconfirmed message on each PUBACK (quadratic);
+        # the window is kept here instead (``full``/``room``), at the broker's maximum.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._written
+        client.on_connect = self._connected
+        client.on_disconnect = self._disconnected
+        client.on_publish = self._published
+        client.on_subscribe = self._subscribed
+        if on_message is not None:
+            client.on_message = lambda _c, _u, message: on_message(message)
+        self._connack: asyncio.Future[bool] | None = None
+        self._pubacks: dict[int, asyncio.Future[None]] = {}
+        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._send_maximum = 65535  # the broker's Receive Maximum (from its CONNACK)
+        self._roomy = asyncio.Event()
+        self._closing = False
+        self._warned = float("-inf")  # when a lost connection was last logged as a warning
+        self.connected = False
+
+    @property
+    def where(self) -> str:
+        """The broker's address, for error messages."""
+        return f"mqtt://{self.settings.host}:{self.settings.port}"
+
+    # -- connecting ----------------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """Connect within the connect timeout; True when the broker resumed a session.
+        Raises :class:`~tidings.BrokerUnavailableError`, or
+        :class:`~tidings.ConfigurationError` when the broker refuses the credentials."""
+        timeout = self.settings.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._reachable()
+                present = await self._handshake(first=True)
+        except TimeoutError:
+            self._abort()
+            raise BrokerUnavailableError(
+                f"{self.where}: no answer within {timeout:g} s (connect_timeout)"
+            ) from None
+        except BaseException:
+            self._abort()
+            raise
+        self._ticker = asyncio.create_task(self._tick(), name="tidings-mqtt-keepalive")
+        return present
+
+    async def _reachable(self) -> None:
+        """Open (and close) a TCP connection first: paho's own connect blocks."""
+        try:
+            _, writer = await asyncio.open_connection(self.settings.host, self.settings.port)
+        except OSError as exc:
+            raise BrokerUnavailableError(f"{self.where}: {exc.strerror or exc}") from None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    async def _handshake(self, *, first: bool) -> bool:
+        self._connack = self._loop.create_future()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.ReceiveMaximum = self.settings.receive_maximum
+        if self.persistent:
+            properties.SessionExpiryInterval = self.settings.session_expiry
+        try:
+            if first:
+                self._client.connect(
+                    self.settings.host, self.settings.port, self.settings.keepalive,
+                    clean_start=not self.persistent, properties=properties,
+                )
+            else:
+                self._client.reconnect()
+        except (TimeoutError, OSError) as exc:
+            raise BrokerUnavailableError(f"{self.where}: {exc}") from None
+        return await self._connack
+
+    def _connected(self, _c: paho.Client, _u: Any, flags: paho.ConnectFlags,
+                   reason: ReasonCode, properties: Properties | None) -> None:
+        future = self._connack
+        if reason.is_failure:
+            if future is not None and not future.done():
+                future.set_exception(connect_error(self.where, reason))
+            return
+        self.connected = True
+        limit = getattr(properties, "MaximumPacketSize", None)
+        self.max_packet = int(limit) if limit else None
+        self._send_maximum = min(int(getattr(properties, "ReceiveMaximum", 65535)),
+                                 self.settings.receive_maximum)
+        if future is not None and not future.done():
+            future.set_result(bool(flags.session_present))
+
+    def _disconnected(self, _c: paho.Client, _u: Any, _f: paho.DisconnectFlags,
+                      reason: ReasonCode, _p: Properties | None) -> None:
+        was = self.connected
+        self.connected = False
+        future = self._connack
+        if future is not None and not future.done():
+            future.set_exception(BrokerUnavailableError(f"{self.where}: {reason}"))
+        if self._closing:
+            return
+        for ack in self._subacks.values():
+            if not ack.done():
+                ack.set_exception(BrokerUnavailableError(f"{self.where}: connection lost"))
+        if was:
+            # Once per quiet spell: a broker that drops each attempt would flood the log.
+            now = self._loop.time()
+            level = logging.WARNING if now - self._warned > 30 else logging.DEBUG
+            self._warned = now
+            log.log(level, "%s: connection of %s lost (%s); reconnecting",
+                    self.where, self.client_id, reason)
+            if self._on_state is not None:
+                self._on_state(False)
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    await self._reachable()
+                    await self._handshake(first=False)
+            except (TransportError, TimeoutError) as exc:
+                log.debug("%s: reconnect failed: %s", self.where, exc)
+                delay = min(delay * 2, 2.0)
+                continue
+            log.info("%s: %s connected again", self.where, self.client_id)
+            if self._on_state is not None:
+                self._on_state(True)
+            return
+
+    # -- the socket, on the loop ---------------------------------------------------
+
+    def _socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._loop.add_reader(sock, client.loop_read)
+
+    def _socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+
+    def _want_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._loop.add_writer(sock, client.loop_write)
+
+    def _written(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        self._loop.remove_writer(sock)
+
+    async def _tick(self) -> None:
+        """Keepalive pings and retries: paho's ``loop_misc``, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.connected:
+                self._client.loop_misc()
+
+    # -- publishing, subscribing, acknowledging --------------------------------------
+
+    def publish(self, topic: str, payload: bytes, properties: Properties | None,
+                ) -> asyncio.Future[None]:
+        """Send at QoS 1; the future completes on the broker's PUBACK."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            future.set_exception(publish_error(self.where, topic, None, info.rc))
+        else:
+            self._pubacks[info.mid] = future
+        return future
+
+    @property
+    def full(self) -> bool:
+        """Whether as many publishes wait for their PUBACK as the broker allows."""
+        return len(self._pubacks) >= self._send_maximum
+
+    async def room(self) -> None:
+        """Wait until another publish may be sent."""
+        while self.full and not self._closing:
+            self._roomy.clear()
+            await self._roomy.wait()
+
+    def _published(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode,
+                   _p: Properties) -> None:
+        future = self._pubacks.pop(mid, None)
+        self._roomy.set()
+        if future is None or future.done():
+            return
+        if reason.is_failure:
+            future.set_exception(publish_error(self.where, "", reason, None))
+        else:
+            future.set_result(None)
+
+    async def subscribe(self, filters: list[str]) -> None:
+        """Subscribe to ``filters`` at QoS 1; raise if the broker refuses one."""
+        result, mid = self._client.subscribe([(f, 1) for f in filters])
+        if result != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise BrokerUnavailableError(f"{self.where}: cannot subscribe ({result})")
+        future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        self._subacks[mid] = future
+        async with asyncio.timeout(self.settings.connect_timeout):
+            codes = await future
+        refused = [f for f, code in zip(filters, codes, strict=False) if code.is_failure]
+        if refused:
+            raise TransportError(f"{self.where} refused the subscription to {refused}")
+
+    def _subscribed(self, _c: paho.Client, _u: Any, mid: int, codes: list[ReasonCode],
+                    _p: Properties | None) -> None:
+        future = self._subacks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(codes)
+
+    def ack(self, mid: int) -> None:
+        """Send the PUBACK of a delivery: the broker forgets the message."""
+        self._client.ack(mid, 1)
+
+    # -- closing -------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Wait (up to the publish timeout) for unconfirmed publishes, then DISCONNECT."""
+        if self._closing:
+            return
+        pending = [f for f in self._pubacks.values() if not f.done()]
+        if pending and self.connected:
+            await asyncio.wait(pending, timeout=self.settings.publish_timeout)
+        self._closing = True
+        if self.connected:
+            self._client.disconnect()
+            with contextlib.suppress(OSError):
+                self._client.loop_write()
+        self._abort()
+
+    def abandon(self) -> None:
+        """Drop the socket without DISCONNECT, as a crashed process would."""
+        self._closing = True
+        self._abort()
+
+    def _abort(self) -> None:
+        self._closing = True
+        for task in (self._ticker, self._reconnecting):
+            if task is not None:
+                task.cancel()
+        sock = self._client.socket()
+        if sock is not None:
+            self._socket_close(self._client, None, sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.connected = False
+        error = BrokerUnavailableError(f"{self.where}: connection closed")
+        futures: list[asyncio.Future[Any]] = [*self._pubacks.values(), *self._subacks.values()]
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+        self._pubacks.clear()
+        self._subacks.clear()
+        self._roomy.set()
