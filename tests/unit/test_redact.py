@@ -37,6 +37,8 @@ def test_redact_url_hides_passwords_and_keeps_the_rest(url: str, shown: str) -> 
     f"sqlite:///bus.db?sasl_password={SECRET}",            # an unknown sqlite option
     f"memory://alice:{SECRET}@bus?partitions=many",        # a bad memory option
     f"amqp://alice:{SECRET}@broker:5672/?colour=red",      # an unknown amqp option
+    f"mqtt://alice:{SECRET}@broker:1883?colour=red",       # an unknown mqtt option
+    f"mqtt://alice:{SECRET}@:1883",                        # an mqtt URL without a host
 ])
 def test_errors_about_a_url_do_not_echo_its_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as caught:

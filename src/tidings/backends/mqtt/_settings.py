@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..._errors import ConfigurationError
+from ..._redact import redact_url
 
 __all__ = ["MqttSettings", "parse_url"]
 
@@ -51,13 +52,14 @@ def parse_url(url: str) -> MqttSettings:
     :class:`~tidings.ConfigurationError` naming it."""
     parts = urlsplit(url)
     if parts.scheme != "mqtt" or not parts.hostname:
-        raise ConfigurationError(f"expected mqtt://[user:password@]host:port, got {url!r}")
+        raise ConfigurationError(
+            f"expected mqtt://[user:password@]host:port, got {redact_url(url)!r}")
     values: dict[str, Any] = {"host": parts.hostname}
     try:
         if parts.port is not None:
             values["port"] = parts.port
     except ValueError as exc:
-        raise ConfigurationError(f"bad port in {_safe(url)!r}: {exc}") from None
+        raise ConfigurationError(f"bad port in {redact_url(url)!r}: {exc}") from None
     if parts.username:
         values["username"] = unquote(parts.username)
     if parts.password is not None:
@@ -70,12 +72,4 @@ def parse_url(url: str) -> MqttSettings:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'url'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigurationError(f"bad mqtt:// URL {_safe(url)!r}: {problems}") from None
-
-
-def _safe(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+        raise ConfigurationError(f"bad mqtt:// URL {redact_url(url)!r}: {problems}") from None
