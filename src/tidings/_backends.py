@@ -17,7 +17,7 @@ from ._errors import ConfigurationError, MissingDependencyError
 from ._redact import redact_url
 from .ports import Transport
 
-__all__ = ["ENTRY_POINT_GROUP", "SCHEMES", "load_transport"]
+__all__ = ["ENTRY_POINT_GROUP", "SCHEMES", "load_transport", "read_only_url"]
 
 #: scheme -> (module, pip extra that brings its driver, or None when built in)
 SCHEMES: dict[str, tuple[str, str | None]] = {
@@ -61,3 +61,11 @@ def load_transport(url: str) -> Transport:
         raise ConfigurationError(f"the {scheme}:// backend is not available in this install")
     transport: Transport = factory(url)
     return transport
+
+
+def read_only_url(url: str) -> str:
+    """``url`` opened for inspection only: a ``sqlite://`` bus gets ``mode=ro`` (nothing is
+    created, a missing file is an error); other backends are unchanged."""
+    if not url.startswith("sqlite:") or "mode=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}mode=ro"

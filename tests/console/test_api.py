@@ -232,3 +232,39 @@ def test_page_and_merged_asyncapi(broker: str) -> None:
         assert doc["info"]["description"] == "apps: payments, stock"
 
     run(broker, check)
+
+
+def test_a_console_that_only_looks_opens_the_bus_read_only(broker: str) -> None:
+    """Without --allow-actions the embedded bus is opened with SQLite's mode=ro: pages,
+    lookups (indexing into the console's private database) write nothing to the bus."""
+    asyncio.run(shop(broker, ["o-1"], poison=True))
+    path = Path(broker[len("sqlite:///"):])
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in path.parent.iterdir()
+                if p.name.startswith(path.name)}
+
+    before = files()
+
+    async def check(c: httpx.AsyncClient) -> None:
+        for url in ("/api/topics", "/api/groups", "/api/conversations/o-1",
+                    "/api/dead-letters/orders"):
+            assert (await c.get(url)).status_code == 200, url
+        assert len((await c.get("/api/dead-letters/orders")).json()) == 1
+        refused = await c.post("/api/dead-letters/orders/purge")
+        assert refused.status_code == 403
+
+    async def go() -> None:
+        async with open_view(broker) as view:
+            assert view.transport.options.read_only  # type: ignore[attr-defined]
+            app = create_app(view, documents=lambda: asyncio.sleep(0, {}), tick=0.05)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://console",
+                                         headers={"X-Tidings-Console": "1"}) as c:
+                await check(c)
+
+    asyncio.run(go())
+    after = files()
+    assert after[path.name] == before[path.name]
+    # (a WAL reader may make the shared-memory index and an empty log beside the bus)
+    assert after.get(f"{path.name}-wal", b"") == before.get(f"{path.name}-wal", b"")

@@ -12,6 +12,7 @@ from typing import ParamSpec, TypeVar
 import click
 
 from .._app import App
+from .._backends import read_only_url
 from .._errors import TidingsError
 
 __all__ = ["connected", "read_only_url", "run_async"]
@@ -48,13 +49,5 @@ async def connected(ctx: click.Context, *, read_only: bool = False) -> AsyncIter
               shutdown_timeout=5)
     async with app:
         yield app
-
-
-def read_only_url(url: str) -> str:
-    """``url`` opened for inspection only: a ``sqlite://`` bus gets ``mode=ro`` (nothing is
-    created, a missing file is an error); other backends are unchanged."""
-    if not url.startswith("sqlite:") or "mode=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}mode=ro"
 
 

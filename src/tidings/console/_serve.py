@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .._backends import load_transport
+from .._backends import load_transport, read_only_url
 from .._errors import ConfigurationError, MissingDependencyError
 from ..asyncapi import merge, read_documents
 from ..ports import SupportsLookup, Transport
@@ -59,6 +59,9 @@ async def open_view(broker: str, dbs: Sequence[str] = (), *,
     _must_exist(_sqlite_path(broker), "bus database")
     for db in dbs:
         _must_exist(_db_path(db), "saga database")
+    if not allow_actions:  # only looking: open what SQLite holds read-only
+        broker = read_only_url(broker)
+        dbs = [_read_only_db(db) for db in dbs]
     transport = load_transport(broker)
     engines: list[Any] = []
     try:
@@ -98,6 +101,18 @@ def _name(url: str, index: int, urls: Sequence[str]) -> str:
     names = [Path(make_url(u).database or f"db{i}").name for i, u in enumerate(urls)]
     name = names[index]
     return name if names.count(name) == 1 else f"{name}-{index + 1}"
+
+
+def _read_only_db(url: str) -> str:
+    """A SQLite saga database ``url`` as SQLite's read-only URI; others unchanged."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return url
+    path = Path(parsed.database).expanduser().absolute()
+    return parsed.set(database=f"file:{path}", query={"mode": "ro", "uri": "true"}
+                      ).render_as_string(hide_password=False)
 
 
 def _store(url: str, engines: list[Any]) -> Any:
