@@ -18,10 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ._errors import UnknownTopicError
+from ._errors import ConfigurationError, UnknownTopicError
 from ._message import Headers
 from ._records import OutRecord, Position, Record
-from .ports import Transport
+from .ports import Capability, Transport
 
 __all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dlq_topic", "parse_marks"]
 
@@ -189,6 +189,11 @@ class DeadLetters:
         return len(chosen)
 
     async def _records(self) -> list[Record]:
+        if Capability.REPLAY not in self._transport.capabilities:
+            raise ConfigurationError(
+                f"the dead letters of {self.topic!r} cannot be listed on the "
+                f"{self._transport.system} backend: it keeps no log to read back (no "
+                f"{Capability.REPLAY.value!r} capability); subscribe to {self.dlq!r} instead")
         infos = {info.name: info for info in await self._transport.describe_topics()}
         info = infos.get(self.dlq)
         if info is None:

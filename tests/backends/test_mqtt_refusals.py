@@ -69,6 +69,7 @@ def test_log_operations_and_delays_are_refused_at_the_call(mqtt_url: str) -> Non
                     transport.read("t", 0, 0, 10),
                     transport.set_offsets("g", {TopicPartition("t", 0): 0}),
                     transport.offsets_for_time("t", time.time()),
+                    app.dead_letters("t").pending(),
                 ],
                 "delay": [app.publish("t", {"n": 1}, delay=60)],
                 "order_per_key": [app.publish("t", {"n": 1}, partition=3),
