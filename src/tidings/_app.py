@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
 from ._batch import batch_process
-from ._capabilities import require_capabilities
+from ._capabilities import refuse_delay, require_capabilities
 from ._codec import decoder_for
 from ._consumer import Consumer
 from ._cron import CatchUp, cron
@@ -533,6 +533,8 @@ class App:
         cls = type(payload)
         if cls is not dict and (topic, cls) not in self._typed:
             self._learn(topic, cls)
+        if delay is not None:
+            refuse_delay(self._transport, self.broker)
         return make_record(topic, payload, key, headers, delay, partition)
 
 
