@@ -14,11 +14,11 @@ the tests also name their topics and groups uniquely). Where a URL needs other f
 (a server a session fixture starts, ``tmp_path``, parameters), leave ``url_factory`` out
 and define a fixture ``tidings_url`` returning the URL for one test instead.
 
-Each test runs if the transport declares what it needs (:attr:`Transport.capabilities
-<tidings.ports.Transport.capabilities>`); for a capability it does not declare, the test
-asserts the refusal (a :class:`~tidings.ConfigurationError` naming it, at start or at the
-call) instead. Group members are OS processes (``python -m tidings.testing._member``,
-crashed with SIGKILL) where the transport is ``shared_between_processes``. The port's own
+Each test runs if the transport declares what it needs (``Transport.capabilities``);
+for a capability it does not declare, the test asserts the refusal (a
+:class:`~tidings.ConfigurationError` naming it, at start or at the call) instead. Group
+members are OS processes (``python -m tidings.testing._member``, crashed with SIGKILL)
+where the transport is ``shared_between_processes``. The port's own
 contract (fencing, revoke before reassign) is tested on the transport directly.
 """
 
