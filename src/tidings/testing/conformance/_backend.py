@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class Backend:
         self.url = url
         self.tmp = tmp
         self.members: list[Member] = []
+        self.suffix = uuid.uuid4().hex[:8]
 
     @cached_property
     def name(self) -> str:
@@ -49,8 +51,10 @@ class Backend:
         return App("probe", broker=self.url).transport.shared_between_processes
 
     def app(self, name: str, **kwargs: Any) -> App:
-        """An App on this backend."""
-        return App(name, broker=self.url, **kwargs)
+        """An App on this backend, its name (and so its group) made unique to the test,
+        so tests sharing a broker never share a group: ``app("svc")`` twice in one test
+        is one group."""
+        return App(f"{name}-{self.suffix}", broker=self.url, **kwargs)
 
     async def member(self, topic: str, group: str, *, concurrency: int = 1,
                      sleep: float = 0.0) -> Member:

@@ -32,7 +32,7 @@ def test_a_capability_is_accepted_if_declared_else_refused(
         return
 
     async def main() -> None:
-        app = backend.app(names("svc"))
+        app = backend.app("svc")
         topic = names("accepted")
 
         async def handle(payload: dict[str, Any]) -> None: ...

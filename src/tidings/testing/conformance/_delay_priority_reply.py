@@ -96,8 +96,8 @@ def test_work_queue_runs_higher_priority_first_and_each_item_once(
             await producer.enqueue(queue, {"id": "urgent"}, priority=9)
             await producer.enqueue(queue, {"id": "soon"}, priority=5)
         done: list[str] = []
-        by_worker: dict[str, list[str]] = {"worker-a": [], "worker-b": []}
-        workers = [backend.app(name) for name in by_worker]
+        workers = [backend.app("worker-a"), backend.app("worker-b")]
+        by_worker: dict[str, list[str]] = {worker.name: [] for worker in workers}
         for worker in workers:
             worker.worker(queue)(_recorder(done, by_worker[worker.name]))
         async with workers[0], workers[1]:
@@ -185,7 +185,7 @@ def test_replay_from_earliest_latest_and_a_point_in_time(backend: Backend, names
 
             offsets = await transport.offsets_for_time(topic, middle)
             from tidings import TopicPartition
-            await transport.set_offsets("early", {TopicPartition(topic, p): o
+            await transport.set_offsets(early.name, {TopicPartition(topic, p): o
                                                   for p, o in offsets.items()})
             replayed: list[int] = []
             again = backend.app("early")

@@ -64,7 +64,7 @@ def test_an_exactly_once_handler_can_make_requests(backend: Backend, names: Name
     source, ask = names("orders"), names("ask")
 
     async def main() -> None:
-        app = backend.app(names("billing"))
+        app = backend.app("billing")
         answers: list[int] = []
 
         @app.responder(ask)
@@ -90,7 +90,7 @@ def test_readers_of_transactional_output_reach_lag_0_when_idle(
     source, sink = names("orders"), names("invoices")
 
     async def main() -> None:
-        app, auditor = backend.app(names("billing")), backend.app(names("auditor"))
+        app, auditor = backend.app("billing"), backend.app("auditor")
         seen: list[dict[str, Any]] = []
 
         @app.subscriber(source, exactly_once=True)

@@ -78,7 +78,7 @@ def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(
         assert letter.error_type == "builtins.ValueError"
         assert letter.error_message == "cannot handle 3"
         assert letter.attempts == 3
-        assert letter.group == "svc"
+        assert letter.group == app.name
         assert letter.original_topic == topic
         assert letter.record.key == "same-key"
         assert letter.record.headers["h"] == "v"

@@ -56,7 +56,7 @@ def test_every_handler_call_and_every_append_goes_through_the_middleware(
 
     async def main() -> None:
         recorder = Recorder()
-        app = backend.app(names("svc"), middleware=[recorder])
+        app = backend.app("svc", middleware=[recorder])
         done: list[str] = []
 
         @app.subscriber(topic)
@@ -126,7 +126,7 @@ def test_a_raising_middleware_counts_as_its_handler_or_publish_raising(
     topic = names("mw-raise")
 
     async def main() -> None:
-        app = backend.app(names("svc"), middleware=[Raising()], retry=FAST)
+        app = backend.app("svc", middleware=[Raising()], retry=FAST)
         called: list[int] = []
 
         @app.subscriber(topic)
@@ -163,8 +163,8 @@ def test_an_idle_group_has_lag_0_and_waiting_messages_are_lag(
     topic = names("lag")
 
     async def main() -> None:
-        group = names("svc")
-        app = backend.app(group)
+        app = backend.app("svc")
+        group = app.name
         handled: list[int] = []
 
         @app.subscriber(topic, concurrency=32)

@@ -96,13 +96,13 @@ def test_every_group_gets_every_message(backend: Backend, names: Names) -> None:
     async def main() -> None:
         producer = backend.app("producer")
         billing, shipping = backend.app("billing"), backend.app("shipping")
-        seen: dict[str, list[int]] = {"billing": [], "shipping": []}
+        seen: dict[str, list[int]] = {billing.name: [], shipping.name: []}
         for app in (billing, shipping):
             app.subscriber(topic)(_numbers(seen[app.name]))
         async with producer, billing, shipping:
             await producer.publish_many(topic, [{"n": i} for i in range(50)])
             await eventually(lambda: all(len(v) == 50 for v in seen.values()))
-        assert sorted(seen["billing"]) == sorted(seen["shipping"]) == list(range(50))
+        assert sorted(seen[billing.name]) == sorted(seen[shipping.name]) == list(range(50))
 
     asyncio.run(main())
 
