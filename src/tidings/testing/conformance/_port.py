@@ -5,7 +5,6 @@ members hold one partition at once; a member commits nothing for a partition it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Collection
 
@@ -44,6 +43,7 @@ class PortMember:
         self.subscription: Subscription | None = None
         self.loop: asyncio.Task[None] | None = None
         self.left = False
+        self.stopping = False
         self.revoking = 0.2  # seconds on_revoked takes, as in-flight work finishing would
 
     def join(self, group: str, topic: str) -> None:
@@ -53,7 +53,7 @@ class PortMember:
 
     async def _fetch_forever(self) -> None:
         assert self.subscription is not None
-        while True:
+        while not self.stopping:
             for record in await self.subscription.fetch(100, 0.1):
                 tp = TopicPartition(record.topic, record.partition)
                 if self.ledger.owners.get(tp) != self.name:
@@ -63,12 +63,12 @@ class PortMember:
                 self.positions[tp] = record.offset + 1
 
     async def pause(self) -> None:
-        """Stop fetching (still a member, until its lease runs out)."""
+        """Stop fetching once the fetch under way returns (as the runtime does: a fetch
+        is never cancelled in the middle of a rebalance), still a member."""
         if self.loop is not None:
-            self.loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.loop
-            self.loop = None
+            self.stopping = True
+            await self.loop
+            self.loop, self.stopping = None, False
 
     async def leave(self) -> None:
         """Leave the group in order (revoking first), and close the transport."""
