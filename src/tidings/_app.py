@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 
 from ._backends import load_transport
 from ._batch import batch_process
-from ._capabilities import require_capabilities
+from ._capabilities import refuse_delay, require_capabilities
 from ._codec import decoder_for
 from ._consumer import DEFAULT_MAX_IN_FLIGHT_BYTES, Consumer
 from ._cron import CatchUp, cron
@@ -377,6 +377,8 @@ class App:
         exactly-once handler it is held and appended with the handler's offset commit
         (``partition`` and ``offset`` of the result are then None)."""
         self._seen(topic, payload)
+        if delay is not None:
+            refuse_delay(self._transport, self.broker)
         out = make_record(topic, payload, key, headers, delay, partition)
         position = (await self._appending([out]))[0]
         return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
@@ -388,6 +390,8 @@ class App:
     ) -> Published:
         """``publish`` with the runtime's own ``reserved`` headers (``tidings-*``), which
         a caller's ``headers`` may not hold: cron ticks, work queues, rules, sagas."""
+        if delay is not None:
+            refuse_delay(self._transport, self.broker)
         out = make_record(topic, payload, key, headers, delay, None, reserved)
         position = (await self._appending([out]))[0]
         return Published(out.headers[Headers.ID], topic, position.partition, position.offset)
@@ -415,11 +419,13 @@ class App:
     async def _publish_batch(self, messages: Iterable[Outgoing], kind: str) -> PublishedMany:
         """``publish_batch`` as an append of ``kind``. The outbox relay's ("relay") carry
         the headers the runtime gave its rows when they were recorded (their ids)."""
+        messages = list(messages)
+        if any(m.delay is not None for m in messages):
+            refuse_delay(self._transport, self.broker)
         if kind == "relay":
             outs = [make_record(m.topic, m.payload, m.key, None, m.delay, None, m.headers)
                     for m in messages]
         else:
-            messages = list(messages)
             for m in messages:
                 self._seen(m.topic, m.payload)
             outs = [make_record(m.topic, m.payload, m.key, m.headers, m.delay, None)

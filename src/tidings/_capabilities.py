@@ -17,7 +17,7 @@ from .ports import Capability, SupportsTransactions, Transport
 if TYPE_CHECKING:
     from ._subscriber import SubscriberSpec
 
-__all__ = ["needed_capabilities", "require_capabilities"]
+__all__ = ["needed_capabilities", "refuse_delay", "require_capabilities"]
 
 _HINTS = {
     Capability.EXACTLY_ONCE: " (kafka:// has it; for exactly-once effects elsewhere, use "
@@ -61,4 +61,14 @@ def require_capabilities(transport: Transport, broker: str,
             f"{', '.join(handlers)}: exactly_once=True needs a backend that commits appends "
             f"and offsets in one transaction (kafka://), not {where!r}; "
             "for exactly-once effects here, use the inbox of tidings.sqlalchemy"
+        )
+
+
+def refuse_delay(transport: Transport, broker: str) -> None:
+    """Raise :class:`~tidings.ConfigurationError` for a delay ``transport`` cannot keep."""
+    if Capability.DELAY not in transport.capabilities:
+        where = broker.split("?")[0]
+        raise ConfigurationError(
+            f"delay= needs the 'delay' capability, which the {transport.system} backend "
+            f"({where!r}) does not have"
         )

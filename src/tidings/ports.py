@@ -5,7 +5,8 @@ Everything else tidings offers (typed handlers, retries with backoff, dead lette
 request/reply, work queues, outbox relays) is built once, above this port, for every
 backend. Each backend lives in ``tidings.backends.<scheme>`` and is loaded by name.
 
-Semantics every transport must honour (the conformance suite checks them):
+Semantics every transport must honour (the conformance suite,
+:mod:`tidings.testing.conformance`, checks them on any backend):
 
 * ``append`` returns only once the records are durable. Records with the same key go
   to the same partition and keep their order. ``deliver_at`` in the future keeps a
@@ -15,14 +16,17 @@ Semantics every transport must honour (the conformance suite checks them):
   A member that stops heartbeating loses its partitions to the others.
 * Before a member gives a partition up it awaits ``listener.on_revoked`` so the runtime
   can finish in-flight work and commit; ``on_lost`` is called instead when ownership
-  was already lost (no commit is possible). ``commit`` of a partition the member no
-  longer owns raises :class:`~tidings.FencedError`.
+  was already lost (no commit is possible). Only then may another member get it: no two
+  members hold one partition at once. ``commit`` of a partition the member no longer
+  owns raises :class:`~tidings.FencedError`.
 * ``subscribe(group=None)`` reads every partition without a group (tail, replies).
 
 Capabilities are declared, not discovered by failing: each transport lists in
 :attr:`Transport.capabilities` what it honours (:class:`Capability`), and an App refuses
 at start, naming the backend and the capability, a subscriber option the transport
-cannot honour (see ``docs/backends.md`` for the matrix).
+cannot honour (see ``docs/backends.md`` for the matrix), and a ``delay`` at the call. A
+transport without :attr:`Capability.REPLAY` raises :class:`~tidings.ConfigurationError`
+from ``set_offsets`` and ``offsets_for_time``.
 
 Optional: a transport that can append records and commit offsets in one transaction
 (Kafka) also implements :class:`SupportsTransactions`; exactly-once subscribers need it.

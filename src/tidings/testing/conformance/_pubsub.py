@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from tidings import ConfigurationError, Message, NotRunningError, SerializationError
-from tidings.ports import Capability
-
-from .util import eventually
+from ... import ConfigurationError, Message, NotRunningError, SerializationError
+from ...ports import Capability
+from ._backend import Backend
+from ._requires import requires
+from ._util import Handler, Names, eventually
 
 
 class UserRegistered(BaseModel):
@@ -20,7 +22,8 @@ class UserRegistered(BaseModel):
     username: str
 
 
-def test_delivery_with_typed_payload_and_envelope(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_delivery_with_typed_payload_and_envelope(backend: Backend, names: Names) -> None:
     topic = names("users")
 
     async def main() -> None:
@@ -54,12 +57,13 @@ def test_delivery_with_typed_payload_and_envelope(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_dict_bytes_and_model_payloads(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_dict_bytes_and_model_payloads(backend: Backend, names: Names) -> None:
     topic_d, topic_b = names("dicts"), names("bytes")
 
     async def main() -> None:
         app = backend.app("svc")
-        dicts: list[dict] = []
+        dicts: list[dict[str, Any]] = []
         blobs: list[bytes] = []
         app.subscriber(topic_d)(_collector(dicts))
         app.subscriber(topic_b)(_bytes_collector(blobs))
@@ -73,42 +77,44 @@ def test_dict_bytes_and_model_payloads(backend, names) -> None:
     asyncio.run(main())
 
 
-def _collector(out: list[dict]):
-    async def collect(payload: dict) -> None:
+def _collector(out: list[dict[str, Any]]) -> Handler:
+    async def collect(payload: dict[str, Any]) -> None:
         out.append(payload)
     return collect
 
 
-def _bytes_collector(out: list[bytes]):
+def _bytes_collector(out: list[bytes]) -> Handler:
     async def collect(payload: bytes) -> None:
         out.append(payload)
     return collect
 
 
-def test_every_group_gets_every_message(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_every_group_gets_every_message(backend: Backend, names: Names) -> None:
     topic = names("orders")
 
     async def main() -> None:
         producer = backend.app("producer")
         billing, shipping = backend.app("billing"), backend.app("shipping")
-        seen: dict[str, list[int]] = {"billing": [], "shipping": []}
+        seen: dict[str, list[int]] = {billing.name: [], shipping.name: []}
         for app in (billing, shipping):
             app.subscriber(topic)(_numbers(seen[app.name]))
         async with producer, billing, shipping:
             await producer.publish_many(topic, [{"n": i} for i in range(50)])
             await eventually(lambda: all(len(v) == 50 for v in seen.values()))
-        assert sorted(seen["billing"]) == sorted(seen["shipping"]) == list(range(50))
+        assert sorted(seen[billing.name]) == sorted(seen[shipping.name]) == list(range(50))
 
     asyncio.run(main())
 
 
-def _numbers(out: list[int]):
-    async def collect(payload: dict) -> None:
+def _numbers(out: list[int]) -> Handler:
+    async def collect(payload: dict[str, Any]) -> None:
         out.append(payload["n"])
     return collect
 
 
-def test_handler_publishes_with_causation_and_correlation(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_handler_publishes_with_causation_and_correlation(backend: Backend, names: Names) -> None:
     first, second = names("first"), names("second")
 
     async def main() -> None:
@@ -116,11 +122,11 @@ def test_handler_publishes_with_causation_and_correlation(backend, names) -> Non
         seen: list[Message] = []
 
         @app.subscriber(first)
-        async def relay(payload: dict) -> None:
+        async def relay(payload: dict[str, Any]) -> None:
             await app.publish(second, payload)
 
         @app.subscriber(second)
-        async def sink(payload: dict, message: Message) -> None:
+        async def sink(payload: dict[str, Any], message: Message) -> None:
             seen.append(message)
 
         async with app:
@@ -132,7 +138,7 @@ def test_handler_publishes_with_causation_and_correlation(backend, names) -> Non
     asyncio.run(main())
 
 
-def test_bad_input_is_rejected_before_anything_is_sent(backend, names) -> None:
+def test_bad_input_is_rejected_before_anything_is_sent(backend: Backend, names: Names) -> None:
     topic = names("bad")
 
     async def main() -> None:
@@ -152,7 +158,7 @@ def test_bad_input_is_rejected_before_anything_is_sent(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_two_handlers_on_one_topic_in_one_group_is_an_error(backend, names) -> None:
+def test_two_handlers_on_one_topic_in_one_group_is_an_error(backend: Backend, names: Names) -> None:
     app = backend.app("svc")
     app.subscriber(names("t"))(_collector([]))
     with pytest.raises(ConfigurationError, match="split"):
@@ -160,7 +166,8 @@ def test_two_handlers_on_one_topic_in_one_group_is_an_error(backend, names) -> N
     app.subscriber(names("t"), group="other")(_collector([]))
 
 
-def test_publisher_never_waits_for_consumers(backend, names) -> None:
+@requires(Capability.GROUPS, Capability.ORDER_PER_KEY)
+def test_publisher_never_waits_for_consumers(backend: Backend, names: Names) -> None:
     topic = names("levelling")
 
     async def main() -> None:
@@ -168,7 +175,7 @@ def test_publisher_never_waits_for_consumers(backend, names) -> None:
         handled: list[int] = []
 
         @slow.subscriber(topic, max_in_flight=5, concurrency=5)
-        async def crawl(payload: dict) -> None:
+        async def crawl(payload: dict[str, Any]) -> None:
             await asyncio.sleep(0.2)
             handled.append(payload["n"])
 

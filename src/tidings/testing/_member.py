@@ -1,6 +1,6 @@
 """A group member for the conformance suite, run as its own OS process.
 
-Usage: python member.py BROKER TOPIC GROUP OUTFILE [--concurrency N] [--sleep S]
+Usage: python -m tidings.testing._member BROKER TOPIC GROUP OUTFILE [--concurrency N] [--sleep S]
 Every handled message is appended to OUTFILE as one JSON line (atomic O_APPEND write),
 so a SIGKILL loses nothing that was reported as handled.
 """
@@ -13,15 +13,16 @@ import json
 import os
 import sys
 
-from tidings import App, Message
+from .. import App, Message
 
 
 def build(broker: str, topic: str, group: str, outfile: str, concurrency: int, sleep: float) -> App:
+    """An App whose one subscriber appends what it handles to ``outfile``."""
     app = App(group, broker=broker, shutdown_timeout=10)
     fd = os.open(outfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     @app.subscriber(topic, group=group, concurrency=concurrency)
-    async def handle(payload: dict, message: Message) -> None:  # type: ignore[type-arg]
+    async def handle(payload: dict[str, int], message: Message) -> None:
         if sleep:
             await asyncio.sleep(sleep)
         line = {"n": payload["n"], "key": message.key, "pid": os.getpid(),
@@ -32,6 +33,7 @@ def build(broker: str, topic: str, group: str, outfile: str, concurrency: int, s
 
 
 def main() -> None:
+    """Run one member until SIGTERM (or SIGKILL); print ``ready`` once it is built."""
     parser = argparse.ArgumentParser()
     for name in ("broker", "topic", "group", "outfile"):
         parser.add_argument(name)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import uuid
 
-from ._app import App
-from ._testbus import FakeClock, TestBus
+from .._app import App
+from .._testbus import FakeClock, TestBus
 
 __all__ = ["FakeClock", "TestBus", "crash", "memory_url"]
 

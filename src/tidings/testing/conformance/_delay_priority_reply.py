@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from tidings import ConfigurationError, RemoteError, RequestTimeoutError, Start
+from ... import ConfigurationError, RemoteError, RequestTimeoutError, Start
+from ...ports import Capability
+from ._backend import Backend
+from ._requires import requires
+from ._util import Handler, Names, eventually
 
-from .util import eventually
 
-
-def test_delayed_messages_arrive_not_before_their_time(backend, names) -> None:
+@requires(Capability.GROUPS, Capability.DELAY)
+def test_delayed_messages_arrive_not_before_their_time(backend: Backend, names: Names) -> None:
     topic = names("later")
 
     async def main() -> None:
@@ -22,7 +26,7 @@ def test_delayed_messages_arrive_not_before_their_time(backend, names) -> None:
         got: list[tuple[str, float]] = []
 
         @app.subscriber(topic)
-        async def handle(payload: dict) -> None:
+        async def handle(payload: dict[str, Any]) -> None:
             got.append((payload["id"], time.time()))
 
         async with app:
@@ -41,7 +45,8 @@ def test_delayed_messages_arrive_not_before_their_time(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_delayed_message_survives_the_publisher_going_away(backend, names) -> None:
+@requires(Capability.GROUPS, Capability.DELAY)
+def test_delayed_message_survives_the_publisher_going_away(backend: Backend, names: Names) -> None:
     topic = names("durable-delay")
 
     async def main() -> None:
@@ -52,7 +57,7 @@ def test_delayed_message_survives_the_publisher_going_away(backend, names) -> No
         got: list[int] = []
 
         @consumer.subscriber(topic)
-        async def handle(payload: dict) -> None:
+        async def handle(payload: dict[str, Any]) -> None:
             got.append(payload["id"])
 
         async with consumer:
@@ -63,7 +68,8 @@ def test_delayed_message_survives_the_publisher_going_away(backend, names) -> No
     asyncio.run(main())
 
 
-def test_bad_delays_are_rejected(backend, names) -> None:
+@requires(Capability.DELAY, Capability.PRIORITY)
+def test_bad_delays_are_rejected(backend: Backend, names: Names) -> None:
     async def main() -> None:
         app = backend.app("svc")
         async with app:
@@ -77,7 +83,9 @@ def test_bad_delays_are_rejected(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_work_queue_runs_higher_priority_first_and_each_item_once(backend, names) -> None:
+@requires(Capability.GROUPS, Capability.PRIORITY)
+def test_work_queue_runs_higher_priority_first_and_each_item_once(
+        backend: Backend, names: Names) -> None:
     queue = names("jobs")
 
     async def main() -> None:
@@ -88,8 +96,8 @@ def test_work_queue_runs_higher_priority_first_and_each_item_once(backend, names
             await producer.enqueue(queue, {"id": "urgent"}, priority=9)
             await producer.enqueue(queue, {"id": "soon"}, priority=5)
         done: list[str] = []
-        by_worker: dict[str, list[str]] = {"worker-a": [], "worker-b": []}
-        workers = [backend.app(name) for name in by_worker]
+        workers = [backend.app("worker-a"), backend.app("worker-b")]
+        by_worker: dict[str, list[str]] = {worker.name: [] for worker in workers}
         for worker in workers:
             worker.worker(queue)(_recorder(done, by_worker[worker.name]))
         async with workers[0], workers[1]:
@@ -105,8 +113,8 @@ def test_work_queue_runs_higher_priority_first_and_each_item_once(backend, names
     asyncio.run(main())
 
 
-def _recorder(done: list[str], mine: list[str]):
-    async def work(item: dict) -> None:
+def _recorder(done: list[str], mine: list[str]) -> Handler:
+    async def work(item: dict[str, Any]) -> None:
         await asyncio.sleep(0.01)
         done.append(item["id"])
         mine.append(item["id"])
@@ -117,18 +125,19 @@ class Sum(BaseModel):
     total: int
 
 
-def test_request_reply(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_request_reply(backend: Backend, names: Names) -> None:
     topic, broken, nobody = names("add"), names("broken"), names("nobody")
 
     async def main() -> None:
         server, client = backend.app("calculator"), backend.app("client")
 
         @server.responder(topic)
-        async def add(body: dict) -> dict:
+        async def add(body: dict[str, Any]) -> dict[str, Any]:
             return {"total": body["a"] + body["b"]}
 
         @server.responder(broken)
-        async def fail(body: dict) -> dict:
+        async def fail(body: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("division by zero")
 
         async with server, client:
@@ -150,7 +159,8 @@ def test_request_reply(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_replay_from_earliest_latest_and_a_point_in_time(backend, names) -> None:
+@requires(Capability.GROUPS, Capability.REPLAY)
+def test_replay_from_earliest_latest_and_a_point_in_time(backend: Backend, names: Names) -> None:
     topic = names("history")
 
     async def main() -> None:
@@ -175,7 +185,7 @@ def test_replay_from_earliest_latest_and_a_point_in_time(backend, names) -> None
 
             offsets = await transport.offsets_for_time(topic, middle)
             from tidings import TopicPartition
-            await transport.set_offsets("early", {TopicPartition(topic, p): o
+            await transport.set_offsets(early.name, {TopicPartition(topic, p): o
                                                   for p, o in offsets.items()})
             replayed: list[int] = []
             again = backend.app("early")
@@ -188,7 +198,7 @@ def test_replay_from_earliest_latest_and_a_point_in_time(backend, names) -> None
     asyncio.run(main())
 
 
-def _collect(out: list[int]):
-    async def handle(payload: dict) -> None:
+def _collect(out: list[int]) -> Handler:
+    async def handle(payload: dict[str, Any]) -> None:
         out.append(payload["n"])
     return handle

@@ -8,9 +8,12 @@ import asyncio
 import pytest
 from pydantic import BaseModel
 
-from tidings import ConfigurationError, DecodeError, Message, RetryPolicy
-
-from .util import eventually, wait_letters
+from ... import ConfigurationError, DecodeError, Message, RetryPolicy
+from ..._dlq import DeadLetter
+from ...ports import Capability
+from ._backend import Backend
+from ._requires import requires
+from ._util import Names, eventually, wait_letters
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.02, jitter=0)
 
@@ -20,7 +23,8 @@ class Order(BaseModel):
     user: str
 
 
-def test_batches_of_typed_payloads_in_per_key_order(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_batches_of_typed_payloads_in_per_key_order(backend: Backend, names: Names) -> None:
     topic = names("batched")
 
     async def main() -> None:
@@ -53,7 +57,9 @@ def test_batches_of_typed_payloads_in_per_key_order(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_poison_record_is_dead_lettered_alone_and_its_batch_runs(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_poison_record_is_dead_lettered_alone_and_its_batch_runs(
+        backend: Backend, names: Names) -> None:
     topic = names("batch-poison")
 
     async def main() -> None:
@@ -78,8 +84,9 @@ def test_poison_record_is_dead_lettered_alone_and_its_batch_runs(backend, names)
     asyncio.run(main())
 
 
+@requires(Capability.GROUPS)
 def test_failing_batch_is_retried_whole_then_dead_lettered_record_by_record(
-    backend, names
+    backend: Backend, names: Names
 ) -> None:
     topic = names("batch-fail")
 
@@ -114,13 +121,13 @@ def test_failing_batch_is_retried_whole_then_dead_lettered_record_by_record(
     asyncio.run(main())
 
 
-async def _all_letters(backend, topic: str, count: int) -> list:
+async def _all_letters(backend: Backend, topic: str, count: int) -> list[DeadLetter]:
     app = backend.app("admin")
     async with app:
         return await wait_letters(app, topic, count)
 
 
-def test_batch_declarations_are_checked(backend, names) -> None:
+def test_batch_declarations_are_checked(backend: Backend, names: Names) -> None:
     app = backend.app("svc")
     with pytest.raises(ConfigurationError, match="list of payloads"):
         @app.subscriber(names("a"), batch=True)

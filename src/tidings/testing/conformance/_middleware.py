@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tidings import (
+from ... import (
     AppendCall,
     AppendNext,
     CallNext,
@@ -20,8 +20,10 @@ from tidings import (
     Position,
     RetryPolicy,
 )
-
-from .util import eventually, wait_letters
+from ...ports import Capability
+from ._backend import Backend
+from ._requires import requires
+from ._util import Names, eventually, wait_letters
 
 FAST = RetryPolicy(max_attempts=2, backoff=0.02, jitter=0)
 
@@ -47,13 +49,14 @@ class Recorder(Middleware):
         return await call_next(call)
 
 
+@requires(Capability.GROUPS, Capability.PRIORITY)
 def test_every_handler_call_and_every_append_goes_through_the_middleware(
-        backend, names) -> None:
+        backend: Backend, names: Names) -> None:
     topic, batch, queue, ask, bad = (names(n) for n in ("pub", "batch", "q", "ask", "bad"))
 
     async def main() -> None:
         recorder = Recorder()
-        app = backend.app(names("svc"), middleware=[recorder])
+        app = backend.app("svc", middleware=[recorder])
         done: list[str] = []
 
         @app.subscriber(topic)
@@ -117,12 +120,13 @@ class Raising(Middleware):
         return await call_next(call)
 
 
+@requires(Capability.GROUPS)
 def test_a_raising_middleware_counts_as_its_handler_or_publish_raising(
-        backend, names) -> None:
+        backend: Backend, names: Names) -> None:
     topic = names("mw-raise")
 
     async def main() -> None:
-        app = backend.app(names("svc"), middleware=[Raising()], retry=FAST)
+        app = backend.app("svc", middleware=[Raising()], retry=FAST)
         called: list[int] = []
 
         @app.subscriber(topic)
@@ -141,11 +145,11 @@ def test_a_raising_middleware_counts_as_its_handler_or_publish_raising(
     asyncio.run(main())
 
 
-def test_a_middleware_of_the_wrong_shape_is_refused_with_the_expected_one(backend) -> None:
+def test_a_middleware_of_the_wrong_shape_is_refused_with_the_expected_one(backend: Backend) -> None:
     app = backend.app("svc")
 
     class Sync(Middleware):
-        def handle(self, call: HandlerCall, call_next: CallNext) -> Any:  # type: ignore[override]
+        def handle(self, call: HandlerCall, call_next: CallNext) -> Any:
             return call_next(call)
 
     for wrong in (lambda call, call_next: None, Recorder, Sync()):
@@ -153,12 +157,14 @@ def test_a_middleware_of_the_wrong_shape_is_refused_with_the_expected_one(backen
             app.add_middleware(wrong)  # type: ignore[arg-type]
 
 
-def test_an_idle_group_has_lag_0_and_waiting_messages_are_lag(backend, names) -> None:
+@requires(Capability.GROUPS, Capability.ORDER_PER_KEY)
+def test_an_idle_group_has_lag_0_and_waiting_messages_are_lag(
+        backend: Backend, names: Names) -> None:
     topic = names("lag")
 
     async def main() -> None:
-        group = names("svc")
-        app = backend.app(group)
+        app = backend.app("svc")
+        group = app.name
         handled: list[int] = []
 
         @app.subscriber(topic, concurrency=32)

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, defaultdict
+from typing import Any
 
-from tidings import Message
+from ... import Message
+from ...ports import Capability
+from ._backend import Backend
+from ._requires import requires
+from ._util import Handler, Names, eventually
 
-from .util import eventually
 
-
-async def _publish(backend, topic: str, count: int, keys: int = 16, start: int = 0) -> None:
+async def _publish(
+        backend: Backend, topic: str, count: int, keys: int = 16, start: int = 0) -> None:
     app = backend.app("producer")
     async with app:
         for base in range(start, start + count, 100):
@@ -20,7 +24,8 @@ async def _publish(backend, topic: str, count: int, keys: int = 16, start: int =
             await app.publish_many(topic, batch, key=lambda p: f"k{p['n'] % keys}")
 
 
-def test_members_of_a_group_split_the_work(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_members_of_a_group_split_the_work(backend: Backend, names: Names) -> None:
     topic, group = names("work"), names("workers")
 
     async def main() -> None:
@@ -42,7 +47,8 @@ def test_members_of_a_group_split_the_work(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_crashed_member_work_moves_to_survivor(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_crashed_member_work_moves_to_survivor(backend: Backend, names: Names) -> None:
     topic, group = names("crash"), names("workers")
 
     async def main() -> None:
@@ -64,7 +70,8 @@ def test_crashed_member_work_moves_to_survivor(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_orderly_join_and_leave_lose_and_repeat_nothing(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_orderly_join_and_leave_lose_and_repeat_nothing(backend: Backend, names: Names) -> None:
     topic, group = names("rebalance"), names("workers")
 
     async def main() -> None:
@@ -85,7 +92,7 @@ def test_orderly_join_and_leave_lose_and_repeat_nothing(backend, names) -> None:
     asyncio.run(main())
 
 
-async def _slow_publish(backend, topic: str, count: int) -> None:
+async def _slow_publish(backend: Backend, topic: str, count: int) -> None:
     app = backend.app("producer")
     async with app:
         for i in range(count):
@@ -94,7 +101,8 @@ async def _slow_publish(backend, topic: str, count: int) -> None:
                 await asyncio.sleep(0.05)
 
 
-def test_per_key_order_with_concurrency(backend, names) -> None:
+@requires(Capability.GROUPS, Capability.ORDER_PER_KEY)
+def test_per_key_order_with_concurrency(backend: Backend, names: Names) -> None:
     topic = names("ordered")
 
     async def main() -> None:
@@ -103,7 +111,7 @@ def test_per_key_order_with_concurrency(backend, names) -> None:
         running = {"now": 0, "max": 0}
 
         @app.subscriber(topic, concurrency=8)
-        async def handle(payload: dict, message: Message) -> None:
+        async def handle(payload: dict[str, Any], message: Message) -> None:
             running["now"] += 1
             running["max"] = max(running["max"], running["now"])
             await asyncio.sleep(random.uniform(0, 0.004))
@@ -124,7 +132,9 @@ def test_per_key_order_with_concurrency(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_graceful_shutdown_finishes_in_flight_work_and_commits(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_graceful_shutdown_finishes_in_flight_work_and_commits(
+        backend: Backend, names: Names) -> None:
     topic = names("graceful")
 
     async def main() -> None:
@@ -132,7 +142,7 @@ def test_graceful_shutdown_finishes_in_flight_work_and_commits(backend, names) -
         finished: list[int] = []
 
         @app.subscriber(topic)
-        async def slow(payload: dict) -> None:
+        async def slow(payload: dict[str, Any]) -> None:
             await asyncio.sleep(0.5)
             finished.append(payload["n"])
 
@@ -154,20 +164,21 @@ def test_graceful_shutdown_finishes_in_flight_work_and_commits(backend, names) -
     asyncio.run(main())
 
 
-def _collect(out: list[int]):
-    async def handle(payload: dict) -> None:
+def _collect(out: list[int]) -> Handler:
+    async def handle(payload: dict[str, Any]) -> None:
         out.append(payload["n"])
     return handle
 
 
-def test_a_draining_handler_may_still_publish(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_a_draining_handler_may_still_publish(backend: Backend, names: Names) -> None:
     topic, out = names("drain"), names("drain-out")
 
     async def main() -> None:
         app = backend.app("svc")
 
         @app.subscriber(topic)
-        async def slow(payload: dict) -> None:
+        async def slow(payload: dict[str, Any]) -> None:
             await asyncio.sleep(0.5)
             await app.publish(out, payload)  # after stop() began: still allowed
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import pytest
 
-from tidings import DecodeError, Headers, Message, RetryPolicy
-
-from .util import eventually, wait_letters
+from ... import DecodeError, Headers, Message, RetryPolicy
+from ..._dlq import DeadLetter
+from ...ports import Capability
+from ._backend import Backend
+from ._requires import requires
+from ._util import Handler, Names, eventually, wait_letters
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.02, jitter=0)
 
 
-def test_retry_until_success(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_retry_until_success(backend: Backend, names: Names) -> None:
     topic = names("flaky")
 
     async def main() -> None:
@@ -23,7 +28,7 @@ def test_retry_until_success(backend, names) -> None:
         attempts: list[tuple[int, float]] = []
 
         @app.subscriber(topic, retry=FAST)
-        async def flaky(payload: dict, message: Message) -> None:
+        async def flaky(payload: dict[str, Any], message: Message) -> None:
             attempts.append((message.attempt, time.monotonic()))
             if message.attempt < 3:
                 raise ConnectionError("try again")
@@ -41,13 +46,15 @@ def test_retry_until_success(backend, names) -> None:
     asyncio.run(main())
 
 
-async def _pending(backend, topic: str) -> list:
+async def _pending(backend: Backend, topic: str) -> list[DeadLetter]:
     app = backend.app("admin")
     async with app:
         return await app.dead_letters(topic).pending()
 
 
-def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(
+        backend: Backend, names: Names) -> None:
     topic = names("poison")
 
     async def main() -> None:
@@ -55,7 +62,7 @@ def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(backe
         good: list[int] = []
 
         @app.subscriber(topic, retry=FAST)
-        async def handle(payload: dict) -> None:
+        async def handle(payload: dict[str, Any]) -> None:
             if payload["n"] == 3:
                 raise ValueError("cannot handle 3")
             good.append(payload["n"])
@@ -71,7 +78,7 @@ def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(backe
         assert letter.error_type == "builtins.ValueError"
         assert letter.error_message == "cannot handle 3"
         assert letter.attempts == 3
-        assert letter.group == "svc"
+        assert letter.group == app.name
         assert letter.original_topic == topic
         assert letter.record.key == "same-key"
         assert letter.record.headers["h"] == "v"
@@ -80,14 +87,16 @@ def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(backe
     asyncio.run(main())
 
 
+@requires(Capability.GROUPS, Capability.ORDER_PER_KEY)
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_retrying_record_holds_back_only_its_own_key_in_order(
-        backend, names, concurrency: int) -> None:
+        backend: Backend, names: Names, concurrency: int) -> None:
     """Axon's ordering-preserving retry, not Spring's retry topics: while a record waits
     for its retry, the later records of its key wait behind it, in order (those
     fetched before the failure and after it), and the other keys of the partition go on."""
     topic = names("parked")
-    failures = {("slow", 0): 2, ("slow", 2): 1}  # (key, seq): attempts that fail
+    # (key, seq): attempts that fail
+    failures: dict[tuple[str | None, int], int] = {("slow", 0): 2, ("slow", 2): 1}
 
     async def main() -> None:
         app = backend.app("svc")
@@ -95,7 +104,7 @@ def test_a_retrying_record_holds_back_only_its_own_key_in_order(
 
         @app.subscriber(topic, concurrency=concurrency,
                         retry=RetryPolicy(max_attempts=5, backoff=0.3, jitter=0))
-        async def handle(payload: dict, message: Message) -> None:
+        async def handle(payload: dict[str, Any], message: Message) -> None:
             item = (message.key, payload["seq"])
             if failures.get(item, 0) >= message.attempt:
                 raise ConnectionError("not yet")
@@ -119,15 +128,16 @@ def test_a_retrying_record_holds_back_only_its_own_key_in_order(
     asyncio.run(main())
 
 
-def test_undecodable_message_is_dead_lettered_at_once(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_undecodable_message_is_dead_lettered_at_once(backend: Backend, names: Names) -> None:
     topic = names("typed")
 
     async def main() -> None:
         app = backend.app("svc")
-        ok: list[dict] = []
+        ok: list[dict[str, Any]] = []
 
         @app.subscriber(topic, retry=RetryPolicy(max_attempts=5, backoff=1))
-        async def handle(payload: dict) -> None:
+        async def handle(payload: dict[str, Any]) -> None:
             ok.append(payload)
 
         async with app:
@@ -143,7 +153,8 @@ def test_undecodable_message_is_dead_lettered_at_once(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_give_up_on_skips_retries(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_give_up_on_skips_retries(backend: Backend, names: Names) -> None:
     topic = names("fatal")
 
     async def main() -> None:
@@ -151,7 +162,7 @@ def test_give_up_on_skips_retries(backend, names) -> None:
         calls: list[int] = []
 
         @app.subscriber(topic, retry=RetryPolicy(max_attempts=5, give_up_on=(KeyError,)))
-        async def handle(payload: dict, message: Message) -> None:
+        async def handle(payload: dict[str, Any], message: Message) -> None:
             calls.append(message.attempt)
             raise KeyError("missing")
 
@@ -164,7 +175,8 @@ def test_give_up_on_skips_retries(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_redrive_goes_to_the_failed_group_only(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_redrive_goes_to_the_failed_group_only(backend: Backend, names: Names) -> None:
     topic = names("redrive")
 
     async def main() -> None:
@@ -174,7 +186,7 @@ def test_redrive_goes_to_the_failed_group_only(backend, names) -> None:
         healthy_seen: list[int] = []
 
         @broken.subscriber(topic, retry=RetryPolicy.never())
-        async def fails_until_fixed(payload: dict) -> None:
+        async def fails_until_fixed(payload: dict[str, Any]) -> None:
             if not state["fixed"]:
                 raise RuntimeError("bug")
             broken_seen.append(payload["n"])
@@ -195,14 +207,15 @@ def test_redrive_goes_to_the_failed_group_only(backend, names) -> None:
     asyncio.run(main())
 
 
-def test_purge_resolves_pending_dead_letters(backend, names) -> None:
+@requires(Capability.GROUPS)
+def test_purge_resolves_pending_dead_letters(backend: Backend, names: Names) -> None:
     topic = names("purge")
 
     async def main() -> None:
         app = backend.app("svc")
 
         @app.subscriber(topic, retry=RetryPolicy.never())
-        async def fails(payload: dict) -> None:
+        async def fails(payload: dict[str, Any]) -> None:
             raise RuntimeError("nope")
 
         async with app:
@@ -216,7 +229,7 @@ def test_purge_resolves_pending_dead_letters(backend, names) -> None:
     asyncio.run(main())
 
 
-def _collect(out: list[int]):
-    async def handle(payload: dict) -> None:
+def _collect(out: list[int]) -> Handler:
+    async def handle(payload: dict[str, Any]) -> None:
         out.append(payload["n"])
     return handle
