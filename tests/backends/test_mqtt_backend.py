@@ -25,8 +25,6 @@ from mqtt_broker import free_port, running_mosquitto
 from tidings import App, Message, RetryPolicy
 from tidings._records import OutRecord
 
-MEMBER = Path(__file__).resolve().parent.parent / "conformance" / "member.py"
-
 
 @pytest.fixture(scope="module")
 def mqtt_url() -> Iterator[str]:
@@ -140,7 +138,8 @@ async def _start_member(url: str, topic: str, group: str, outfile: Path,
                         tmp: Path) -> subprocess.Popen[bytes]:
     with open(tmp / "member.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(MEMBER), url, topic, group, str(outfile), "--sleep", "0.05"],
+            [sys.executable, "-m", "tidings.testing._member", url, topic, group, str(outfile),
+             "--sleep", "0.05"],
             stdout=subprocess.PIPE, stderr=log,
         )
     assert proc.stdout is not None
