@@ -16,6 +16,7 @@ from shop import Shop, running_shop  # noqa: E402
 
 from kafka_broker import running_tansu  # noqa: E402
 from otlp_collector import Collector, running_collector  # noqa: E402
+from rabbitmq_broker import new_vhost  # noqa: E402
 
 #: (mode, bus): every flow test runs on each.
 SETUPS = [
@@ -23,6 +24,8 @@ SETUPS = [
     ("orchestration", "sqlite"),
     ("choreography", "kafka"),
     ("orchestration", "kafka"),
+    ("choreography", "amqp"),
+    ("orchestration", "amqp"),
 ]
 
 
@@ -43,6 +46,8 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     with ExitStack() as stack:
         # Each Kafka shop gets its own broker: the services use fixed topic and group names.
         broker = stack.enter_context(running_tansu()) if bus == "kafka" else None
+        if bus == "amqp":  # a vhost of its own on the session's RabbitMQ node
+            broker = new_vhost(request.getfixturevalue("amqp_url"), f"shop-{mode}")
         tmp = tmp_path_factory.mktemp(f"shop-{mode}-{bus}")
         yield stack.enter_context(running_shop(tmp, mode, broker, env=tracing))
 
