@@ -74,9 +74,13 @@ bench-kafka: setup
 	  $(FS_VENV)/bin/pip install -q 'faststream[kafka]' pydantic; }
 	$(BIN)/python benchmarks/bench_kafka.py --faststream-python $(FS_VENV)/bin/python
 
-# RabbitMQ (a private node it starts) against the raw aio-pika client.
+# RabbitMQ (a private node it starts) against the raw aio-pika client and FastStream,
+# which goes in a throwaway venv, never in the project's.
+FS_RABBIT_VENV := /tmp/tidings-faststream-rabbit-venv
 bench-amqp: setup system-deps
-	$(BIN)/python benchmarks/bench_amqp.py
+	test -x $(FS_RABBIT_VENV)/bin/python || { $(PYTHON) -m venv $(FS_RABBIT_VENV) && \
+	  $(FS_RABBIT_VENV)/bin/pip install -q 'faststream[rabbit]' pydantic; }
+	$(BIN)/python benchmarks/bench_amqp.py --faststream-python $(FS_RABBIT_VENV)/bin/python
 
 # MQTT (a mosquitto it starts) against the raw paho-mqtt client.
 bench-mqtt: setup system-deps

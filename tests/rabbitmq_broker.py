@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kafka_broker import free_port
 
-__all__ = ["MAX_MESSAGE_SIZE", "control_env", "rabbitmq_binaries", "running_rabbitmq"]
+__all__ = ["MAX_MESSAGE_SIZE", "control_env", "new_vhost", "rabbitmq_binaries", "running_rabbitmq"]
 
 #: AMQP port -> the environment rabbitmqctl needs to reach that running node.
 _NODES: dict[int, dict[str, str]] = {}
@@ -32,6 +32,18 @@ def control_env(url: str) -> dict[str, str]:
     from urllib.parse import urlsplit
 
     return _NODES[urlsplit(url).port or 5672]
+
+def new_vhost(url: str, name: str) -> str:
+    """A new vhost ``name`` on the node of ``url`` (started here), guest allowed on it;
+    its ``amqp://`` URL. Its own vhost isolates a user whose names are fixed (the shop)."""
+    from urllib.parse import quote, urlsplit
+
+    ctl = str(rabbitmq_binaries() / "rabbitmqctl")
+    env = {**os.environ, **control_env(url)}
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
+        subprocess.run([ctl, *args], env=env, check=True, capture_output=True, timeout=60)
+    return urlsplit(url)._replace(path=f"/{quote(name, safe='')}").geturl()
+
 
 _BIN = Path("/usr/lib/rabbitmq/bin")
 #: The test node refuses messages above this (RabbitMQ's default is 128 MiB).

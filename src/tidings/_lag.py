@@ -8,6 +8,7 @@ clamped: a group whose offsets were reset past the end shows a negative lag.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,12 +38,15 @@ async def group_lag(transport: Transport,
     """Lag per partition of every group (or of ``groups``) that has committed offsets
     or members, sorted by group, topic and partition: every partition of each topic the
     group reads, those it never committed counted from their first offset."""
-    topics = await transport.describe_topics()
+    # Asked together: on a broker that finds ends and members by waiting for quiet
+    # (amqp://), each question costs a wait of its own.
+    topics, groups_found = await asyncio.gather(transport.describe_topics(),
+                                                transport.describe_groups())
     ends = {TopicPartition(t.name, p): o for t in topics for p, o in t.end_offsets.items()}
     starts = {TopicPartition(t.name, p): o for t in topics for p, o in t.start_offsets.items()}
     counts = {t.name: t.partitions for t in topics}
     out: list[PartitionLag] = []
-    for info in await transport.describe_groups():
+    for info in groups_found:
         if groups is not None and info.name not in groups:
             continue
         read = {tp.topic for tp in info.committed} | \

@@ -19,6 +19,7 @@ a :class:`Sink`: ``tidings.prometheus`` gives one over prometheus-client,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -179,15 +180,16 @@ class MetricsMiddleware(Middleware):
             await _guarded(self._refresh_sagas(store))
 
     async def _refresh_bus(self, app: App) -> None:
-        for p in await app.lag():
+        # Every query at once: on a broker that finds a stream's end by waiting for it to
+        # stay quiet (amqp://), each one costs that wait, and a scrape would add them up.
+        lags, topics = await asyncio.gather(app.lag(), app.transport.describe_topics())
+        for p in lags:
             self.lag.labels(p.group, p.topic, str(p.partition)).set(p.lag)
-        for info in await app.transport.describe_topics():
-            if info.name.endswith(".dlq"):
-                try:
-                    pending = await app.dead_letters(info.name).pending()
-                except TidingsError:  # trimmed or unreadable meanwhile
-                    continue
-                self.dead_letters.labels(info.name[: -len(".dlq")]).set(len(pending))
+        dlqs = [info.name for info in topics if info.name.endswith(".dlq")]
+        for dlq, pending in zip(dlqs, await asyncio.gather(
+                *(_pending(app, dlq) for dlq in dlqs)), strict=True):
+            if pending is not None:
+                self.dead_letters.labels(dlq[: -len(".dlq")]).set(pending)
         transport = app.transport
         for topic, count in transport.dead_letters_trimmed().items():
             seen = self._trimmed_seen.get((id(transport), topic), 0)
@@ -202,6 +204,14 @@ class MetricsMiddleware(Middleware):
     async def _refresh_sagas(self, store: SagaStore) -> None:
         for status, count in (await store.count_by_status()).items():
             self.sagas.labels(str(status)).set(count)
+
+
+async def _pending(app: App, dlq: str) -> int | None:
+    """How many dead letters of ``dlq`` are pending; None if it cannot be read now."""
+    try:
+        return len(await app.dead_letters(dlq).pending())
+    except TidingsError:  # trimmed or unreadable meanwhile
+        return None
 
 
 async def _guarded(refresh: Awaitable[None]) -> None:

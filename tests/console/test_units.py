@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from pydantic import BaseModel
 
-from tidings import App, testing
+from tidings import App, Record, testing
 from tidings.asyncapi import breaking_changes, document
+from tidings.backends.memory import MemoryBroker, MemoryTransport
+from tidings.console._conversation import find_records
 from tidings.console._redact import redact, redact_url
 
 
@@ -54,3 +59,30 @@ def test_removing_a_message_or_a_required_field_breaks_adding_a_topic_does_not()
         "topic t: M: required field 'b' removed"]
     assert breaking_changes(old, {"channels": {"t": {"address": "t", "messages": {}}}}) == [
         "topic t: message M removed"]
+
+
+def test_a_lookup_reads_the_partitions_at_once() -> None:
+    """Without an index, a conversation lookup reads the newest records of every
+    partition; on a bus whose reads end by waiting (amqp://), it costs about one read,
+    not one per partition."""
+    wait = 0.3
+
+    class SlowReads(MemoryTransport):
+        async def read(self, topic: str, partition: int, offset: int, limit: int
+                       ) -> list[Record]:
+            await asyncio.sleep(wait)
+            return await super().read(topic, partition, offset, limit)
+
+    async def main() -> None:
+        transport = SlowReads(MemoryBroker(default_partitions=4))
+        async with App("svc", broker=transport) as app:
+            for n in range(8):
+                await app.publish("orders", {"n": n}, key=f"o-{n}")
+            topics = await transport.describe_topics()
+            started = time.monotonic()
+            found = await find_records(transport, "o-3", topics)
+            took = time.monotonic() - started
+        assert [r.key for r in found] == ["o-3"]
+        assert took < 3 * wait, f"a lookup took {took:.2f} s: partitions were read in turn"
+
+    asyncio.run(main())

@@ -5,6 +5,7 @@ and through OpenTelemetry metrics."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -12,7 +13,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tidings import App, RetryPolicy, testing
+from tidings import App, GroupInfo, RetryPolicy, TopicInfo, testing
+from tidings.backends.memory import MemoryBroker, MemoryTransport
 from tidings.otel import OtelMetrics
 from tidings.prometheus import PrometheusMetrics
 from tidings.saga import MemorySagaStore, Saga, SagaEngine, SagaStatus, Step
@@ -189,3 +191,39 @@ def test_the_same_metrics_through_opentelemetry() -> None:
 
 def _name_of(handler: str) -> str:
     return f"test_the_same_metrics_through_opentelemetry.<locals>.main.<locals>.{handler}"
+
+
+def test_a_scrape_asks_the_bus_its_questions_at_once() -> None:
+    """On a bus whose every question waits (amqp:// finds a stream's end by waiting for
+    it to stay quiet), a scrape costs two waits (lag and topics asked together, then the
+    dead letters read), not the sum of its questions (four)."""
+    wait = 0.5
+
+    class SlowAnswers(MemoryTransport):
+        async def describe_topics(self) -> list[TopicInfo]:
+            await asyncio.sleep(wait)
+            return await super().describe_topics()
+
+        async def describe_groups(self) -> list[GroupInfo]:
+            await asyncio.sleep(wait)
+            return await super().describe_groups()
+
+    async def main() -> None:
+        metrics = PrometheusMetrics()
+        app = App("svc", broker=SlowAnswers(MemoryBroker()))
+        metrics.watch(app)
+
+        @app.subscriber("orders")
+        async def handle(body: dict[str, int]) -> None:
+            pass
+
+        async with app:
+            await app.publish("orders", {"n": 1})
+            await app.publish("orders.dlq", {"n": 1})
+            started = time.monotonic()
+            text = (await metrics.render()).decode()
+            took = time.monotonic() - started
+        assert "tidings_consumer_lag" in text
+        assert took < 3 * wait, f"a scrape took {took:.2f} s: its questions were asked in turn"
+
+    asyncio.run(main())

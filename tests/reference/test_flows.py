@@ -1,5 +1,6 @@
 """End to end, every service its own process: the article's scenario and the three order
-outcomes, in both modes (choreography, orchestration), on the embedded bus and on Kafka."""
+outcomes, in both modes (choreography, orchestration), on the embedded bus, on Kafka and
+on RabbitMQ."""
 
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ def test_one_request_is_one_trace_across_every_service_it_touches(
     process = [s for s in collector.spans() if s.trace_id == trace_id
                and s.name.startswith("process ")]
     assert process and all(s.kind == CONSUMER for s in process)
-    assert {s.attributes["messaging.system"] for s in process} <= {"sqlite", "kafka"}
+    assert {s.attributes["messaging.system"] for s in process} <= {"sqlite", "kafka", "rabbitmq"}
 
 
 def test_an_idle_shop_has_lag_0_everywhere(shop: Shop) -> None:

@@ -1,6 +1,6 @@
 """Readiness: a service's GET /ready answers 200 while its bus answers and 503, with the
-reason as JSON, once the bus is unreachable (its Kafka broker killed); GET /health, the
-liveness probe, stays 200 meanwhile."""
+reason as JSON, once the bus is unreachable (its Kafka broker or RabbitMQ node killed);
+GET /health, the liveness probe, stays 200 meanwhile."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import pytest
 from reference.common.settings import Settings, free_base_port
 from shop import ROOT, stop
 
 from kafka_broker import running_tansu
+from rabbitmq_broker import running_rabbitmq
+
+BROKERS = {"kafka": running_tansu, "amqp": running_rabbitmq}
 
 
-def test_ready_goes_503_when_the_bus_is_unreachable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bus", list(BROKERS))
+def test_ready_goes_503_when_the_bus_is_unreachable(tmp_path: Path, bus: str) -> None:
     with ExitStack() as broker_stack:
-        broker = broker_stack.enter_context(running_tansu())
+        broker = broker_stack.enter_context(BROKERS[bus]())
         settings = Settings(base_port=free_base_port(), data_dir=tmp_path, broker=broker)
         env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
         log = (tmp_path / "notifications.log").open("wb")
