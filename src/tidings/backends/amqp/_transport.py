@@ -9,10 +9,10 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import aiormq
-from aiormq.abc import AbstractConnection, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._errors import BrokerUnavailableError, TransportError, UnknownTopicError
@@ -60,7 +60,7 @@ class AmqpTransport(Transport):
     def __init__(self, settings: AmqpSettings) -> None:
         self.settings = settings
         self._connection: AbstractConnection | None = None
-        self._publisher: aiormq.Channel | None = None
+        self._publisher: AbstractChannel | None = None
         self._publish_lock = asyncio.Lock()
         self._partitions: dict[str, int] = {}
         self._declared: set[str] = set()
@@ -130,30 +130,23 @@ class AmqpTransport(Transport):
 
     async def publish(self, routing_key: str, body: bytes, props: Basic.Properties,
                       exchange: str = "") -> None:
-        """Publish one message and wait for the broker's confirm.
-
-        ``wait=False``: the confirm is awaited, not the socket write before it. Waiting
-        for the write holds the channel's lock until the writer task has sent the frame,
-        which costs every message of a batch several loop turns (about 10% of the
-        publishing CPU here); the confirm is what makes the record durable."""
+        """Publish one message and wait for the broker's confirm."""
         channel = await self._publishing_channel()
         with driver_errors(f"publishing to {routing_key!r}"):
             try:
                 confirm = await channel.basic_publish(
-                    body, exchange=exchange, routing_key=routing_key, properties=props,
-                    wait=False)
+                    body, exchange=exchange, routing_key=routing_key, properties=props)
             except aiormq.exceptions.ChannelInvalidStateError:
                 # An earlier publish closed the channel (e.g. a message too large);
                 # its error was raised there; this publish gets a new channel.
                 self._publisher = None
                 channel = await self._publishing_channel()
                 confirm = await channel.basic_publish(
-                    body, exchange=exchange, routing_key=routing_key, properties=props,
-                    wait=False)
+                    body, exchange=exchange, routing_key=routing_key, properties=props)
         if not isinstance(confirm, Basic.Ack):
             raise TransportError(f"RabbitMQ refused a message for {routing_key!r}: {confirm}")
 
-    async def _publishing_channel(self) -> aiormq.Channel:
+    async def _publishing_channel(self) -> AbstractChannel:
         channel = self._publisher
         if channel is not None and not channel.is_closed:
             return channel
@@ -161,10 +154,7 @@ class AmqpTransport(Transport):
             if self._publisher is None or self._publisher.is_closed:
                 with driver_errors("opening a publishing channel"):
                     connection = await self.ensure_connected()
-                    opened = await connection.channel(publisher_confirms=True)
-                    # aiormq's connection makes its own channels (their basic_publish
-                    # takes wait=, which the abstract channel does not declare)
-                    self._publisher = cast(aiormq.Channel, opened)
+                    self._publisher = await connection.channel(publisher_confirms=True)
             return self._publisher
 
     # -- topics ------------------------------------------------------------------------
