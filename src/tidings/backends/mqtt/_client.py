@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -200,7 +200,7 @@ class Connection:
         for _ in range(self.settings.receive_maximum):
             if client.loop_read() != paho.MQTT_ERR_SUCCESS or client.socket() is None:
                 return
-            if not select.select([sock], [], [], 0)[0]:
+            if not _has_bytes(sock):
                 return
 
     def _socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
@@ -318,3 +318,13 @@ class Connection:
         self._pubacks.clear()
         self._subacks.clear()
         self._roomy.set()
+
+
+def _has_bytes(sock: Any) -> bool:
+    """Whether the (non-blocking) socket has bytes to read now; at its end, False: the
+    next readable event lets paho see the end. A peek, not select(), which fails for
+    descriptors past FD_SETSIZE."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except (OSError, ValueError):  # BlockingIOError: nothing yet
+        return False
