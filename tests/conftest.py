@@ -40,6 +40,18 @@ if (ROOT / "tests" / "rabbitmq_broker.py").exists():
             yield url
 
 
+if (ROOT / "tests" / "mqtt_broker.py").exists():
+    from mqtt_broker import running_mosquitto
+
+    BACKENDS.append("mqtt")
+
+    @pytest.fixture(scope="session")
+    def mosquitto_url() -> Iterator[str]:
+        """One private mosquitto for the whole test session."""
+        with running_mosquitto() as url:
+            yield url
+
+
 def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return testing.memory_url(session_timeout=1.5)
 
@@ -56,8 +68,13 @@ def _amqp(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"{request.getfixturevalue('amqp_url')}?session_timeout=1.5"
 
 
+def _mqtt(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(request.getfixturevalue("mosquitto_url"))
+
+
 #: How each built-in backend gets a broker isolated for one test (a new backend: one line).
-URLS = {"memory": _memory, "sqlite": _sqlite, "kafka": _kafka, "amqp": _amqp}
+URLS = {"memory": _memory, "sqlite": _sqlite, "kafka": _kafka, "amqp": _amqp,
+        "mqtt": _mqtt}
 
 
 @pytest.fixture(params=BACKENDS)

@@ -88,12 +88,16 @@ class Capability(enum.StrEnum):
     APPEND_OFFSETS = "append_offsets"
     #: An index by key, id and correlation id (:class:`SupportsLookup`).
     LOOKUP = "lookup"
+    #: What a member fetched and did not commit goes to the other members of its group
+    #: when it leaves or dies (Kafka's uncommitted offsets, RabbitMQ's requeue). Without
+    #: it, that work waits for the member to come back, or is lost with its session.
+    HANDOVER = "handover"
 
 
 #: What every transport honours unless it says otherwise.
 BASE_CAPABILITIES: frozenset[Capability] = frozenset({
     Capability.GROUPS, Capability.ORDER_PER_KEY, Capability.REPLAY, Capability.DELAY,
-    Capability.PRIORITY, Capability.DURABILITY, Capability.APPEND_OFFSETS,
+    Capability.PRIORITY, Capability.DURABILITY, Capability.APPEND_OFFSETS, Capability.HANDOVER,
 })
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -190,7 +191,17 @@ class Connection:
     # -- the socket, on the loop ---------------------------------------------------
 
     def _socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
-        self._loop.add_reader(sock, client.loop_read)
+        self._loop.add_reader(sock, self._readable, client, sock)
+
+    def _readable(self, client: paho.Client, sock: Any) -> None:
+        """Read every packet that has arrived, not paho's one per call: a fetch woken by
+        the first delivery would otherwise run before the rest of a burst is read, and
+        get one record per fetch (batches of one)."""
+        for _ in range(self.settings.receive_maximum):
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or client.socket() is None:
+                return
+            if not _has_bytes(sock):
+                return
 
     def _socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
         self._loop.remove_reader(sock)
@@ -307,3 +318,13 @@ class Connection:
         self._pubacks.clear()
         self._subacks.clear()
         self._roomy.set()
+
+
+def _has_bytes(sock: Any) -> bool:
+    """Whether the (non-blocking) socket has bytes to read now; at its end, False: the
+    next readable event lets paho see the end. A peek, not select(), which fails for
+    descriptors past FD_SETSIZE."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except (OSError, ValueError):  # BlockingIOError: nothing yet
+        return False

@@ -9,11 +9,10 @@ import pytest
 from pydantic import BaseModel
 
 from ... import ConfigurationError, DecodeError, Message, RetryPolicy
-from ..._dlq import DeadLetter
 from ...ports import Capability
 from ._backend import Backend
 from ._requires import requires
-from ._util import Names, eventually, wait_letters
+from ._util import Names, eventually, watch_letters
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.02, jitter=0)
 
@@ -70,12 +69,12 @@ def test_poison_record_is_dead_lettered_alone_and_its_batch_runs(
         async def handle(orders: list[Order]) -> None:
             handled.extend(o.n for o in orders)
 
-        async with app:
+        async with app, watch_letters(app, topic) as watch:
             await app.publish(topic, {"n": 1, "user": "a"})
             await app.publish(topic, b"{not json")
             await app.publish(topic, {"n": 2, "user": "a"})
             await eventually(lambda: len(handled) == 2)
-            letters = await wait_letters(app, topic, 1)
+            letters = await watch.wait(1)
         assert sorted(handled) == [1, 2]
         assert len(letters) == 1
         assert letters[0].error_type == f"{DecodeError.__module__}.DecodeError"
@@ -103,15 +102,15 @@ def test_failing_batch_is_retried_whole_then_dead_lettered_record_by_record(
                 raise ValueError("cannot handle 3")
             later.extend(ns)
 
-        async with app:
+        async with app, watch_letters(app, topic) as watch:
             await app.publish_many(topic, [{"n": n, "user": "a"} for n in range(5)])
             await eventually(lambda: len(attempts) == 3)
-            letters = await wait_letters(app, topic, 1)
+            await watch.wait(1)
             await app.publish(topic, {"n": 9, "user": "a"})
             await eventually(lambda: 9 in later)
+            failed = len(attempts[0])
+            letters = await watch.wait(failed)
         assert [set(a) for a in attempts] == [{1}, {2}, {3}]
-        failed = len(attempts[0])
-        letters = await _all_letters(backend, topic, failed)
         assert sorted(d.record.value for d in letters) == sorted(
             f'{{"n":{n},"user":"a"}}'.encode() for n in range(5) if n not in later
         )
@@ -119,12 +118,6 @@ def test_failing_batch_is_retried_whole_then_dead_lettered_record_by_record(
         assert 9 in later, "the consumer goes on after dead-lettering a batch"
 
     asyncio.run(main())
-
-
-async def _all_letters(backend: Backend, topic: str, count: int) -> list[DeadLetter]:
-    app = backend.app("admin")
-    async with app:
-        return await wait_letters(app, topic, count)
 
 
 def test_batch_declarations_are_checked(backend: Backend, names: Names) -> None:

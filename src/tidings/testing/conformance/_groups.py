@@ -49,7 +49,12 @@ def test_members_of_a_group_split_the_work(backend: Backend, names: Names) -> No
 
 @requires(Capability.GROUPS)
 def test_crashed_member_work_moves_to_survivor(backend: Backend, names: Names) -> None:
+    """With ``handover``, every message is handled once a member crashes mid-stream;
+    without it (MQTT: the broker keeps a dead member's unacknowledged messages in its
+    session, or drops them with it), what the group gets after the crash all goes to
+    the survivor: nothing more is lost to the dead member."""
     topic, group = names("crash"), names("workers")
+    handover = Capability.HANDOVER in backend.capabilities
 
     async def main() -> None:
         victim = await backend.member(topic, group, sleep=0.005)
@@ -58,11 +63,15 @@ def test_crashed_member_work_moves_to_survivor(backend: Backend, names: Names) -
         await _publish(backend, topic, 600)
         await eventually(lambda: len(backend.handled()) >= 100, 30, "some handled")
         await victim.kill()
-        await eventually(lambda: {h["n"] for h in backend.handled()} >= set(range(600)),
+        expected = set(range(600)) if handover else set(range(600, 800))
+        if not handover:
+            await asyncio.sleep(0.5)  # the broker noticed the lost connection
+            await _publish(backend, topic, 200, start=600)
+        await eventually(lambda: {h["n"] for h in backend.handled()} >= expected,
                          45, "every message handled after the crash")
         await survivor.stop()
         handled = backend.handled()
-        assert {h["n"] for h in handled} == set(range(600))
+        assert {h["n"] for h in handled} >= expected
         # At-least-once: only work in flight at the crash (uncommitted) may repeat.
         duplicates = sum(c - 1 for c in Counter(h["n"] for h in handled).values())
         assert duplicates <= 600 // 2
@@ -151,6 +160,8 @@ def test_graceful_shutdown_finishes_in_flight_work_and_commits(
             await app.publish_many(topic, [{"n": 1}, {"n": 2}, {"n": 3}], key=lambda _: "k")
             await asyncio.sleep(0.2)  # the first handler is running now
         assert finished == [1], "stop() let the running handler finish, and started no other"
+        if Capability.HANDOVER not in backend.capabilities:
+            return  # the queued two went with the member's session: nothing to hand over
 
         again = backend.app("svc")
         redelivered: list[int] = []
@@ -182,16 +193,16 @@ def test_a_draining_handler_may_still_publish(backend: Backend, names: Names) ->
             await asyncio.sleep(0.5)
             await app.publish(out, payload)  # after stop() began: still allowed
 
-        async with app:
-            await app.publish(topic, {"n": 7})
-            await asyncio.sleep(0.2)
-            assert app.running
-        assert not app.running
-
         reader = backend.app("reader")
         got: list[int] = []
         reader.subscriber(out)(_collect(got))
-        async with reader:
+        async with reader:  # subscribed first: a broker without a log keeps nothing back
+            await reader.wait_until_assigned()
+            async with app:
+                await app.publish(topic, {"n": 7})
+                await asyncio.sleep(0.2)
+                assert app.running
+            assert not app.running
             await eventually(lambda: got == [7], 15, "the drained handler's output")
 
     asyncio.run(main())

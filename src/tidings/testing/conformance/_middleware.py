@@ -23,7 +23,7 @@ from ... import (
 from ...ports import Capability
 from ._backend import Backend
 from ._requires import requires
-from ._util import Names, eventually, wait_letters
+from ._util import Names, eventually, wait_letters, watch_letters
 
 FAST = RetryPolicy(max_attempts=2, backoff=0.02, jitter=0)
 
@@ -133,9 +133,9 @@ def test_a_raising_middleware_counts_as_its_handler_or_publish_raising(
         async def handle(body: dict[str, int]) -> None:
             called.append(1)
 
-        async with app:
+        async with app, watch_letters(app, topic) as watch:
             await app.publish(topic, {"n": 1})
-            letters = await wait_letters(app, topic, 1)
+            letters = await watch.wait(1)
             with pytest.raises(RuntimeError, match="append refused"):
                 await app.publish("refused", {"n": 1})
         assert called == []

@@ -132,7 +132,7 @@ def _split(members: list[PortMember], everything: set[TopicPartition]) -> Callab
     return check
 
 
-@requires(Capability.GROUPS)
+@requires(Capability.GROUPS, Capability.ORDER_PER_KEY)  # partitions, each owned by one member
 def test_a_partition_is_revoked_and_committed_before_its_next_owner_gets_it(
         backend: Backend, names: Callable[[str], str]) -> None:
     topic, group = names("handover"), names("port")
@@ -169,7 +169,7 @@ def test_a_partition_is_revoked_and_committed_before_its_next_owner_gets_it(
     asyncio.run(main())
 
 
-@requires(Capability.GROUPS)
+@requires(Capability.GROUPS, Capability.ORDER_PER_KEY)  # partitions, each owned by one member
 def test_a_member_cannot_commit_a_partition_it_no_longer_owns(
         backend: Backend, names: Callable[[str], str]) -> None:
     topic, group = names("fenced"), names("port")
