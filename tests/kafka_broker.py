@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
+
+from processes import free_port, wait_listening
 
 __all__ = ["free_port", "running_tansu", "tansu_binary"]
 
@@ -42,25 +42,6 @@ def tansu_binary() -> Path:
     return binary
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"tansu exited with {process.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.01)
-    raise RuntimeError(f"tansu did not listen on port {port} within {timeout} s")
-
-
 @contextlib.contextmanager
 def running_tansu(*, authentication: bool = False, **options: str) -> Iterator[str]:
     """Start tansu (memory storage) on a free loopback port; yield its ``kafka://`` URL.
@@ -79,7 +60,7 @@ def running_tansu(*, authentication: bool = False, **options: str) -> Iterator[s
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         try:
-            _wait_listening(port, process, 10.0)
+            wait_listening("tansu", port, process, 10.0)
             query = urlencode(TEST_OPTIONS | options)
             yield f"kafka://127.0.0.1:{port}?{query}"
         finally:

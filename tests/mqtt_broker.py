@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from processes import free_port, wait_listening
 
 __all__ = ["free_port", "mosquitto_binary", "running_mosquitto"]
 
@@ -28,25 +28,6 @@ def mosquitto_binary() -> str:
         raise RuntimeError("the MQTT tests need mosquitto: make system-deps "
                            "(apt-get install mosquitto)")
     return found
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with {process.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.01)
-    raise RuntimeError(f"mosquitto did not listen on port {port} within {timeout} s")
 
 
 @contextlib.contextmanager
@@ -86,7 +67,7 @@ def running_mosquitto(*, users: dict[str, str] | None = None, extra: str = "",
             )
         try:
             try:
-                _wait_listening(port, process, 10.0)
+                wait_listening("mosquitto", port, process, 10.0)
             except RuntimeError as exc:
                 said = (root / "mosquitto.log").read_text()[-2000:]
                 raise RuntimeError(f"{exc}: {said}") from None
