@@ -5,7 +5,6 @@ Like ``tidings sagas``, it reads the service's database: ``--db URL`` or ``$TIDI
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -13,36 +12,24 @@ from typing import Any, TypeVar
 
 import click
 
-from .._errors import TidingsError
+from ._common import on_database
 from ._output import emit, shorten
-from ._sagas import async_url
 
 __all__ = ["outbox"]
 
 T = TypeVar("T")
 
 
+def _dead_letters(engine: Any) -> Any:
+    # imported in the command's run, where a missing extra becomes one line
+    from ..sqlalchemy import OutboxDeadLetters
+
+    return OutboxDeadLetters(engine)
+
+
 def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(dead_letters)`` on the outbox of ``--db``; errors become one line."""
-    async def go() -> T:
-        from sqlalchemy.ext.asyncio import create_async_engine
-
-        from ..sqlalchemy import OutboxDeadLetters
-
-        engine = create_async_engine(async_url(ctx.obj["db"]))
-        try:
-            return await work(OutboxDeadLetters(engine))
-        finally:
-            await engine.dispose()
-
-    if not ctx.obj.get("db"):
-        raise click.UsageError("give the service's database: --db URL or $TIDINGS_DB")
-    try:
-        return asyncio.run(go())
-    except TidingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # a driver error, a missing table: one line, not a traceback
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    """Run ``work(dead_letters)`` on the outbox of ``--db`` (see :func:`on_database`)."""
+    return on_database(ctx, _dead_letters, work)
 
 
 @click.group()

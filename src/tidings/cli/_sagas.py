@@ -7,16 +7,15 @@ driver, aiosqlite or asyncpg, is picked for you), or any SQLAlchemy async URL.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from .._errors import TidingsError
+from ._common import async_url, on_database
 from ._output import emit, shorten, table
 
 __all__ = ["async_url", "sagas"]
@@ -24,61 +23,18 @@ __all__ = ["async_url", "sagas"]
 T = TypeVar("T")
 
 
+def _store(engine: Any) -> Any:
+    # imported in the command's run, where a missing extra becomes one line
+    from ..sqlalchemy import SqlSagaStore
+
+    return SqlSagaStore(engine)
+
+
 def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]], *,
          read_only: bool = False) -> T:
-    """Run ``work(store)`` on a SqlSagaStore for ``--db`` (a SQLite file opened read-only
-    when ``read_only``); errors become one line."""
-    async def go() -> T:
-        from sqlalchemy.ext.asyncio import create_async_engine
-
-        from ..sqlalchemy import SqlSagaStore
-
-        url = async_url(ctx.obj["db"])
-        engine = create_async_engine(_read_only(url) if read_only else url)
-        try:
-            return await work(SqlSagaStore(engine))
-        finally:
-            await engine.dispose()
-
-    if not ctx.obj.get("db"):
-        raise click.UsageError("give the service's database: --db URL or $TIDINGS_DB")
-    try:
-        return asyncio.run(go())
-    except (TidingsError, LookupError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except click.ClickException:
-        raise
-    except Exception as exc:  # a driver error, a missing table: one line, not a traceback
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-
-
-def _read_only(url: str) -> str:
-    """A SQLite ``url`` as SQLite's read-only URI (``mode=ro``: nothing created or
-    written); a missing file is an error. Other databases are unchanged."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return url
-    path = Path(str(parsed.database)).expanduser().absolute()
-    if not path.is_file():
-        raise click.ClickException(f"no database at {path} (inspecting creates none)")
-    return parsed.set(database=f"file:{path}", query={"mode": "ro", "uri": "true"}
-                      ).render_as_string(hide_password=False)
-
-
-#: Plain URL schemes and the async driver SQLAlchemy needs for each.
-_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
-                  "postgres": "postgresql+asyncpg"}
-
-
-def async_url(url: str) -> str:
-    """``url`` with the async driver named: ``sqlite://`` becomes ``sqlite+aiosqlite://``,
-    ``postgresql://`` (or ``postgres://``) ``postgresql+asyncpg://``; others unchanged."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in _ASYNC_DRIVERS:
-        return url
-    return f"{_ASYNC_DRIVERS[scheme]}://{rest}"
+    """Run ``work(store)`` on a SqlSagaStore for ``--db`` (see :func:`on_database`)."""
+    return on_database(ctx, _store, work, read_only=read_only,
+                       one_line=(TidingsError, LookupError))
 
 
 def _when(at: float | None) -> str | None:

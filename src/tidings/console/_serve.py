@@ -104,15 +104,11 @@ def _name(url: str, index: int, urls: Sequence[str]) -> str:
 
 
 def _read_only_db(url: str) -> str:
-    """A SQLite saga database ``url`` as SQLite's read-only URI; others unchanged."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        return url
-    path = Path(parsed.database).expanduser().absolute()
-    return parsed.set(database=f"file:{path}", query={"mode": "ro", "uri": "true"}
-                      ).render_as_string(hide_password=False)
+    try:
+        from ..sqlalchemy._sqlite import read_only_db_url
+    except ImportError as exc:
+        raise MissingDependencyError("saga databases (--db)", "sqlalchemy") from exc
+    return read_only_db_url(url)
 
 
 def _store(url: str, engines: list[Any]) -> Any:

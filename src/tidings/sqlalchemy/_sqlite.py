@@ -21,9 +21,10 @@ import aiosqlite
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .._errors import ConfigurationError
 from .._private import private_file
 
-__all__ = ["driver_sqlite", "sqlite_engine"]
+__all__ = ["driver_sqlite", "read_only_db_url", "sqlite_engine"]
 
 
 class _InlineConnection(aiosqlite.Connection):
@@ -128,3 +129,19 @@ async def execute(conn: AsyncConnection, statement: Any,
     if isinstance(values, list):
         return raw.executemany(sql, [[row[n] for n in names] for row in values]).rowcount
     return raw.execute(sql, [values[n] for n in names]).rowcount
+
+
+def read_only_db_url(url: str) -> str:
+    """A SQLite database ``url`` as SQLite's read-only URI (``mode=ro``: nothing is
+    created or written; a missing file is a :class:`~tidings.ConfigurationError`), for
+    looking only. Other databases are unchanged."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    path = Path(str(parsed.database)).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigurationError(f"no database at {path} (inspecting creates none)")
+    return parsed.set(database=f"file:{path}", query={"mode": "ro", "uri": "true"}
+                      ).render_as_string(hide_password=False)
