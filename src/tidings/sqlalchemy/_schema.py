@@ -7,6 +7,8 @@ seconds since the epoch (floats), so every dialect stores them the same way.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,16 +28,25 @@ metadata = sa.MetaData()
 #: SQLite only auto-increments an INTEGER PRIMARY KEY.
 _SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+
+
+def _outbox_row() -> list[sa.Column[Any]]:
+    """The columns of an outbox row after its ``seq`` (the dead table keeps them all)."""
+    return [
+        sa.Column("message_id", sa.String(200), nullable=False),
+        sa.Column("topic", sa.String(200), nullable=False),
+        sa.Column("key", sa.Text(), nullable=True),
+        sa.Column("value", sa.LargeBinary(), nullable=False),
+        sa.Column("headers", sa.Text(), nullable=False),
+        sa.Column("deliver_at", sa.Double(), nullable=True),
+        sa.Column("created_at", sa.Double(), nullable=False),
+    ]
+
+
 outbox_table = sa.Table(
     "tidings_outbox", metadata,
     sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    sa.Column("message_id", sa.String(200), nullable=False),
-    sa.Column("topic", sa.String(200), nullable=False),
-    sa.Column("key", sa.Text(), nullable=True),
-    sa.Column("value", sa.LargeBinary(), nullable=False),
-    sa.Column("headers", sa.Text(), nullable=False),
-    sa.Column("deliver_at", sa.Double(), nullable=True),
-    sa.Column("created_at", sa.Double(), nullable=False),
+    *_outbox_row(),
 )
 
 #: Outbox rows the relay can never send (the bus refused them for good, such as a record
@@ -44,13 +55,7 @@ outbox_table = sa.Table(
 outbox_dead_table = sa.Table(
     "tidings_outbox_dead", metadata,
     sa.Column("seq", _SEQ, primary_key=True, autoincrement=False),
-    sa.Column("message_id", sa.String(200), nullable=False),
-    sa.Column("topic", sa.String(200), nullable=False),
-    sa.Column("key", sa.Text(), nullable=True),
-    sa.Column("value", sa.LargeBinary(), nullable=False),
-    sa.Column("headers", sa.Text(), nullable=False),
-    sa.Column("deliver_at", sa.Double(), nullable=True),
-    sa.Column("created_at", sa.Double(), nullable=False),
+    *_outbox_row(),
     sa.Column("failed_at", sa.Double(), nullable=False),
     sa.Column("error", sa.Text(), nullable=False),
     sa.Column("blocked_by", _SEQ, nullable=True),
