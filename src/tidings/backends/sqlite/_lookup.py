@@ -72,13 +72,13 @@ def lookup(conn: sqlite3.Connection, wanted: str) -> list[Record]:
 def catch_up(conn: sqlite3.Connection) -> dict[int, tuple[str, int]]:
     """Index every record appended since the last call; returns the partitions
     (pid -> topic, partition) as of the snapshot indexed."""
-    fresh = not _attached(conn)
-    if fresh:
+    if not _attached(conn):
         conn.execute("ATTACH DATABASE '' AS lookup")
         conn.executescript(_TABLES)
     conn.execute("BEGIN")
     try:
         done = dict(conn.execute("SELECT pid, next_rid FROM lookup.progress").fetchall())
+        bulk = not done  # nothing indexed yet: load first, index after
         places: dict[int, tuple[str, int]] = {}
         for pid, topic, partition, start, end in conn.execute(
                 "SELECT pid, topic, partition, start_offset, next_offset FROM main.partitions"
@@ -98,7 +98,7 @@ def catch_up(conn: sqlite3.Connection) -> dict[int, tuple[str, int]]:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    if fresh:
+    if bulk:
         conn.executescript(_INDEXES)
     return places
 
