@@ -24,6 +24,17 @@ async def database(path: str, base: type) -> AsyncEngine:
     return engine
 
 
+async def published(app: App, topic: str, count: int) -> None:
+    """Wait until ``topic`` holds ``count`` messages (the relay publishes the events the
+    outbox recorded a moment after their transaction)."""
+    while True:
+        ends = [sum(t.end_offsets.values()) for t in await app.transport.describe_topics()
+                if t.name == topic]
+        if ends and ends[0] >= count:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def caught_up(app: App, topic: str) -> None:
     """Wait until ``app``'s group has handled everything on ``topic`` (lag 0)."""
     while True:
@@ -45,6 +56,7 @@ async def main(folder: str) -> None:
     async with users.app, accounts.app:
         for name in ("Alice", "Bob", "Carol"):
             print("registered user", await users.register(name))
+        await published(users.app, "users", 3)
         await caught_up(accounts.app, "users")
         print("accounts:", await accounts.count())
 
