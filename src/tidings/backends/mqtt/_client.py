@@ -22,15 +22,17 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..._errors import BrokerUnavailableError, TransportError
+from ._driver import Driver
 from ._settings import MqttSettings
 from ._translate import connect_error, publish_error
+from ._wire import Delivery
 
 __all__ = ["Connection"]
 
 log = logging.getLogger("tidings.mqtt")
 
-#: ``(message)``: a delivery, on the loop; acknowledge it later with ``ack(message.mid)``.
-OnMessage = Callable[[paho.MQTTMessage], None]
+#: ``(delivery)``: a delivery, on the loop; acknowledge it later with ``ack(delivery.mid)``.
+OnMessage = Callable[[Delivery], None]
 #: ``(up)``: the connection was lost (False) or made again (True), on the loop.
 OnState = Callable[[bool], None]
 
@@ -46,7 +48,7 @@ class Connection:
         self.max_packet: int | None = None  # the broker's Maximum Packet Size, if it said
         self._on_state = on_state
         self._loop = asyncio.get_running_loop()
-        self._client = client = paho.Client(
+        self._client = client = Driver(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
             manual_ack=on_message is not None, reconnect_on_failure=False,
         )
@@ -64,8 +66,7 @@ class Connection:
         client.on_disconnect = self._disconnected
         client.on_publish = self._published
         client.on_subscribe = self._subscribed
-        if on_message is not None:
-            client.on_message = lambda _c, _u, message: on_message(message)
+        client.deliver = on_message
         self._connack: asyncio.Future[bool] | None = None
         self._pubacks: dict[int, asyncio.Future[None]] = {}
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
@@ -191,19 +192,24 @@ class Connection:
     # -- the socket, on the loop ---------------------------------------------------
 
     def _socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._client.forget_buffer()
         self._loop.add_reader(sock, self._readable, client, sock)
 
     def _readable(self, client: paho.Client, sock: Any) -> None:
         """Read every packet that has arrived, not paho's one per call: a fetch woken by
         the first delivery would otherwise run before the rest of a burst is read, and
         get one record per fetch (batches of one)."""
+        driver = self._client
         for _ in range(self.settings.receive_maximum):
-            if client.loop_read() != paho.MQTT_ERR_SUCCESS or client.socket() is None:
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or client.socket() is not sock:
                 return
-            if not _has_bytes(sock):
+            if not driver.buffered and not _has_bytes(sock):
                 return
+        if driver.buffered:  # read ahead, and the socket may not wake the loop again
+            self._loop.call_soon(self._readable, client, sock)
 
     def _socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        self._client.forget_buffer()
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 

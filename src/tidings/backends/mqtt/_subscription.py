@@ -15,8 +15,6 @@ import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-import paho.mqtt.client as paho
-
 from ..._errors import FencedError
 from ..._records import Record, TopicPartition
 from ..._waiting import wait_event
@@ -24,6 +22,7 @@ from ...ports import RebalanceListener, Subscription
 from ._client import Connection
 from ._convert import record_of
 from ._settings import MqttSettings
+from ._wire import Delivery
 
 __all__ = ["MqttSubscription", "client_id_for"]
 
@@ -109,7 +108,7 @@ class MqttSubscription(Subscription):
         self._assigned = True
         await self._listener.on_assigned(self._tps)
 
-    def _deliver(self, message: paho.MQTTMessage) -> None:
+    def _deliver(self, message: Delivery) -> None:
         waiting = self._unacked.get(message.topic)
         if waiting is None:  # not subscribed here (a session's leftover): nobody's
             if self._connection is not None:
