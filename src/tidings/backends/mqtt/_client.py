@@ -23,6 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ..._errors import BrokerUnavailableError, TransportError
 from ._driver import Driver
+from ._outage import Outage
 from ._settings import MqttSettings
 from ._translate import connect_error, publish_error
 from ._wire import Delivery
@@ -30,6 +31,9 @@ from ._wire import Delivery
 __all__ = ["Connection"]
 
 log = logging.getLogger("tidings.mqtt")
+
+#: The PUBACK reason "No matching subscribers" (MQTT 5.0, 3.4.2.1): accepted, sent nowhere.
+_NO_SUBSCRIBERS = 0x10
 
 #: ``(delivery)``: a delivery, on the loop; acknowledge it later with ``ack(delivery.mid)``.
 OnMessage = Callable[[Delivery], None]
@@ -41,10 +45,12 @@ class Connection:
     """An MQTT 5 client connection with futures for CONNACK, PUBACK and SUBACK."""
 
     def __init__(self, settings: MqttSettings, client_id: str, *, persistent: bool,
-                 on_message: OnMessage | None = None, on_state: OnState | None = None) -> None:
+                 outage: Outage | None = None, on_message: OnMessage | None = None,
+                 on_state: OnState | None = None) -> None:
         self.settings = settings
         self.client_id = client_id
         self.persistent = persistent
+        self.outage = outage if outage is not None else Outage(settings.where)
         self.max_packet: int | None = None  # the broker's Maximum Packet Size, if it said
         self._on_state = on_state
         self._loop = asyncio.get_running_loop()
@@ -75,13 +81,14 @@ class Connection:
         self._send_maximum = 65535  # the broker's Receive Maximum (from its CONNACK)
         self._roomy = asyncio.Event()
         self._closing = False
-        self._warned = float("-inf")  # when a lost connection was last logged as a warning
+        self._back_at = float("-inf")  # when the connection was last made again
+        self._regrouping: set[asyncio.Future[None]] = set()  # publishes sent again later
         self.connected = False
 
     @property
     def where(self) -> str:
-        """The broker's address, for error messages."""
-        return f"mqtt://{self.settings.host}:{self.settings.port}"
+        """The broker's address (no password), for logs and error messages."""
+        return self.settings.where
 
     # -- connecting ----------------------------------------------------------------
 
@@ -161,18 +168,15 @@ class Connection:
             if not ack.done():
                 ack.set_exception(BrokerUnavailableError(f"{self.where}: connection lost"))
         if was:
-            # Once per quiet spell: a broker that drops each attempt would flood the log.
-            now = self._loop.time()
-            level = logging.WARNING if now - self._warned > 30 else logging.DEBUG
-            self._warned = now
-            log.log(level, "%s: connection of %s lost (%s); reconnecting",
-                    self.where, self.client_id, reason)
+            self.outage.lost(self.client_id, str(reason))  # logs the first loss only
             if self._on_state is not None:
                 self._on_state(False)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        """Connect again, 0.1 s after the loss then at twice the interval, at most every
+        2 s (no log line per attempt: :class:`~._outage.Outage` logs the outage)."""
         delay = 0.1
         while not self._closing:
             await asyncio.sleep(delay)
@@ -180,11 +184,11 @@ class Connection:
                 async with asyncio.timeout(self.settings.connect_timeout):
                     await self._reachable()
                     await self._handshake(first=False)
-            except (TransportError, TimeoutError) as exc:
-                log.debug("%s: reconnect failed: %s", self.where, exc)
+            except (TransportError, TimeoutError):
                 delay = min(delay * 2, 2.0)
                 continue
-            log.info("%s: %s connected again", self.where, self.client_id)
+            self._back_at = self._loop.time()
+            self.outage.back(self.client_id)
             if self._on_state is not None:
                 self._on_state(True)
             return
@@ -232,12 +236,18 @@ class Connection:
                 ) -> asyncio.Future[None]:
         """Send at QoS 1; the future completes on the broker's PUBACK."""
         future: asyncio.Future[None] = self._loop.create_future()
-        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        self._track(future, topic, self._client.publish(topic, payload, qos=1,
+                                                        properties=properties))
+        return future
+
+    def _track(self, future: asyncio.Future[None], topic: str,
+               info: paho.MQTTMessageInfo) -> None:
+        """Complete ``future`` on the PUBACK of ``info`` (paho keeps what it could not
+        send yet, and sends it once connected again)."""
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             future.set_exception(publish_error(self.where, topic, None, info.rc))
         else:
             self._pubacks[info.mid] = future
-        return future
 
     @property
     def full(self) -> bool:
@@ -256,7 +266,9 @@ class Connection:
         self._roomy.set()
         if future is None or future.done():
             return
-        if reason.is_failure:
+        if reason.value == _NO_SUBSCRIBERS and self._in_grace():
+            self._send_again(future, mid)
+        elif reason.is_failure:
             future.set_exception(publish_error(self.where, "", reason, None))
         else:
             future.set_result(None)
@@ -280,6 +292,27 @@ class Connection:
         if future is not None and not future.done():
             future.set_result(codes)
 
+    def _in_grace(self) -> bool:
+        return self._loop.time() - self._back_at < self.settings.restart_grace
+
+    def _send_again(self, future: asyncio.Future[None], mid: int) -> None:
+        """Publish ``mid``'s message again in a moment: the broker came back without
+        the group subscriptions it had (see ``restart_grace``)."""
+        sent = self._client.sent(mid)
+        if sent is None:  # not paho's to give back: take the broker's word
+            future.set_result(None)
+            return
+        topic, payload, properties = sent
+        self._regrouping.add(future)
+
+        def again() -> None:
+            self._regrouping.discard(future)
+            if not future.done() and not self._closing:
+                self._track(future, topic, self._client.publish(topic, payload, qos=1,
+                                                                properties=properties))
+
+        self._loop.call_later(0.2, again)
+
     def ack(self, mid: int) -> None:
         """Send the PUBACK of a delivery: the broker forgets the message."""
         self._client.ack(mid, 1)
@@ -290,7 +323,7 @@ class Connection:
         """Wait (up to the publish timeout) for unconfirmed publishes, then DISCONNECT."""
         if self._closing:
             return
-        pending = [f for f in self._pubacks.values() if not f.done()]
+        pending = [f for f in (*self._pubacks.values(), *self._regrouping) if not f.done()]
         if pending and self.connected:
             await asyncio.wait(pending, timeout=self.settings.publish_timeout)
         self._closing = True
@@ -307,6 +340,7 @@ class Connection:
 
     def _abort(self) -> None:
         self._closing = True
+        self.outage.forget(self.client_id)
         for task in (self._ticker, self._reconnecting):
             if task is not None:
                 task.cancel()
@@ -317,12 +351,14 @@ class Connection:
                 sock.close()
         self.connected = False
         error = BrokerUnavailableError(f"{self.where}: connection closed")
-        futures: list[asyncio.Future[Any]] = [*self._pubacks.values(), *self._subacks.values()]
+        futures: list[asyncio.Future[Any]] = [*self._pubacks.values(), *self._subacks.values(),
+                                              *self._regrouping]
         for future in futures:
             if not future.done():
                 future.set_exception(error)
         self._pubacks.clear()
         self._subacks.clear()
+        self._regrouping.clear()
         self._roomy.set()
 
 

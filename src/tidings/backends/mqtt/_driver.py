@@ -53,6 +53,13 @@ class Driver(paho.Client):
         """Whether bytes already read from the socket wait for paho."""
         return self._at < len(self._buffer)
 
+    def sent(self, mid: int) -> tuple[str, bytes, Properties | None] | None:
+        """The topic, payload and properties of unconfirmed publish ``mid``, if any."""
+        message = self._out_messages.get(mid)
+        if message is None:
+            return None
+        return message.topic, bytes(message.payload), message.properties
+
     def forget_buffer(self) -> None:
         """Drop what was read ahead (the socket is being replaced)."""
         self._buffer, self._at = b"", 0

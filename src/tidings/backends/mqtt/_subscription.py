@@ -21,6 +21,7 @@ from ..._waiting import wait_event
 from ...ports import RebalanceListener, Subscription
 from ._client import Connection
 from ._convert import record_of
+from ._outage import Outage
 from ._settings import MqttSettings
 from ._wire import Delivery
 
@@ -44,8 +45,10 @@ class MqttSubscription(Subscription):
     """A group member (shared subscriptions) or a group-less reader of ``topics``."""
 
     def __init__(self, settings: MqttSettings, group: str | None, topics: Sequence[str],
-                 listener: RebalanceListener, client: str) -> None:
+                 listener: RebalanceListener, client: str, outage: Outage | None = None,
+                 ) -> None:
         self._settings = settings
+        self._outage = outage
         self._listener = listener
         self._filters = [t if group is None else f"$share/{group}/{t}" for t in topics]
         self._tps = frozenset(TopicPartition(t, 0) for t in topics)
@@ -96,7 +99,7 @@ class MqttSubscription(Subscription):
         # Kept before connecting: a resumed session's deliveries come with the CONNACK.
         self._connection = connection = Connection(
             self._settings, self._client_id, persistent=self._persistent,
-            on_message=self._deliver, on_state=self._state)
+            outage=self._outage, on_message=self._deliver, on_state=self._state)
         try:
             await connection.connect()
             await connection.subscribe(self._filters)
