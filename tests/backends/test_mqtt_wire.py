@@ -191,3 +191,11 @@ def _read_all(driver: Driver) -> None:
         if not pending:
             return
     raise AssertionError("the driver keeps reading")
+
+
+def test_the_broker_is_shown_in_logs_and_errors_without_its_password() -> None:
+    assert parse_url("mqtt://u%40x:hun%3Ater2@host:1884").where == "mqtt://u%40x:***@host:1884"
+    assert parse_url("mqtt://host").where == "mqtt://host:1883"
+    assert parse_url("mqtt://host?restart_grace=0").restart_grace == 0
+    with pytest.raises(ConfigurationError, match="restart_grace"):
+        parse_url("mqtt://host?restart_grace=-1")

@@ -151,6 +151,7 @@ def test_a_broker_sigkill_and_restart_loses_no_published_message(
                 "duplicates": len(handled) - len(set(handled)),
                 "lost": len(sent - set(handled)), "unavailable_errors": unavailable,
                 "outage_s": round(restarted - killed, 2), "stall_s": round(stall, 2),
+                "publish_rate": round(len(returns) / (returns[-1] - returns[0])),
                 "not_ready_probes": sum(1 for _, ready, _ in health if not ready)}
 
     figures = asyncio.run(main())
@@ -159,6 +160,8 @@ def test_a_broker_sigkill_and_restart_loses_no_published_message(
     assert figures["not_ready_probes"] > 0, figures
     assert figures["stall_s"] < 15, figures
     lines = [r for r in caplog.records if r.name == "tidings.mqtt"]
+    for line in lines:
+        print(f"{line.levelname} {line.name}: {line.getMessage()}")
     assert not [r for r in lines if PASSWORD in r.getMessage()]
     starts = [r for r in lines if "broker unreachable" in r.getMessage()]
     ends = [r for r in lines if "reachable again" in r.getMessage()]

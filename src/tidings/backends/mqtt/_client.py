@@ -34,6 +34,7 @@ log = logging.getLogger("tidings.mqtt")
 
 #: The PUBACK reason "No matching subscribers" (MQTT 5.0, 3.4.2.1): accepted, sent nowhere.
 _NO_SUBSCRIBERS = 0x10
+_UNSPECIFIED = 0x80
 
 #: ``(delivery)``: a delivery, on the loop; acknowledge it later with ``ack(delivery.mid)``.
 OnMessage = Callable[[Delivery], None]
@@ -168,7 +169,9 @@ class Connection:
             if not ack.done():
                 ack.set_exception(BrokerUnavailableError(f"{self.where}: connection lost"))
         if was:
-            self.outage.lost(self.client_id, str(reason))  # logs the first loss only
+            # paho says "Unspecified error" when the socket closed without a DISCONNECT.
+            said = "connection lost" if reason.value == _UNSPECIFIED else f"broker said {reason}"
+            self.outage.lost(self.client_id, said)  # logs the first loss only
             if self._on_state is not None:
                 self._on_state(False)
         if self._reconnecting is None or self._reconnecting.done():
