@@ -22,12 +22,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from mqtt_broker import free_port, running_mosquitto
 from tidings import App, BrokerUnavailableError
+from tidings.backends.mqtt import MqttTransport
 
 pytestmark = pytest.mark.failover
 
@@ -187,5 +188,26 @@ def test_a_publish_during_an_outage_raises_broker_unavailable_after_publish_time
             found = await app.health(timeout=1.0)
             assert not found.ready and not found.connected, found
             assert any("unreachable" in reason for reason in found.reasons), found
+
+    asyncio.run(main())
+
+
+def test_after_a_restart_a_topic_nobody_ever_subscribed_to_is_not_held(
+        broker: Broker) -> None:
+    """The restart grace holds only publishes to topics that reached a subscriber
+    before: a topic with none returns at once after a reconnect, as before it."""
+    url = broker.start()
+
+    async def main() -> None:
+        async with App("outage-nobody", broker=f"{url}?restart_grace=30") as app:
+            await app.publish("nobody-listens", {"n": 0})
+            broker.kill()
+            broker.start()
+            outage = cast(MqttTransport, app.transport).outage
+            await eventually(lambda: outage.count == 1 and not outage.down, 10,
+                             "the publisher to reconnect")
+            started = time.monotonic()
+            await app.publish("nobody-listens", {"n": 1})
+            assert time.monotonic() - started < 5
 
     asyncio.run(main())

@@ -75,7 +75,10 @@ class Connection:
         client.on_subscribe = self._subscribed
         client.deliver = on_message
         self._connack: asyncio.Future[bool] | None = None
-        self._pubacks: dict[int, asyncio.Future[None]] = {}
+        #: Unconfirmed publishes: packet id -> (future, topic).
+        self._pubacks: dict[int, tuple[asyncio.Future[None], str]] = {}
+        #: Topics whose publishes reached a subscriber (see ``_published``).
+        self._matched: set[str] = set()
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
@@ -250,7 +253,7 @@ class Connection:
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             future.set_exception(publish_error(self.where, topic, None, info.rc))
         else:
-            self._pubacks[info.mid] = future
+            self._pubacks[info.mid] = (future, topic)
 
     @property
     def full(self) -> bool:
@@ -265,13 +268,22 @@ class Connection:
 
     def _published(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode,
                    _p: Properties) -> None:
-        future = self._pubacks.pop(mid, None)
+        entry = self._pubacks.pop(mid, None)
         self._roomy.set()
-        if future is None or future.done():
+        if entry is None:
             return
-        if reason.value == _NO_SUBSCRIBERS and self._in_grace():
-            self._send_again(future, mid)
-        elif reason.is_failure:
+        future, topic = entry
+        if reason.value == _NO_SUBSCRIBERS:
+            # A topic that had subscribers, just after a reconnect: the broker may have
+            # restarted without the group's subscriptions. Wait for them (restart_grace).
+            if topic in self._matched and self._in_grace() and not future.done():
+                self._send_again(future, mid)
+                return
+        elif not reason.is_failure:
+            self._matched.add(topic)
+        if future.done():
+            return
+        if reason.is_failure:
             future.set_exception(publish_error(self.where, "", reason, None))
         else:
             future.set_result(None)
@@ -326,7 +338,8 @@ class Connection:
         """Wait (up to the publish timeout) for unconfirmed publishes, then DISCONNECT."""
         if self._closing:
             return
-        pending = [f for f in (*self._pubacks.values(), *self._regrouping) if not f.done()]
+        pending = [f for f, _ in self._pubacks.values() if not f.done()]
+        pending += [f for f in self._regrouping if not f.done()]
         if pending and self.connected:
             await asyncio.wait(pending, timeout=self.settings.publish_timeout)
         self._closing = True
@@ -354,8 +367,8 @@ class Connection:
                 sock.close()
         self.connected = False
         error = BrokerUnavailableError(f"{self.where}: connection closed")
-        futures: list[asyncio.Future[Any]] = [*self._pubacks.values(), *self._subacks.values(),
-                                              *self._regrouping]
+        futures: list[asyncio.Future[Any]] = [f for f, _ in self._pubacks.values()]
+        futures += [*self._subacks.values(), *self._regrouping]
         for future in futures:
             if not future.done():
                 future.set_exception(error)

@@ -44,7 +44,8 @@ class MqttSettings(BaseModel):
     #: (MQTT 5 Receive Maximum) and kept unconfirmed by one publisher.
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     #: For this long after a connection is made again, a publish that the broker
-    #: answers with "No matching subscribers" is sent again (every 0.2 s): mosquitto
+    #: answers with "No matching subscribers", to a topic that had reached a
+    #: subscriber before, is sent again (every 0.2 s): mosquitto
     #: does not restore shared subscriptions from its persistence file, so after a
     #: restart a group has no subscription until one of its members is back.
     restart_grace: float = Field(default=10.0, ge=0, le=600)
