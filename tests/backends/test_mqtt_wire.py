@@ -199,3 +199,34 @@ def test_the_broker_is_shown_in_logs_and_errors_without_its_password() -> None:
     assert parse_url("mqtt://host?restart_grace=0").restart_grace == 0
     with pytest.raises(ConfigurationError, match="restart_grace"):
         parse_url("mqtt://host?restart_grace=-1")
+
+
+def test_a_failing_delivery_callback_is_logged_and_the_next_packets_still_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    got: list[str] = []
+
+    def deliver(delivery: Delivery) -> None:
+        if delivery.topic == "bad":
+            raise RuntimeError("boom")
+        got.append(delivery.topic)
+
+    driver = Driver(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, manual_ack=True)
+    driver.deliver = deliver
+    driver._sock = ours
+    try:
+        wire = b""
+        for n, topic in enumerate(("ok-1", "bad", "ok-2")):
+            header, body = _packet(topic, b"x", b"\x00", mid=n + 1)
+            wire += bytes([header]) + _remaining(len(body)) + body
+        theirs.sendall(wire)
+        _read_all(driver)
+    finally:
+        driver._sock = None
+        ours.close()
+        theirs.close()
+    assert got == ["ok-1", "ok-2"]
+    assert any("'bad' was not taken in" in r.getMessage() for r in caplog.records)

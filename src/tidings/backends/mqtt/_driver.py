@@ -17,6 +17,7 @@ they still exist and are used.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable
 from typing import Literal
@@ -31,6 +32,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ._wire import Delivery, decode_publish
 
 __all__ = ["Driver"]
+
+log = logging.getLogger("tidings.mqtt")
 
 #: What one ``recv`` asks for.
 _CHUNK = 256 * 1024
@@ -81,7 +84,12 @@ class Driver(paho.Client):
         if delivery.qos == 2:  # tidings subscribes at QoS 1: the broker may not upgrade
             raise MalformedPacket("a QoS 2 PUBLISH on a QoS 1 subscription")
         if self.deliver is not None:
-            self.deliver(delivery)
+            try:
+                self.deliver(delivery)
+            except Exception:  # raised through paho, it would leave it mid-packet
+                log.exception("%s: a delivery on %r was not taken in (it stays "
+                              "unacknowledged)", self._client_id.decode(errors="replace"),
+                              delivery.topic)
         if delivery.qos == 1 and not self._manual_ack:
             return self._send_puback(delivery.mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
