@@ -258,7 +258,7 @@ class Connection:
     @property
     def full(self) -> bool:
         """Whether as many publishes wait for their PUBACK as the broker allows."""
-        return len(self._pubacks) >= self._send_maximum
+        return len(self._pubacks) + len(self._regrouping) >= self._send_maximum
 
     async def room(self) -> None:
         """Wait until another publish may be sent."""
@@ -322,6 +322,7 @@ class Connection:
 
         def again() -> None:
             self._regrouping.discard(future)
+            self._roomy.set()
             if not future.done() and not self._closing:
                 self._track(future, topic, self._client.publish(topic, payload, qos=1,
                                                                 properties=properties))
