@@ -2,15 +2,16 @@
 
 paho-mqtt 2.x does the protocol; its socket is read and written from this loop's
 reader and writer callbacks (as aiomqtt does), so every paho callback runs on the loop.
-A lost connection is re-made in the background with the same client id; paho sends
-its unconfirmed publishes again, and the broker its unacknowledged deliveries.
+A lost connection is re-made in the background with the same client id (capped
+backoff, reported to the transport's :class:`~._outage.Outage`); paho sends its
+unconfirmed publishes again, and the broker its unacknowledged deliveries. Received
+PUBLISH packets are decoded by :class:`~._driver.Driver`, not by paho.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -29,8 +30,6 @@ from ._translate import connect_error, publish_error
 from ._wire import Delivery
 
 __all__ = ["Connection"]
-
-log = logging.getLogger("tidings.mqtt")
 
 #: The PUBACK reason "No matching subscribers" (MQTT 5.0, 3.4.2.1): accepted, sent nowhere.
 _NO_SUBSCRIBERS = 0x10
