@@ -20,6 +20,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._errors import BrokerUnavailableError
+from ._channels import open_channel, shielded
 from ._streams import declare_stream
 from ._translate import driver_errors
 
@@ -41,14 +42,28 @@ class JsonLog:
         self._channel: AbstractChannel | None = None
         self._marks: dict[str, asyncio.Future[None]] = {}
 
+    @property
+    def alive(self) -> bool:
+        """Whether the tail's channel is open (it is not once its connection closed)."""
+        return self._channel is not None and not self._channel.is_closed
+
     async def open(self) -> None:
         """Declare the stream and start tailing it from its first entry."""
         with driver_errors(f"opening tidings' stream {self.name!r}"):
-            self._channel = channel = await self._connection.channel()
+            self._channel = await shielded(self._open())
+
+    async def _open(self) -> AbstractChannel:
+        channel = await open_channel(self._connection)
+        try:
             await declare_stream(channel, self.name)
             await channel.basic_qos(prefetch_count=1000)
             await channel.basic_consume(self.name, self._deliver, no_ack=False,
                                         arguments={"x-stream-offset": "first"})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        return channel
 
     async def _deliver(self, message: DeliveredMessage) -> None:
         entry = json.loads(message.body)
@@ -87,6 +102,6 @@ class JsonLog:
     async def close(self) -> None:
         """Stop tailing."""
         channel, self._channel = self._channel, None
-        if channel is not None:
+        if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                await channel.close()
+                await shielded(channel.close())
