@@ -27,9 +27,9 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from ._transport import AmqpTransport
 
 __all__ = ["AmqpSubscription"]
+
+T = TypeVar("T")
 
 _CLAIM_RETRY = 0.2  # seconds between tries for a partition another member still holds
 
@@ -238,41 +240,51 @@ class AmqpSubscription(Subscription):
     def _lock_name(self, tp: TopicPartition) -> str:
         return f"tidings.owner.{self._group}.{tp.topic}.{tp.partition}"
 
-    async def _claims_channel(self) -> AbstractChannel:
-        connection = self._transport.connection
-        channel = self._claims
-        if channel is None or channel.is_closed or channel.connection is not connection:
-            channel = self._claims = await open_channel(connection)
-        return channel
+    async def _on_claims(self, call: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+        """``call(channel)`` on the claims channel; a new one if it closed (a refused
+        claim closes it)."""
+        for attempt in range(2):
+            connection = self._transport.connection
+            channel = self._claims
+            if channel is None or channel.is_closed or channel.connection is not connection:
+                channel = self._claims = await open_channel(connection)
+            try:
+                return await call(channel)
+            except amqp.ChannelInvalidStateError:
+                self._claims = None  # it was closing already
+                if attempt:
+                    raise
+            except BaseException:
+                self._claims = None
+                raise
+        raise AssertionError("unreachable")
 
     async def _lock(self, tp: TopicPartition) -> bool:
         """Take the partition's owner queue; False if another member holds it."""
 
-        async def claim() -> bool:
-            channel = await self._claims_channel()
-            try:
-                await channel.queue_declare(self._lock_name(tp), exclusive=True)
-            except amqp.ChannelLockedResource:
-                return False  # another member holds it (it is leaving, or we are joining)
+        async def claim(channel: AbstractChannel) -> bool:
+            await channel.queue_declare(self._lock_name(tp), exclusive=True)
             self._locks.add(tp)  # here, not in the caller: it may be cancelled by now
             self._locks_on = channel.connection
             return True
 
         with driver_errors("claiming a partition"):
-            return await shielded(claim())
+            try:
+                return await shielded(self._on_claims(claim))
+            except amqp.ChannelLockedResource:
+                return False  # another member holds it (it is leaving, or we are joining)
 
     async def _unlock(self, partitions: Sequence[TopicPartition]) -> None:
         """Give the owner queues back (those that cannot be now are retried later)."""
 
-        async def delete() -> None:
-            channel = await self._claims_channel()
+        async def delete(channel: AbstractChannel) -> None:
             for tp in partitions:
                 if tp in self._locks:
                     await channel.queue_delete(self._lock_name(tp))
                     self._locks.discard(tp)
 
         with contextlib.suppress(Exception):
-            await shielded(delete())
+            await shielded(self._on_claims(delete))
 
     async def _initial(self, tp: TopicPartition) -> int:
         committed = self._committed.get(tp)
