@@ -121,7 +121,9 @@ class JsonLog:
         # An ack still waiting for room in aiormq's write queue could reach the broker
         # after the close (asyncio's queue does not keep waiting writers in order), and
         # the broker closes the connection for a frame on a closed channel (504).
-        while self._acking:
-            self._acked.clear()
-            await asyncio.wait_for(self._acked.wait(), 5.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while self._acking:
+                    self._acked.clear()
+                    await self._acked.wait()
         await channel.close()
