@@ -20,6 +20,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._errors import BrokerUnavailableError
+from ._channels import open_channel, shielded
 from ._streams import declare_stream
 from ._translate import driver_errors
 
@@ -40,15 +41,32 @@ class JsonLog:
         self._on_entry = on_entry
         self._channel: AbstractChannel | None = None
         self._marks: dict[str, asyncio.Future[None]] = {}
+        self._acking = 0  # acks on their way to the socket
+        self._acked = asyncio.Event()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the tail's channel is open (it is not once its connection closed)."""
+        return self._channel is not None and not self._channel.is_closed
 
     async def open(self) -> None:
         """Declare the stream and start tailing it from its first entry."""
         with driver_errors(f"opening tidings' stream {self.name!r}"):
-            self._channel = channel = await self._connection.channel()
+            await shielded(self._open())
+
+    async def _open(self) -> None:
+        channel = await open_channel(self._connection)
+        try:
             await declare_stream(channel, self.name)
             await channel.basic_qos(prefetch_count=1000)
+            self._channel = channel  # before the first delivery: each one is acked
             await channel.basic_consume(self.name, self._deliver, no_ack=False,
                                         arguments={"x-stream-offset": "first"})
+        except BaseException:
+            self._channel = None
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
 
     async def _deliver(self, message: DeliveredMessage) -> None:
         entry = json.loads(message.body)
@@ -59,9 +77,17 @@ class JsonLog:
             future = self._marks.pop(mark, None)
             if future is not None and not future.done():
                 future.set_result(None)
-        if self._channel is not None:
+        channel = self._channel
+        if channel is None or channel is not message.channel:
+            return  # closing: a frame after its close would cost the connection
+        self._acking += 1
+        try:
             with contextlib.suppress(Exception):
-                await self._channel.basic_ack(message.delivery_tag or 0)
+                await channel.basic_ack(message.delivery_tag or 0)  # grants credit
+        finally:
+            self._acking -= 1
+            if not self._acking:
+                self._acked.set()
 
     async def append(self, *entries: dict[str, Any]) -> None:
         """Append entries durably (each confirmed by the broker)."""
@@ -87,6 +113,17 @@ class JsonLog:
     async def close(self) -> None:
         """Stop tailing."""
         channel, self._channel = self._channel, None
-        if channel is not None:
+        if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                await channel.close()
+                await shielded(self._close(channel))
+
+    async def _close(self, channel: AbstractChannel) -> None:
+        # An ack still waiting for room in aiormq's write queue could reach the broker
+        # after the close (asyncio's queue does not keep waiting writers in order), and
+        # the broker closes the connection for a frame on a closed channel (504).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while self._acking:
+                    self._acked.clear()
+                    await self._acked.wait()
+        await channel.close()
