@@ -34,6 +34,7 @@ from typing import TypeVar
 from ._dispatch import BatchDispatch, Dispatch, ParallelDispatch, SequentialDispatch
 from ._errors import ConfigurationError, FencedError, TransportError
 from ._offsets import OffsetTracker
+from ._parking import Parked, Parking
 from ._records import Record, Start, TopicPartition
 from ._transaction import HeldOutputs, records_of
 from ._waiting import wait_event
@@ -75,6 +76,8 @@ class ConsumerSpec:
     priority_of: Callable[[Record], int] | None = None
     transactional: bool = False
     batch: int = 0  # > 0: hand records to a BatchProcess, up to this many at a time
+    park: bool = False  # non-blocking retries: a failed record is parked (see _parking)
+    park_dead: bool = False  # a dead-lettered record parks its key until re-driven or purged
 
 
 class Partition:
@@ -85,8 +88,8 @@ class Partition:
     A re-assigned partition gets a new object, so stale work can never touch it.
     """
 
-    __slots__ = ("accepting", "active", "inflight", "inflight_bytes", "lanes", "tp", "tracked",
-                 "tracker")
+    __slots__ = ("accepting", "active", "inflight", "inflight_bytes", "lanes", "parked", "tp",
+                 "tracked", "tracker")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
@@ -96,6 +99,8 @@ class Partition:
         self.active = 0  # handlers running now
         # A key with a running record; its deque (made on demand) holds the ones waiting.
         self.lanes: dict[str, deque[Record] | None] = {}
+        # Keys parked durably (see _parking): their later records park behind them.
+        self.parked: dict[str, deque[Parked]] = {}
         self.accepting = True
         self.tracked = True
 
@@ -115,6 +120,10 @@ class Consumer:
                            or spec.transactional or spec.priority_of is not None):
             raise ConfigurationError("a batch consumer takes a batch process, one worker, "
                                      "no transactions and no priorities")
+        parks = spec.park or spec.park_dead
+        if parks and (spec.batch or spec.transactional or spec.group is None):
+            raise ConfigurationError("non-blocking retries and dead_letter='park-key' need a "
+                                     "group, and neither batches nor exactly_once")
         self._transport = transport
         self.spec = spec
         self.process = process
@@ -132,6 +141,8 @@ class Consumer:
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
         self._dispatch = self._strategy(batch_process)
+        self.parking = Parking(self, transport, spec.group or "", park_dead=spec.park_dead) \
+            if parks else None
 
     def _strategy(self, batch_process: BatchProcess | None) -> Dispatch:
         spec = self.spec
@@ -159,6 +170,8 @@ class Consumer:
     async def start(self) -> None:
         """Join the group and start the fetch loop and the workers."""
         spec = self.spec
+        if self.parking is not None:
+            await self.parking.start()
         if spec.transactional:
             self._subscription = self._transaction = self._subscribe_transactional()
         else:
@@ -192,6 +205,8 @@ class Consumer:
         for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.parking is not None:
+            await self.parking.close(self.spec.shutdown_timeout)
         if self._subscription is not None:
             with contextlib.suppress(TransportError):
                 await self._commit()
@@ -204,6 +219,8 @@ class Consumer:
             task.cancel()
         for timer in self._timers:
             timer.cancel()
+        if self.parking is not None:
+            self.parking.abandon()
         abandon = getattr(self._subscription, "abandon", None)
         if abandon is not None:
             abandon()
@@ -215,6 +232,8 @@ class Consumer:
         for tp in partitions:
             self._forget([tp])  # a stale entry (assigned twice without a revoke)
             self._parts[tp] = Partition(tp)
+        if self.parking is not None:  # what is parked is known before anything runs
+            await self.parking.attach([self._parts[tp] for tp in partitions])
         self.started.set()
 
     async def on_revoked(self, partitions: Collection[TopicPartition]) -> None:
@@ -286,6 +305,10 @@ class Consumer:
             await wait_event(self.progress, self.spec.commit_interval)
             await self._commit_if_due()
 
+    def partitions(self) -> list[Partition]:
+        """The partitions tracked now."""
+        return list(self._parts.values())
+
     def part_of(self, record: Record) -> Partition:
         """The tracked partition of ``record`` (made for a group-less read)."""
         tp = TopicPartition(record.topic, record.partition)
@@ -333,6 +356,53 @@ class Consumer:
             self._has_work.set()
         else:
             lanes.pop(key, None)
+
+    # -- parking (see _parking) -----------------------------------------------------
+
+    async def park_failed(self, record: Record, part: Partition, attempt: int,
+                          outcome: float) -> None:
+        """``record`` failed at ``attempt`` and is retried after ``outcome`` seconds
+        without blocking (``spec.park``), or was dead-lettered (``outcome`` < 0): park
+        it (a dead one only with ``spec.park_dead``), then it is finished here."""
+        parking = self.parking
+        if outcome < 0:
+            if parking is not None and parking.park_dead:
+                await self._park(record, part, attempt, 0.0, dead=True)
+            elif part.tracked:
+                self.finish(record, part)
+            return
+        assert parking is not None
+        await self._park(record, part, attempt + 1, time.time() + outcome, dead=False)
+
+    async def park_behind(self, record: Record, part: Partition, attempt: int) -> None:
+        """``record``'s key is parked: it joins the back of its lane (or, a re-drive of
+        the lane's dead head, takes its place), and is finished here."""
+        assert self.parking is not None
+        head = self.parking.redriven_head(part, record)
+        await self._park(record, part, attempt, 0.0, dead=False, revives=head)
+
+    async def _park(self, record: Record, part: Partition, attempt: int, due: float, *,
+                    dead: bool, revives: Parked | None = None) -> None:
+        parking = self.parking
+        assert parking is not None
+        part.active += 1  # a revoke waits for it to be durable
+        try:
+            while True:
+                try:
+                    if revives is not None:
+                        await parking.revive(part, revives, record)
+                    else:
+                        await parking.park(part, record, attempt, due, dead)
+                    break
+                except TransportError as exc:
+                    log.warning("parking %s[%d]@%d failed: %s; retrying", record.topic,
+                                record.partition, record.offset, exc)
+                    if await wait_event(self.stopped, 1.0) or not part.accepting:
+                        return  # not finished: fetched again later
+        finally:
+            part.active -= 1
+        if part.tracked:
+            self.finish(record, part)
 
     # -- commits -------------------------------------------------------------------
 

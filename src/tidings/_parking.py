@@ -1,0 +1,404 @@
+"""Parked keys: non-blocking retries and dead letters that keep their key's order.
+
+A subscriber with ``RetryPolicy(blocking=False)`` does not wait for a failed message's
+retry in its partition: the message is *parked* (written, with its next attempt number
+and the time it is due, to the group's park log ``tidings.parked.<group>``), its offset
+is committed, and the partition goes on. Later messages of the same key are parked
+behind it (and committed), so the key keeps its order; other keys never wait. Each
+parked key is a lane that runs its messages one at a time, in order, off the
+partition's workers: the head at its due time and attempt, then the others.
+
+With ``dead_letter="park-key"``, a dead-lettered message stays at the head of its key's
+lane, *dead*: the key's later messages park behind it until the dead letter is
+re-driven (the re-driven copy runs at the head, then the others follow it in order) or
+purged (the others go on). A dead head whose dead letter is no longer pending and was
+not re-driven (purged, or deleted from the dead-letter topic by hand) is released, with
+a warning in the second case, by a check every :data:`CHECK_INTERVAL` seconds.
+
+The park log is an ordinary topic on the bus (one partition), so it works on every
+backend that can read a log back (``replay``) and survives crashes: events ``park``
+(a message joins the back of its key's lane), ``attempt`` (the head failed: its next
+attempt and due time), ``dead``, ``revive`` (a re-driven copy replaces a dead head) and
+``done`` (the head finished). Applying them is idempotent, so a member reads the whole
+log when it gets partitions (from where it last read), its own events included. Only a
+partition's owner writes events for it, and it writes them before it commits or gives
+the partition up, so a new owner that read the log to its end knows every parked key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._dlq import REDRIVE_OF, dead_letter_status
+from ._errors import TransportError
+from ._records import OutRecord, Record, TopicPartition
+from .ports import Transport
+
+if TYPE_CHECKING:
+    from ._consumer import Consumer, Partition
+
+__all__ = ["CHECK_INTERVAL", "DEAD", "Parked", "Parking", "park_topic", "read_parked"]
+
+log = logging.getLogger("tidings.consumer")
+
+#: What a process callback returns for a message it dead-lettered (a delay is >= 0).
+DEAD = -1.0
+#: Seconds between checks that a dead head's dead letter is still pending.
+CHECK_INTERVAL = 5.0
+#: Seconds a dead head waits for its re-driven copy before it is released.
+REDRIVE_GRACE = 120.0
+
+_EVENT = "tidings-park-event"
+_ID = "tidings-park-id"
+_TOPIC = "tidings-park-topic"
+_PARTITION = "tidings-park-partition"
+_OFFSET = "tidings-park-offset"
+_KEY = "tidings-park-key"
+_TIMESTAMP = "tidings-park-timestamp"
+_ATTEMPT = "tidings-park-attempt"
+_DUE = "tidings-park-due"
+_PAGE = 1000
+
+
+def park_topic(group: str) -> str:
+    """The park log of consumer group ``group``."""
+    return f"tidings.parked.{group}"
+
+
+@dataclass(slots=True)
+class Parked:
+    """One parked message: the record to run, its next attempt and when it is due (a
+    wall-clock time; 0 for "when it reaches the head"), or ``dead``."""
+
+    id: str
+    record: Record
+    attempt: int
+    due: float
+    dead: bool = False
+
+    @property
+    def lane(self) -> str:
+        """Its lane: its key (a record without a key is a lane of its own)."""
+        return self.record.key if self.record.key is not None else "\0" + self.id
+
+
+def entry_id(record: Record) -> str:
+    """The park id of ``record``: its position (``/`` is in no topic name)."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+class ParkIndex:
+    """What the park log says is parked, per partition and lane, in order."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[TopicPartition, dict[str, deque[Parked]]] = {}
+        self.entries: dict[str, Parked] = {}
+        self.finished: set[str] = set()
+
+    def of(self, tp: TopicPartition) -> dict[str, deque[Parked]]:
+        """The lanes of ``tp`` (the same dict each time: a partition shares it)."""
+        lanes = self.lanes.get(tp)
+        if lanes is None:
+            lanes = self.lanes[tp] = {}
+        return lanes
+
+    def add(self, entry: Parked) -> bool:
+        """Put ``entry`` at the back of its lane; False if it is known or finished."""
+        if entry.id in self.entries or entry.id in self.finished:
+            return False
+        self.entries[entry.id] = entry
+        tp = TopicPartition(entry.record.topic, entry.record.partition)
+        self.of(tp).setdefault(entry.lane, deque()).append(entry)
+        return True
+
+    def finish(self, entry_id: str) -> Parked | None:
+        """Take the entry out of its lane (a lane left empty goes)."""
+        self.finished.add(entry_id)
+        entry = self.entries.pop(entry_id, None)
+        if entry is None:
+            return None
+        lanes = self.of(TopicPartition(entry.record.topic, entry.record.partition))
+        lane = lanes.get(entry.lane)
+        if lane is not None:
+            with contextlib.suppress(ValueError):
+                lane.remove(entry)
+            if not lane:
+                del lanes[entry.lane]
+        return entry
+
+    def apply(self, event: Record) -> None:
+        """Apply one event of the park log (idempotent: a later state is kept)."""
+        h = event.headers
+        kind, eid = h.get(_EVENT), h.get(_ID, "")
+        if kind == "park":
+            self.add(Parked(eid, _record_of(event), int(h[_ATTEMPT]), float(h[_DUE])))
+        elif kind == "done":
+            self.finish(eid)
+        elif (entry := self.entries.get(eid)) is None:
+            return  # about an entry finished since
+        elif kind == "attempt" and int(h[_ATTEMPT]) >= entry.attempt:
+            entry.attempt, entry.due, entry.dead = int(h[_ATTEMPT]), float(h[_DUE]), False
+        elif kind == "dead":
+            entry.dead = True
+        elif kind == "revive":
+            entry.record, entry.attempt, entry.due, entry.dead = _record_of(event), 1, 0.0, False
+
+
+def _record_of(event: Record) -> Record:
+    h = event.headers
+    headers = {k: v for k, v in h.items() if not k.startswith("tidings-park-")}
+    return Record(h[_TOPIC], int(h[_PARTITION]), int(h[_OFFSET]), h.get(_KEY), event.value,
+                  headers, float(h[_TIMESTAMP]))
+
+
+def _event(group: str, kind: str, entry: Parked, *, full: bool = False) -> OutRecord:
+    headers = {_EVENT: kind, _ID: entry.id, _ATTEMPT: str(entry.attempt),
+               _DUE: f"{entry.due:.6f}"}
+    value = b""
+    if full:
+        record = entry.record
+        headers = {**record.headers, **headers, _TOPIC: record.topic,
+                   _PARTITION: str(record.partition), _OFFSET: str(record.offset),
+                   _TIMESTAMP: f"{record.timestamp:.6f}"}
+        if record.key is not None:
+            headers[_KEY] = record.key
+        value = record.value
+    return OutRecord(park_topic(group), value, key=entry.record.key, headers=headers,
+                     partition=0)
+
+
+async def read_log(transport: Transport, topic: str, start: int | None,
+                   apply: Callable[[Record], None]) -> int:
+    """Apply every record of ``topic``'s one partition from ``start`` (None: its first)
+    to its end now; return the offset after the last one read."""
+    infos = {info.name: info for info in await transport.describe_topics()}
+    info = infos.get(topic)
+    if info is None:
+        return 0
+    offset = info.start_offsets.get(0, 0) if start is None else start
+    end = info.end_offsets.get(0, 0)
+    while offset < end:
+        page = await transport.read(topic, 0, offset, _PAGE)
+        if not page:
+            break
+        for record in page:
+            try:
+                apply(record)
+            except (KeyError, ValueError) as exc:
+                log.warning("skipped a malformed event in %s@%d: %r", topic, record.offset, exc)
+        offset = page[-1].offset + 1
+    return offset
+
+
+async def read_parked(transport: Transport, group: str) -> list[Parked]:
+    """Every message parked in ``group`` now (for the CLI and the console), in order
+    per partition and key."""
+    index = ParkIndex()
+    await read_log(transport, park_topic(group), None, index.apply)
+    return [entry for lanes in index.lanes.values() for lane in lanes.values()
+            for entry in lane]
+
+
+class Parking:
+    """One consumer's parked keys: it writes and reads the park log, and runs lanes."""
+
+    def __init__(self, consumer: Consumer, transport: Transport, group: str, *,
+                 park_dead: bool) -> None:
+        self._consumer = consumer
+        self._transport = transport
+        self._group = group
+        self._topic = park_topic(group)
+        self.park_dead = park_dead
+        self._index = ParkIndex()
+        self._read_to: int | None = None
+        self._running: dict[tuple[TopicPartition, str], asyncio.Task[None]] = {}
+        self._checker: asyncio.Task[None] | None = None
+        self._redriven_since: dict[str, float] = {}
+
+    async def start(self) -> None:
+        """Make sure the park log exists (one partition: one order for every event)."""
+        await self._transport.ensure_topic(self._topic, 1)
+        if self.park_dead:
+            self._checker = asyncio.create_task(self._check_loop(), name="tidings-park-check")
+
+    async def attach(self, parts: Iterable[Partition]) -> None:
+        """Newly owned partitions: read the park log to its end, then run their lanes."""
+        self._read_to = await read_log(self._transport, self._topic, self._read_to,
+                                       self._index.apply)
+        for part in parts:
+            part.parked = self._index.of(part.tp)
+            for lane in list(part.parked):
+                self._wake(part, lane)
+
+    async def close(self, timeout: float) -> None:
+        """Stop the lanes (a running handler gets ``timeout`` seconds to finish)."""
+        tasks = [*self._running.values()]
+        if self._checker is not None:
+            tasks.append(self._checker)
+            self._checker.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def abandon(self) -> None:
+        """Stop at once (a crash): lanes and the check are cancelled."""
+        for task in [*self._running.values(), self._checker]:
+            if task is not None:
+                task.cancel()
+
+    # -- parking what the partition's workers hand over ----------------------------
+
+    async def park(self, part: Partition, record: Record, attempt: int, due: float,
+                   dead: bool = False) -> None:
+        """Park ``record`` at the back of its key's lane: to run at ``attempt`` when
+        ``due`` (0: when it is the head), or dead. Durable when this returns."""
+        entry = Parked(entry_id(record), record, attempt, due, dead)
+        events = [_event(self._group, "park", entry, full=True)]
+        if dead:
+            events.append(_event(self._group, "dead", entry))
+        await self._transport.append(events)
+        if self._index.add(entry):
+            self._wake(part, entry.lane)
+
+    async def revive(self, part: Partition, head: Parked, record: Record) -> None:
+        """``record``, a re-driven copy of the dead head ``head``, takes its place."""
+        head.record, head.attempt, head.due, head.dead = record, 1, 0.0, False
+        await self._transport.append([_event(self._group, "revive", head, full=True)])
+        self._wake(part, head.lane)
+
+    def redriven_head(self, part: Partition, record: Record) -> Parked | None:
+        """The dead head that ``record`` is the re-drive of, if it is one."""
+        lane = part.parked.get(record.key) if record.key is not None else None
+        origin = record.headers.get(REDRIVE_OF)
+        if not lane or origin is None:
+            return None
+        head = lane[0]
+        return head if head.dead and entry_id(head.record) == origin else None
+
+    # -- running lanes -------------------------------------------------------------
+
+    def _wake(self, part: Partition, lane: str) -> None:
+        """Run ``lane`` of ``part`` unless it runs already."""
+        slot = (part.tp, lane)
+        task = self._running.get(slot)
+        if task is None or task.done():
+            self._running[slot] = asyncio.create_task(self._run(part, lane, slot),
+                                                      name="tidings-parked-lane")
+
+    async def _run(self, part: Partition, lane_name: str,
+                   slot: tuple[TopicPartition, str]) -> None:
+        try:
+            await self._run_lane(part, lane_name)
+        except TransportError as exc:  # the park log could not be written: later
+            log.warning("parked lane of %s could not go on (%s); retrying", part.tp, exc)
+            await asyncio.sleep(1.0)
+            if part.accepting:
+                self._running.pop(slot, None)
+                self._wake(part, lane_name)
+                return
+        finally:
+            if self._running.get(slot) is asyncio.current_task():
+                del self._running[slot]
+
+    async def _run_lane(self, part: Partition, lane_name: str) -> None:
+        consumer = self._consumer
+        while part.accepting:
+            lane = part.parked.get(lane_name)
+            if not lane or lane[0].dead:
+                return  # empty, or a dead head waits for a re-drive or a purge
+            head = lane[0]
+            wait = head.due - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue  # the state may have changed (revoked, revived)
+            part.active += 1  # a revoke waits for the handler and for what it wrote
+            try:
+                try:
+                    outcome = await consumer.process(head.record, head.attempt)
+                except Exception:
+                    log.exception("tidings failed to process parked %s; retrying", head.id)
+                    outcome = 1.0
+                if not part.tracked:
+                    return  # lost: the new owner runs it again
+                await self._settle(head, outcome)
+            finally:
+                part.active -= 1
+                consumer.progress.set()
+
+    async def _settle(self, head: Parked, outcome: float | None) -> None:
+        """Write what happened to the head: done, failed again, or dead."""
+        if outcome is not None and outcome >= 0:
+            head.attempt, head.due = head.attempt + 1, time.time() + outcome
+            await self._transport.append([_event(self._group, "attempt", head)])
+        elif outcome is not None and self.park_dead:
+            head.dead = True
+            await self._transport.append([_event(self._group, "dead", head)])
+        else:
+            await self._transport.append([_event(self._group, "done", head)])
+            self._index.finish(head.id)
+
+    # -- dead heads ----------------------------------------------------------------
+
+    def dead_heads(self, parts: Collection[Partition]) -> list[tuple[Partition, Parked]]:
+        """The dead heads of ``parts``' lanes."""
+        return [(part, lane[0]) for part in parts for lane in list(part.parked.values())
+                if lane and lane[0].dead]
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            try:
+                await self.check_dead()
+            except TransportError as exc:
+                log.warning("could not check the dead letters of parked keys: %s", exc)
+
+    async def check_dead(self) -> None:
+        """Release each dead head whose dead letter is no longer pending and was not
+        re-driven (its re-driven copy is on its way otherwise)."""
+        heads = self.dead_heads(self._consumer.partitions())
+        topics = {head.record.topic for _, head in heads}
+        for topic in topics:
+            status = await dead_letter_status(self._transport, topic)
+            for part, head in heads:
+                if head.record.topic != topic or not part.accepting:
+                    continue
+                record = head.record
+                state = status.get((self._group, record.partition, record.offset))
+                if state == "redriven":
+                    # Its copy is on its way; one that never comes (it went to another
+                    # partition: the topic's partitions changed) must not hold the key.
+                    seen = self._redriven_since.setdefault(head.id, time.monotonic())
+                    if time.monotonic() - seen < REDRIVE_GRACE:
+                        continue
+                if state == "pending":
+                    continue
+                if state == "purged":
+                    log.info("the dead letter of %s was purged: key %r goes on",
+                             head.id, record.key)
+                elif state == "redriven":
+                    log.warning("the re-driven copy of %s never reached key %r of %s: "
+                                "releasing the key", head.id, record.key, part.tp)
+                else:
+                    log.warning("the dead letter of %s is gone from %s.dlq (deleted by "
+                                "hand?): releasing key %r", head.id, topic, record.key)
+                await self._transport.append([_event(self._group, "done", head)])
+                self._index.finish(head.id)
+                self._wake(part, head.lane)
+
+
+def parked_counts(entries: Iterable[Parked]) -> Mapping[tuple[str, int, str | None], int]:
+    """How many messages are parked per topic, partition and key."""
+    counts: dict[tuple[str, int, str | None], int] = {}
+    for entry in entries:
+        where = (entry.record.topic, entry.record.partition, entry.record.key)
+        counts[where] = counts.get(where, 0) + 1
+    return counts
