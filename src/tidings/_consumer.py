@@ -259,6 +259,8 @@ class Consumer:
             if part is not None:
                 part.accepting = part.tracked = False
                 part.lanes.clear()
+                if self.parking is not None:
+                    self.parking.forget(part)
                 self.inflight -= part.inflight
                 self.inflight_bytes -= part.inflight_bytes
         if self.held is not None:

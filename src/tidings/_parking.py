@@ -32,19 +32,21 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._dlq import REDRIVE_OF, dead_letter_status
 from ._errors import TransportError
 from ._records import OutRecord, Record, TopicPartition
+from ._waiting import wait_event
 from .ports import Transport
 
 if TYPE_CHECKING:
     from ._consumer import Consumer, Partition
 
-__all__ = ["CHECK_INTERVAL", "DEAD", "Parked", "Parking", "park_topic", "read_parked"]
+__all__ = ["CHECK_INTERVAL", "DEAD", "Parked", "ParkedKey", "Parking", "park_topic",
+           "parked_keys", "read_parked"]
 
 log = logging.getLogger("tidings.consumer")
 
@@ -218,9 +220,12 @@ class Parking:
         self.park_dead = park_dead
         self._index = ParkIndex()
         self._read_to: int | None = None
-        self._running: dict[tuple[TopicPartition, str], asyncio.Task[None]] = {}
+        # Per partition object (a re-assigned partition gets a new one) and lane.
+        self._running: dict[tuple[Partition, str], asyncio.Task[None]] = {}
         self._checker: asyncio.Task[None] | None = None
         self._redriven_since: dict[str, float] = {}
+        self._closing = asyncio.Event()
+        self._sleeping: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Make sure the park log exists (one partition: one order for every event)."""
@@ -239,6 +244,7 @@ class Parking:
 
     async def close(self, timeout: float) -> None:
         """Stop the lanes (a running handler gets ``timeout`` seconds to finish)."""
+        self._closing.set()
         tasks = [*self._running.values()]
         if self._checker is not None:
             tasks.append(self._checker)
@@ -248,6 +254,13 @@ class Parking:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def forget(self, part: Partition) -> None:
+        """``part`` is no longer owned: its lanes waiting for a due time stop now (one
+        running a handler stops after it, as it sees the partition gone)."""
+        for (owner, _), task in list(self._running.items()):
+            if owner is part and task in self._sleeping:
+                task.cancel()
 
     def abandon(self) -> None:
         """Stop at once (a crash): lanes and the check are cancelled."""
@@ -288,14 +301,14 @@ class Parking:
 
     def _wake(self, part: Partition, lane: str) -> None:
         """Run ``lane`` of ``part`` unless it runs already."""
-        slot = (part.tp, lane)
+        slot = (part, lane)
         task = self._running.get(slot)
         if task is None or task.done():
             self._running[slot] = asyncio.create_task(self._run(part, lane, slot),
                                                       name="tidings-parked-lane")
 
     async def _run(self, part: Partition, lane_name: str,
-                   slot: tuple[TopicPartition, str]) -> None:
+                   slot: tuple[Partition, str]) -> None:
         try:
             await self._run_lane(part, lane_name)
         except TransportError as exc:  # the park log could not be written: later
@@ -318,7 +331,14 @@ class Parking:
             head = lane[0]
             wait = head.due - time.time()
             if wait > 0:
-                await asyncio.sleep(wait)
+                task = asyncio.current_task()
+                assert task is not None
+                self._sleeping.add(task)
+                try:
+                    if await wait_event(self._closing, wait):
+                        return
+                finally:
+                    self._sleeping.discard(task)
                 continue  # the state may have changed (revoked, revived)
             part.active += 1  # a revoke waits for the handler and for what it wrote
             try:
@@ -395,10 +415,40 @@ class Parking:
                 self._wake(part, head.lane)
 
 
-def parked_counts(entries: Iterable[Parked]) -> Mapping[tuple[str, int, str | None], int]:
-    """How many messages are parked per topic, partition and key."""
-    counts: dict[tuple[str, int, str | None], int] = {}
-    for entry in entries:
-        where = (entry.record.topic, entry.record.partition, entry.record.key)
-        counts[where] = counts.get(where, 0) + 1
-    return counts
+@dataclass(frozen=True, slots=True)
+class ParkedKey:
+    """One parked key of a group (what ``tidings dlq parked`` and the console show):
+    how many messages wait in its lane, and its head's state: ``dead`` (waiting for a
+    re-drive or a purge), else its next ``attempt`` at ``due`` (0: now)."""
+
+    group: str
+    topic: str
+    partition: int
+    key: str | None
+    count: int
+    head: str
+    attempt: int
+    due: float
+    dead: bool
+
+
+async def parked_keys(transport: Transport, group: str | None = None) -> list[ParkedKey]:
+    """Every parked key of ``group`` (default: of every group with a park log)."""
+    prefix = park_topic("")
+    if group is None:
+        groups = sorted(info.name[len(prefix):] for info in await transport.describe_topics()
+                        if info.name.startswith(prefix))
+    else:
+        groups = [group]
+    out: list[ParkedKey] = []
+    for name in groups:
+        index = ParkIndex()
+        await read_log(transport, park_topic(name), None, index.apply)
+        for tp, lanes in sorted(index.lanes.items()):
+            for lane in lanes.values():
+                if lane:
+                    head = lane[0]
+                    out.append(ParkedKey(name, tp.topic, tp.partition, head.record.key,
+                                         len(lane), head.id, head.attempt, head.due,
+                                         head.dead))
+    return out

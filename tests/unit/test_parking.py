@@ -1,0 +1,72 @@
+"""Parked keys without a broker: declarations refused when they cannot work, and the
+park log's events applied idempotently (a member re-reads its own), in order."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidings import App, ConfigurationError, RetryPolicy
+from tidings._parking import Parked, ParkIndex, _event
+from tidings._records import Record, TopicPartition
+from tidings.testing import memory_url
+
+
+async def _noop(payload: dict[str, int]) -> None: ...
+
+
+async def _batch(payloads: list[dict[str, int]]) -> None: ...
+
+
+def test_the_default_policy_blocks_and_dead_letters_skip() -> None:
+    assert RetryPolicy().blocking is True
+    app = App("svc", broker=memory_url())
+    app.subscriber("t")(_noop)
+    spec = app._subscribers[0].consumer_spec(app)
+    assert not spec.park and not spec.park_dead
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"dead_letter": "park"}, "'skip' or 'park-key'"),
+    ({"dead_letter": "park-key", "batch": True}, "cannot park keys"),
+    ({"retry": RetryPolicy(blocking=False), "exactly_once": True}, "cannot park keys"),
+])
+def test_what_cannot_park_is_refused_when_declared(options: dict[str, object],
+                                                    message: str) -> None:
+    app = App("svc", broker=memory_url())
+    with pytest.raises(ConfigurationError, match=message):
+        app.subscriber("t", **options)(_batch if options.get("batch") else _noop)  # type: ignore[arg-type]
+
+
+def _record(offset: int, key: str | None = "k") -> Record:
+    return Record("t", 0, offset, key, b"{}", {"h": "v"}, 1.0)
+
+
+def _as_read(out: object, offset: int) -> Record:
+    """An appended event as a reader gets it back."""
+    return Record("tidings.parked.g", 0, offset, out.key, out.value,  # type: ignore[attr-defined]
+                  dict(out.headers), 2.0)  # type: ignore[attr-defined]
+
+
+def test_events_apply_in_order_and_twice_change_nothing() -> None:
+    head = Parked("t/0/1", _record(1), 2, 50.0)
+    follower = Parked("t/0/3", _record(3), 1, 0.0)
+    events = [_event("g", "park", head, full=True), _event("g", "park", follower, full=True)]
+    head.attempt, head.due = 3, 80.0
+    events.append(_event("g", "attempt", head))
+    index = ParkIndex()
+    for _ in range(2):  # a member reads its own events back: idempotent
+        for n, out in enumerate(events):
+            index.apply(_as_read(out, n))
+    lane = index.lanes[TopicPartition("t", 0)]["k"]
+    assert [(e.id, e.attempt, e.due) for e in lane] == [("t/0/1", 3, 80.0), ("t/0/3", 1, 0.0)]
+    assert lane[0].record == _record(1)  # the original record, its headers unprefixed
+    index.apply(_as_read(_event("g", "done", head), 9))
+    index.apply(_as_read(events[0], 0))  # a finished entry's old park event: ignored
+    assert [e.id for e in index.lanes[TopicPartition("t", 0)]["k"]] == ["t/0/3"]
+    index.apply(_as_read(_event("g", "done", follower), 10))
+    assert index.lanes[TopicPartition("t", 0)] == {}  # an empty lane goes: the key is free
+
+
+def test_a_message_without_a_key_is_a_lane_of_its_own() -> None:
+    a, b = Parked("t/0/1", _record(1, None), 2, 0.0), Parked("t/0/2", _record(2, None), 2, 0.0)
+    assert a.lane != b.lane
