@@ -56,6 +56,10 @@ DEAD = -1.0
 CHECK_INTERVAL = 5.0
 #: Seconds a dead head waits for its re-driven copy before it is released.
 REDRIVE_GRACE = 120.0
+#: A parked message's whole state is written again once it is this old (a day), at
+#: most every REFRESH_INTERVAL seconds, so retention of the park log keeps it.
+REFRESH_AGE = 86400.0
+REFRESH_INTERVAL = 3600.0
 
 _EVENT = "tidings-park-event"
 _ID = "tidings-park-id"
@@ -84,6 +88,7 @@ class Parked:
     attempt: int
     due: float
     dead: bool = False
+    written: float = 0.0  # when the park log last got its whole state (see refresh)
 
     @property
     def lane(self) -> str:
@@ -117,7 +122,14 @@ class ParkIndex:
             return False
         self.entries[entry.id] = entry
         tp = TopicPartition(entry.record.topic, entry.record.partition)
-        self.of(tp).setdefault(entry.lane, deque()).append(entry)
+        lane = self.of(tp).setdefault(entry.lane, deque())
+        # A lane's order is its messages' offset order (a revived head keeps the id,
+        # so the place, of the message it replaced), whatever order events are read
+        # in: after retention deleted a lane's first events, refreshed ones come later.
+        at = len(lane)
+        while at and _offset_of(lane[at - 1].id) > _offset_of(entry.id):
+            at -= 1
+        lane.insert(at, entry)
         return True
 
     def finish(self, entry_id: str) -> Parked | None:
@@ -140,7 +152,11 @@ class ParkIndex:
         h = event.headers
         kind, eid = h.get(_EVENT), h.get(_ID, "")
         if kind == "park":
-            self.add(Parked(eid, _record_of(event), int(h[_ATTEMPT]), float(h[_DUE])))
+            _offset_of(eid)  # a malformed id fails here, not when it is sorted
+            self.add(Parked(eid, _record_of(event), int(h[_ATTEMPT]), float(h[_DUE]),
+                            written=event.timestamp))
+            if (entry := self.entries.get(eid)) is not None:
+                entry.written = max(entry.written, event.timestamp)
         elif kind == "done":
             self.finish(eid)
         elif (entry := self.entries.get(eid)) is None:
@@ -151,6 +167,10 @@ class ParkIndex:
             entry.dead = True
         elif kind == "revive":
             entry.record, entry.attempt, entry.due, entry.dead = _record_of(event), 1, 0.0, False
+
+
+def _offset_of(eid: str) -> int:
+    return int(eid.rsplit("/", 1)[1])
 
 
 def _record_of(event: Record) -> Record:
@@ -230,8 +250,7 @@ class Parking:
     async def start(self) -> None:
         """Make sure the park log exists (one partition: one order for every event)."""
         await self._transport.ensure_topic(self._topic, 1)
-        if self.park_dead:
-            self._checker = asyncio.create_task(self._check_loop(), name="tidings-park-check")
+        self._checker = asyncio.create_task(self._check_loop(), name="tidings-park-check")
 
     async def attach(self, parts: Iterable[Partition]) -> None:
         """Newly owned partitions: read the park log to its end, then run their lanes."""
@@ -274,7 +293,7 @@ class Parking:
                    dead: bool = False) -> None:
         """Park ``record`` at the back of its key's lane: to run at ``attempt`` when
         ``due`` (0: when it is the head), or dead. Durable when this returns."""
-        entry = Parked(entry_id(record), record, attempt, due, dead)
+        entry = Parked(entry_id(record), record, attempt, due, dead, time.time())
         events = [_event(self._group, "park", entry, full=True)]
         if dead:
             events.append(_event(self._group, "dead", entry))
@@ -285,6 +304,7 @@ class Parking:
     async def revive(self, part: Partition, head: Parked, record: Record) -> None:
         """``record``, a re-driven copy of the dead head ``head``, takes its place."""
         head.record, head.attempt, head.due, head.dead = record, 1, 0.0, False
+        head.written = time.time()
         await self._transport.append([_event(self._group, "revive", head, full=True)])
         self._wake(part, head.lane)
 
@@ -374,12 +394,36 @@ class Parking:
                 if lane and lane[0].dead]
 
     async def _check_loop(self) -> None:
+        refreshed = time.monotonic()
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             try:
-                await self.check_dead()
+                if self.park_dead:
+                    await self.check_dead()
+                if time.monotonic() - refreshed >= REFRESH_INTERVAL:
+                    refreshed = time.monotonic()
+                    await self.refresh()
             except TransportError as exc:
-                log.warning("could not check the dead letters of parked keys: %s", exc)
+                log.warning("could not look after the parked keys of %s: %s", self._group, exc)
+
+    async def refresh(self) -> None:
+        """Write again the whole state of each parked message of the partitions owned
+        here whose state was last written ``REFRESH_AGE`` seconds ago or more, so that
+        the park log's retention (a week by default) never forgets one."""
+        cutoff = time.time() - REFRESH_AGE
+        for part in self._consumer.partitions():
+            stale = [e for lane in list(part.parked.values()) for e in lane
+                     if e.written <= cutoff]
+            if stale and part.accepting:
+                events = []
+                for entry in stale:
+                    events.append(_event(self._group, "park", entry, full=True))
+                    if entry.dead:
+                        events.append(_event(self._group, "dead", entry))
+                await self._transport.append(events)
+                now = time.time()
+                for entry in stale:
+                    entry.written = now
 
     async def check_dead(self) -> None:
         """Release each dead head whose dead letter is no longer pending and was not

@@ -248,14 +248,17 @@ def test_a_parked_key_whose_dead_letter_is_gone_is_released_with_a_warning(
     async def main() -> None:
         handled: list[tuple[str | None, int]] = []
         app = _park_key_app(backend, topic, {"fixed": False}, handled)
-        dead = {"tidings-park-id": f"{topic}/0/999", "tidings-park-attempt": "1",
+        # The key's dead letter was the topic's first message (offset 0).
+        dead = {"tidings-park-id": f"{topic}/0/0", "tidings-park-attempt": "1",
                 "tidings-park-due": "0"}
         parked = {**dead, "tidings-park-event": "park", "tidings-park-topic": topic,
-                  "tidings-park-partition": "0", "tidings-park-offset": "999",
+                  "tidings-park-partition": "0", "tidings-park-offset": "0",
                   "tidings-park-key": "lost", "tidings-park-timestamp": "0"}
         admin = backend.app("admin")
         async with admin:
             await admin.transport.ensure_topic(topic, 1)
+            # Its original, at offset 0: already parked, so not run again.
+            await admin.publish(topic, {"seq": 0}, key="lost")
             await admin.transport.append([
                 OutRecord(park_topic(app.name), b'{"seq":0}', key="lost", headers=parked,
                           partition=0),
