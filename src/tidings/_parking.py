@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ._dlq import REDRIVE_OF, dead_letter_status
@@ -474,6 +475,16 @@ class ParkedKey:
     attempt: int
     due: float
     dead: bool
+
+    @property
+    def waits_for(self) -> str:
+        """What its head waits for, in words."""
+        if self.dead:
+            return "its dead letter (re-drive or purge it)"
+        if self.due <= 0:
+            return f"attempt {self.attempt} now"
+        when = datetime.fromtimestamp(self.due).isoformat(timespec="seconds")
+        return f"attempt {self.attempt} at {when}"
 
 
 async def parked_keys(transport: Transport, group: str | None = None) -> list[ParkedKey]:

@@ -181,16 +181,8 @@ def parked(ctx: click.Context, group: str | None) -> None:
     keys: list[ParkedKey] = _run(ctx, lambda app: parked_keys(app.transport, group),
                                  read_only=True)
     data = [{"group": k.group, "topic": k.topic, "partition": k.partition, "key": k.key,
-             "parked": k.count, "head": k.head, "waits_for": _waits_for(k)} for k in keys]
+             "parked": k.count, "head": k.head, "waits_for": k.waits_for} for k in keys]
     emit(ctx.obj["json"], data, ["GROUP", "TOPIC", "PARTITION", "KEY", "PARKED", "WAITS FOR"],
          [[d["group"], d["topic"], d["partition"], d["key"], d["parked"], d["waits_for"]]
           for d in data], "no parked keys")
 
-
-def _waits_for(key: ParkedKey) -> str:
-    if key.dead:
-        return "its dead letter (re-drive or purge it)"
-    if key.due <= 0:
-        return f"attempt {key.attempt} now"
-    when = datetime.fromtimestamp(key.due).isoformat(timespec="seconds")
-    return f"attempt {key.attempt} at {when}"
