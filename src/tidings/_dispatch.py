@@ -196,7 +196,7 @@ class ParallelDispatch(Dispatch):
             # A revoked partition stays tracked until its running handlers are done; a
             # lost (or lost and re-assigned) one does not, and its results are dropped.
             if part.tracked:
-                if outputs and delay is None and held is not None:
+                if outputs and (delay is None or delay < 0) and held is not None:
                     held.add(part.tp, record.offset, outputs)
                 if delay is None:
                     consumer.finish(record, part)
