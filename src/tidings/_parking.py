@@ -254,9 +254,18 @@ class Parking:
         self._checker = asyncio.create_task(self._check_loop(), name="tidings-park-check")
 
     async def attach(self, parts: Iterable[Partition]) -> None:
-        """Newly owned partitions: read the park log to its end, then run their lanes."""
-        self._read_to = await read_log(self._transport, self._topic, self._read_to,
-                                       self._index.apply)
+        """Newly owned partitions: read the park log to its end, then run their lanes.
+        Nothing of theirs runs before (else a parked key's later message could overtake
+        it), so a read that fails is tried again until it succeeds or the consumer stops."""
+        while True:
+            try:
+                self._read_to = await read_log(self._transport, self._topic, self._read_to,
+                                               self._index.apply)
+                break
+            except TransportError as exc:
+                log.warning("could not read the park log %s: %s; retrying", self._topic, exc)
+                if await wait_event(self._consumer.stopped, 0.5):
+                    return
         for part in parts:
             part.parked = self._index.of(part.tp)
             for lane in list(part.parked):

@@ -273,3 +273,42 @@ def test_a_parked_key_whose_dead_letter_is_gone_is_released_with_a_warning(
         assert any("gone from" in r.getMessage() for r in caplog.records)
 
     asyncio.run(main())
+
+
+@requires(Capability.GROUPS, Capability.REPLAY)
+def test_a_parked_retry_moves_with_its_partition_to_another_member(
+        backend: Backend, names: Names) -> None:
+    """A member that leaves while a message waits for its retry hands its partitions
+    over; the member that gets them runs the message once, at the stored attempt and
+    time (not at once, not from attempt 1)."""
+    topic = names("handover")
+    backoff = 3.0
+
+    async def main() -> None:
+        attempts: list[tuple[str, int, float]] = []
+
+        def member(name: str) -> App:
+            app = backend.app("svc")
+
+            @app.subscriber(topic, retry=_policy(backoff), partitions=1)
+            async def handle(payload: dict[str, Any], message: Message) -> None:
+                attempts.append((name, message.attempt, time.time()))
+                if message.attempt == 1:
+                    raise ConnectionError("first attempt fails")
+
+            return app
+
+        first, second = member("first"), member("second")
+        async with first:
+            await first.publish(topic, {"n": 1}, key="k")
+            await eventually(lambda: len(attempts) == 1, 20, "attempt 1")
+            await eventually_async(lambda: _parked_count(first, first.name), 15)
+            async with second:
+                await first.stop()  # leaves: its partition goes to the second member
+                await eventually(lambda: len(attempts) == 2, 30, "attempt 2")
+                await asyncio.sleep(0.5)
+        assert [(who, attempt) for who, attempt, _ in attempts] == \
+            [("first", 1), ("second", 2)]
+        assert attempts[1][2] - attempts[0][2] >= backoff * 0.95
+
+    asyncio.run(main())
