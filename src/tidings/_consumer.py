@@ -34,7 +34,8 @@ from typing import TypeVar
 from ._dispatch import BatchDispatch, Dispatch, ParallelDispatch, SequentialDispatch
 from ._errors import ConfigurationError, FencedError, TransportError
 from ._offsets import OffsetTracker
-from ._parking import Parked, Parking
+from ._parking import Parking
+from ._parklog import Parked
 from ._records import Record, Start, TopicPartition
 from ._transaction import HeldOutputs, records_of
 from ._waiting import wait_event
@@ -363,48 +364,18 @@ class Consumer:
 
     async def park_failed(self, record: Record, part: Partition, attempt: int,
                           outcome: float) -> None:
-        """``record`` failed at ``attempt`` and is retried after ``outcome`` seconds
-        without blocking (``spec.park``), or was dead-lettered (``outcome`` < 0): park
-        it (a dead one only with ``spec.park_dead``), then it is finished here."""
-        parking = self.parking
-        if outcome < 0:
-            if parking is not None and parking.park_dead:
-                await self._park(record, part, attempt, 0.0, dead=True)
-            elif part.tracked:
-                self.finish(record, part)
-            return
-        assert parking is not None
-        await self._park(record, part, attempt + 1, time.time() + outcome, dead=False)
+        """``record`` failed at ``attempt``: retried after ``outcome`` seconds without
+        blocking, or dead-lettered (``outcome`` < 0). Parked if so configured, then
+        finished here."""
+        if self.parking is not None:
+            await self.parking.failed(record, part, attempt, outcome)
+        elif part.tracked:
+            self.finish(record, part)
 
     async def park_behind(self, record: Record, part: Partition, attempt: int) -> None:
-        """``record``'s key is parked: it joins the back of its lane (or, a re-drive of
-        the lane's dead head, takes its place), and is finished here."""
+        """``record``'s key is parked: it joins its lane (see ``Parking.behind``)."""
         assert self.parking is not None
-        head = self.parking.redriven_head(part, record)
-        await self._park(record, part, attempt, 0.0, dead=False, revives=head)
-
-    async def _park(self, record: Record, part: Partition, attempt: int, due: float, *,
-                    dead: bool, revives: Parked | None = None) -> None:
-        parking = self.parking
-        assert parking is not None
-        part.active += 1  # a revoke waits for it to be durable
-        try:
-            while True:
-                try:
-                    if revives is not None:
-                        await parking.revive(part, revives, record)
-                    else:
-                        await parking.park(part, record, attempt, due, dead)
-                    break
-                except TransportError as exc:
-                    log.warning("parking %s[%d]@%d failed: %s; retrying", record.topic,
-                                record.partition, record.offset, exc)
-                    if await wait_event(self.stopped, 1.0) or not part.accepting:
-                        return  # not finished: fetched again later
-        finally:
-            part.active -= 1
-        if part.tracked:
-            self.finish(record, part)
+        await self.parking.behind(record, part, attempt)
 
     # -- commits -------------------------------------------------------------------
 

@@ -15,39 +15,35 @@ purged (the others go on). A dead head whose dead letter is no longer pending an
 not re-driven (purged, or deleted from the dead-letter topic by hand) is released, with
 a warning in the second case, by a check every :data:`CHECK_INTERVAL` seconds.
 
-The park log is an ordinary topic on the bus (one partition), so it works on every
-backend that can read a log back (``replay``) and survives crashes: events ``park``
-(a message joins the back of its key's lane), ``attempt`` (the head failed: its next
-attempt and due time), ``dead``, ``revive`` (a re-driven copy replaces a dead head) and
-``done`` (the head finished). Applying them is idempotent, so a member reads the whole
-log when it gets partitions (from where it last read), its own events included. Only a
-partition's owner writes events for it, and it writes them before it commits or gives
-the partition up, so a new owner that read the log to its end knows every parked key.
+The park log (:mod:`tidings._parklog`) is an ordinary topic on the bus, so this works
+on every backend that can read a log back (``replay``) and survives crashes. A member
+reads it when it gets partitions (from where it last read), before any of their
+records runs. Only a partition's owner writes events for it, and it writes them before
+it commits or gives the partition up, so a new owner knows every parked key. Each owner
+writes a parked message's whole state again once a day, so the log's retention (a
+week by default) never forgets one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from ._dlq import REDRIVE_OF, dead_letter_status
 from ._errors import TransportError
-from ._records import OutRecord, Record, TopicPartition
+from ._parklog import Parked, ParkIndex, entry_id, park_topic, read_log
+from ._parklog import event_record as _event
+from ._records import Record
 from ._waiting import wait_event
 from .ports import Transport
 
 if TYPE_CHECKING:
     from ._consumer import Consumer, Partition
 
-__all__ = ["CHECK_INTERVAL", "DEAD", "Parked", "ParkedKey", "Parking", "park_topic",
-           "parked_keys", "read_parked"]
+__all__ = ["CHECK_INTERVAL", "DEAD", "Parking"]
 
 log = logging.getLogger("tidings.consumer")
 
@@ -61,172 +57,6 @@ REDRIVE_GRACE = 120.0
 #: most every REFRESH_INTERVAL seconds, so retention of the park log keeps it.
 REFRESH_AGE = 86400.0
 REFRESH_INTERVAL = 3600.0
-
-_EVENT = "tidings-park-event"
-_ID = "tidings-park-id"
-_TOPIC = "tidings-park-topic"
-_PARTITION = "tidings-park-partition"
-_OFFSET = "tidings-park-offset"
-_KEY = "tidings-park-key"
-_TIMESTAMP = "tidings-park-timestamp"
-_ATTEMPT = "tidings-park-attempt"
-_DUE = "tidings-park-due"
-_PAGE = 1000
-
-
-def park_topic(group: str) -> str:
-    """The park log of consumer group ``group``."""
-    return f"tidings.parked.{group}"
-
-
-@dataclass(slots=True)
-class Parked:
-    """One parked message: the record to run, its next attempt and when it is due (a
-    wall-clock time; 0 for "when it reaches the head"), or ``dead``."""
-
-    id: str
-    record: Record
-    attempt: int
-    due: float
-    dead: bool = False
-    written: float = 0.0  # when the park log last got its whole state (see refresh)
-
-    @property
-    def lane(self) -> str:
-        """Its lane: its key (a record without a key is a lane of its own)."""
-        return self.record.key if self.record.key is not None else "\0" + self.id
-
-
-def entry_id(record: Record) -> str:
-    """The park id of ``record``: its position (``/`` is in no topic name)."""
-    return f"{record.topic}/{record.partition}/{record.offset}"
-
-
-class ParkIndex:
-    """What the park log says is parked, per partition and lane, in order."""
-
-    def __init__(self) -> None:
-        self.lanes: dict[TopicPartition, dict[str, deque[Parked]]] = {}
-        self.entries: dict[str, Parked] = {}
-        self.finished: set[str] = set()
-
-    def of(self, tp: TopicPartition) -> dict[str, deque[Parked]]:
-        """The lanes of ``tp`` (the same dict each time: a partition shares it)."""
-        lanes = self.lanes.get(tp)
-        if lanes is None:
-            lanes = self.lanes[tp] = {}
-        return lanes
-
-    def add(self, entry: Parked) -> bool:
-        """Put ``entry`` at the back of its lane; False if it is known or finished."""
-        if entry.id in self.entries or entry.id in self.finished:
-            return False
-        self.entries[entry.id] = entry
-        tp = TopicPartition(entry.record.topic, entry.record.partition)
-        lane = self.of(tp).setdefault(entry.lane, deque())
-        # A lane's order is its messages' offset order (a revived head keeps the id,
-        # so the place, of the message it replaced), whatever order events are read
-        # in: after retention deleted a lane's first events, refreshed ones come later.
-        at = len(lane)
-        while at and _offset_of(lane[at - 1].id) > _offset_of(entry.id):
-            at -= 1
-        lane.insert(at, entry)
-        return True
-
-    def finish(self, entry_id: str) -> Parked | None:
-        """Take the entry out of its lane (a lane left empty goes)."""
-        self.finished.add(entry_id)
-        entry = self.entries.pop(entry_id, None)
-        if entry is None:
-            return None
-        lanes = self.of(TopicPartition(entry.record.topic, entry.record.partition))
-        lane = lanes.get(entry.lane)
-        if lane is not None:
-            with contextlib.suppress(ValueError):
-                lane.remove(entry)
-            if not lane:
-                del lanes[entry.lane]
-        return entry
-
-    def apply(self, event: Record) -> None:
-        """Apply one event of the park log (idempotent: a later state is kept)."""
-        h = event.headers
-        kind, eid = h.get(_EVENT), h.get(_ID, "")
-        if kind == "park":
-            _offset_of(eid)  # a malformed id fails here, not when it is sorted
-            self.add(Parked(eid, _record_of(event), int(h[_ATTEMPT]), float(h[_DUE]),
-                            written=event.timestamp))
-            if (entry := self.entries.get(eid)) is not None:
-                entry.written = max(entry.written, event.timestamp)
-        elif kind == "done":
-            self.finish(eid)
-        elif (entry := self.entries.get(eid)) is None:
-            return  # about an entry finished since
-        elif kind == "attempt" and int(h[_ATTEMPT]) >= entry.attempt:
-            entry.attempt, entry.due, entry.dead = int(h[_ATTEMPT]), float(h[_DUE]), False
-        elif kind == "dead":
-            entry.dead = True
-        elif kind == "revive":
-            entry.record, entry.attempt, entry.due, entry.dead = _record_of(event), 1, 0.0, False
-
-
-def _offset_of(eid: str) -> int:
-    return int(eid.rsplit("/", 1)[1])
-
-
-def _record_of(event: Record) -> Record:
-    h = event.headers
-    headers = {k: v for k, v in h.items() if not k.startswith("tidings-park-")}
-    return Record(h[_TOPIC], int(h[_PARTITION]), int(h[_OFFSET]), h.get(_KEY), event.value,
-                  headers, float(h[_TIMESTAMP]))
-
-
-def _event(group: str, kind: str, entry: Parked, *, full: bool = False) -> OutRecord:
-    headers = {_EVENT: kind, _ID: entry.id, _ATTEMPT: str(entry.attempt),
-               _DUE: f"{entry.due:.6f}"}
-    value = b""
-    if full:
-        record = entry.record
-        headers = {**record.headers, **headers, _TOPIC: record.topic,
-                   _PARTITION: str(record.partition), _OFFSET: str(record.offset),
-                   _TIMESTAMP: f"{record.timestamp:.6f}"}
-        if record.key is not None:
-            headers[_KEY] = record.key
-        value = record.value
-    return OutRecord(park_topic(group), value, key=entry.record.key, headers=headers,
-                     partition=0)
-
-
-async def read_log(transport: Transport, topic: str, start: int | None,
-                   apply: Callable[[Record], None]) -> int:
-    """Apply every record of ``topic``'s one partition from ``start`` (None: its first)
-    to its end now; return the offset after the last one read."""
-    infos = {info.name: info for info in await transport.describe_topics()}
-    info = infos.get(topic)
-    if info is None:
-        return 0
-    offset = info.start_offsets.get(0, 0) if start is None else start
-    end = info.end_offsets.get(0, 0)
-    while offset < end:
-        page = await transport.read(topic, 0, offset, _PAGE)
-        if not page:
-            break
-        for record in page:
-            try:
-                apply(record)
-            except (KeyError, ValueError) as exc:
-                log.warning("skipped a malformed event in %s@%d: %r", topic, record.offset, exc)
-        offset = page[-1].offset + 1
-    return offset
-
-
-async def read_parked(transport: Transport, group: str) -> list[Parked]:
-    """Every message parked in ``group`` now (for the CLI and the console), in order
-    per partition and key."""
-    index = ParkIndex()
-    await read_log(transport, park_topic(group), None, index.apply)
-    return [entry for lanes in index.lanes.values() for lane in lanes.values()
-            for entry in lane]
 
 
 class Parking:
@@ -298,6 +128,47 @@ class Parking:
                 task.cancel()
 
     # -- parking what the partition's workers hand over ----------------------------
+
+    async def failed(self, record: Record, part: Partition, attempt: int,
+                     outcome: float) -> None:
+        """``record`` failed at ``attempt`` and is retried after ``outcome`` seconds
+        without blocking, or was dead-lettered (``outcome`` < 0): park it (a dead one
+        only with ``park_dead``); then it is finished."""
+        if outcome >= 0:
+            await self._durably(record, part, attempt + 1, time.time() + outcome)
+        elif self.park_dead:
+            await self._durably(record, part, attempt, 0.0, dead=True)
+        elif part.tracked:
+            self._consumer.finish(record, part)
+
+    async def behind(self, record: Record, part: Partition, attempt: int) -> None:
+        """``record``'s key is parked: it joins the back of its lane (or, a re-drive of
+        the lane's dead head, takes its place); then it is finished."""
+        head = self.redriven_head(part, record)
+        await self._durably(record, part, attempt, 0.0, revives=head)
+
+    async def _durably(self, record: Record, part: Partition, attempt: int, due: float, *,
+                       dead: bool = False, revives: Parked | None = None) -> None:
+        """Park (or revive with) ``record``, retrying a failed write; then finish it."""
+        consumer = self._consumer
+        part.active += 1  # a revoke waits for it to be durable
+        try:
+            while True:
+                try:
+                    if revives is not None:
+                        await self.revive(part, revives, record)
+                    else:
+                        await self.park(part, record, attempt, due, dead)
+                    break
+                except TransportError as exc:
+                    log.warning("parking %s[%d]@%d failed: %s; retrying", record.topic,
+                                record.partition, record.offset, exc)
+                    if await wait_event(consumer.stopped, 1.0) or not part.accepting:
+                        return  # not finished: fetched again later
+        finally:
+            part.active -= 1
+        if part.tracked:
+            consumer.finish(record, part)
 
     async def park(self, part: Partition, record: Record, attempt: int, due: float,
                    dead: bool = False) -> None:
@@ -472,51 +343,3 @@ class Parking:
                 self._index.finish(head.id)
                 self._wake(part, head.lane)
 
-
-@dataclass(frozen=True, slots=True)
-class ParkedKey:
-    """One parked key of a group (what ``tidings dlq parked`` and the console show):
-    how many messages wait in its lane, and its head's state: ``dead`` (waiting for a
-    re-drive or a purge), else its next ``attempt`` at ``due`` (0: now)."""
-
-    group: str
-    topic: str
-    partition: int
-    key: str | None
-    count: int
-    head: str
-    attempt: int
-    due: float
-    dead: bool
-
-    @property
-    def waits_for(self) -> str:
-        """What its head waits for, in words."""
-        if self.dead:
-            return "its dead letter (re-drive or purge it)"
-        if self.due <= 0:
-            return f"attempt {self.attempt} now"
-        when = datetime.fromtimestamp(self.due).isoformat(timespec="seconds")
-        return f"attempt {self.attempt} at {when}"
-
-
-async def parked_keys(transport: Transport, group: str | None = None) -> list[ParkedKey]:
-    """Every parked key of ``group`` (default: of every group with a park log)."""
-    prefix = park_topic("")
-    if group is None:
-        groups = sorted(info.name[len(prefix):] for info in await transport.describe_topics()
-                        if info.name.startswith(prefix))
-    else:
-        groups = [group]
-    out: list[ParkedKey] = []
-    for name in groups:
-        index = ParkIndex()
-        await read_log(transport, park_topic(name), None, index.apply)
-        for tp, lanes in sorted(index.lanes.items()):
-            for lane in lanes.values():
-                if lane:
-                    head = lane[0]
-                    out.append(ParkedKey(name, tp.topic, tp.partition, head.record.key,
-                                         len(lane), head.id, head.attempt, head.due,
-                                         head.dead))
-    return out

@@ -15,7 +15,7 @@ from ._backends import load_transport
 from ._dlq import DeadLetter
 from ._errors import ConfigurationError
 from ._message import Headers, Message
-from ._parking import ParkIndex, park_topic
+from ._parklog import ParkIndex, park_topic
 from ._records import Record, TopicPartition
 from ._reply import REPLIES_TOPIC, ReplyListener
 from .asyncapi import APPS_TOPIC

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings import App, Message, RetryPolicy
-from tidings._parking import parked_keys
+from tidings._parklog import parked_keys
 from tidings.testing.conformance import wait_letters
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tidings import App, RetryPolicy
-from tidings._parking import parked_keys
+from tidings._parklog import parked_keys
 from tidings.console import open_view
 from tidings.console._web import create_app
 

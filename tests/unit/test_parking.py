@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from tidings import App, ConfigurationError, Message, RetryPolicy
-from tidings._parking import Parked, ParkIndex, _event, park_topic, read_log
+from tidings._parklog import Parked, ParkIndex, park_topic, read_log
+from tidings._parklog import event_record as _event
 from tidings._records import Record, TopicPartition
 from tidings.testing import memory_url
 

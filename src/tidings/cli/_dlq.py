@@ -12,7 +12,7 @@ import click
 from .._app import App
 from .._dlq import DeadLetter
 from .._errors import TidingsError
-from .._parking import ParkedKey, parked_keys
+from .._parklog import ParkedKey, parked_keys
 from .._records import Record
 from ._common import read_only_url
 from ._output import emit, shorten

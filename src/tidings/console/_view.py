@@ -17,7 +17,7 @@ from .._dlq import DeadLetter, DeadLetters
 from .._errors import TidingsError
 from .._lag import group_lag
 from .._message import Headers
-from .._parking import park_topic, parked_keys
+from .._parklog import park_topic, parked_keys
 from .._records import Record, TopicInfo
 from ..asyncapi import APPS_TOPIC
 from ..ports import Transport

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ... import App, Message, RetryPolicy
-from ..._parking import park_topic
+from ..._parklog import park_topic
 from ..._records import OutRecord
 from ...ports import Capability
 from .. import crash
@@ -149,7 +149,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def _parked_count(app: App, group: str) -> int:
-    from ..._parking import read_parked
+    from ..._parklog import read_parked
 
     return len(await read_parked(app.transport, group))
 
