@@ -163,11 +163,13 @@ async def eventually_async(check: Any, timeout: float) -> None:
 
 
 def _park_key_app(backend: Backend, topic: str, state: dict[str, bool],
-                  handled: list[tuple[str | None, int]]) -> App:
+                  handled: list[tuple[str | None, int]], concurrency: int = 1,
+                  retry: RetryPolicy | None = None) -> App:
     app = backend.app("svc")
 
     # One partition: a re-drive appends by key, so the key's partition must be its own.
-    @app.subscriber(topic, retry=RetryPolicy.never(), dead_letter="park-key", partitions=1)
+    @app.subscriber(topic, retry=retry or RetryPolicy.never(), dead_letter="park-key",
+                    partitions=1, concurrency=concurrency)
     async def handle(payload: dict[str, Any], message: Message) -> None:
         if payload["seq"] == 0 and message.key == "bad" and not state["fixed"]:
             raise RuntimeError("bug")
@@ -183,8 +185,13 @@ async def _publish_bad_and_good(app: App, topic: str) -> None:
 
 
 @requires(Capability.GROUPS, Capability.ORDER_PER_KEY, Capability.REPLAY)
+@pytest.mark.parametrize(("concurrency", "retry"), [
+    (1, RetryPolicy.never()),
+    (4, RetryPolicy(max_attempts=2, backoff=0.2, jitter=0)),  # blocking, then dead
+    (4, RetryPolicy(max_attempts=2, backoff=0.2, jitter=0, blocking=False)),
+], ids=["never", "blocking", "non-blocking"])
 def test_park_key_holds_the_key_behind_its_dead_letter_until_it_is_redriven(
-        backend: Backend, names: Names) -> None:
+        backend: Backend, names: Names, concurrency: int, retry: RetryPolicy) -> None:
     """``dead_letter="park-key"``: the key's later messages wait behind its dead letter
     (the other keys go on); once re-driven, it runs first, then they follow in order."""
     topic = names("parkkey")
@@ -192,7 +199,7 @@ def test_park_key_holds_the_key_behind_its_dead_letter_until_it_is_redriven(
     async def main() -> None:
         state = {"fixed": False}
         handled: list[tuple[str | None, int]] = []
-        app = _park_key_app(backend, topic, state, handled)
+        app = _park_key_app(backend, topic, state, handled, concurrency, retry)
         async with app:
             await _publish_bad_and_good(app, topic)
             await wait_letters(app, topic, 1)
