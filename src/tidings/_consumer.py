@@ -5,7 +5,9 @@ partition) are handled one at a time, in offset order; different keys run in par
 up to ``concurrency``; records without a key carry no order once ``concurrency > 1``.
 A failed record waits for its retry off the workers, holding back only its own key.
 Offsets are committed up to the first unfinished record of each partition, so nothing
-is committed before its handler succeeded or it was dead-lettered (at-least-once).
+is committed before its handler succeeded, it was dead-lettered, or (non-blocking
+retries, ``dead_letter="park-key"``) it was parked durably (see ``_parking``): a parked
+key's later records are parked behind it, and the partition goes on (at-least-once).
 Fetching stops while ``max_in_flight`` records, or ``max_in_flight_bytes`` of record
 values, are fetched and unfinished; a fetch asks the transport for at most the bytes
 left, and the transport always returns at least one record, so a record larger than
