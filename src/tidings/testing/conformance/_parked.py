@@ -51,7 +51,7 @@ def test_a_non_blocking_retry_lets_the_partition_commit_and_keeps_its_key_in_ord
         app = backend.app("svc")
         handled: list[tuple[str | None, int]] = []
 
-        @app.subscriber(topic, concurrency=concurrency, retry=_policy(1.0))
+        @app.subscriber(topic, concurrency=concurrency, retry=_policy(2.0))
         async def handle(payload: dict[str, Any], message: Message) -> None:
             item = (message.key, payload["seq"])
             if failures.get(item, 0) >= message.attempt:
@@ -69,12 +69,13 @@ def test_a_non_blocking_retry_lets_the_partition_commit_and_keeps_its_key_in_ord
             await eventually(lambda: ("fast", 2) in handled, what="the other key went on")
             await publish(range(3, 5))  # fetched while "slow" 0 waits for its retry
             await eventually(lambda: ("fast", 4) in handled, what="the other key went on")
-            lag = -1
-            while lag and time.monotonic() - started < 1.8:
+            lag = -1  # the whole partition committed (slow's records parked) before...
+            while lag and ("slow", 0) not in handled and time.monotonic() - started < 30:
                 lag = await _lag(app, topic)
                 await asyncio.sleep(0.05)
-            assert ("slow", 0) not in handled, "slow 0 cannot succeed before 2 s"
-            assert lag == 0, "the partition's commits waited for the retry"
+            # ... slow 0 succeeded (at its third attempt, 2 backoffs of 2 s later)
+            assert ("slow", 0) not in handled, "the partition's commits waited for the retry"
+            assert lag == 0, "the partition's commits did not reach its end"
             await eventually(lambda: len(handled) == 10, 20, what="every record handled")
         assert [seq for key, seq in handled if key == "slow"] == [0, 1, 2, 3, 4]
         assert [seq for key, seq in handled if key == "fast"] == [0, 1, 2, 3, 4]
@@ -136,7 +137,8 @@ def test_a_crash_during_a_retry_backoff_resumes_at_the_stored_time_and_attempt(
         seen = attempts()
         assert [a["attempt"] for a in seen] == [1, 2, 3], seen
         assert seen[1]["at"] - seen[0]["at"] >= backoff * 0.95, "retried at once after the crash"
-        assert seen[1]["at"] - seen[0]["at"] < backoff + 15, "the stored time was not kept"
+        # (the upper bound leaves room for a crashed Kafka member's session to expire)
+        assert seen[1]["at"] - seen[0]["at"] < backoff + 60, "the stored time was not kept"
         if backend.multiprocess:
             assert seen[0]["pid"] != seen[1]["pid"]
 
