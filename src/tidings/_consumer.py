@@ -50,6 +50,7 @@ __all__ = ["DEFAULT_MAX_IN_FLIGHT_BYTES", "BatchProcess", "Consumer", "ConsumerS
 DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger("tidings.consumer")
+_MAX_FETCH_PAUSE = 30.0  # seconds: the longest wait between fetches that keep failing
 
 T = TypeVar("T")
 
@@ -275,6 +276,7 @@ class Consumer:
     async def _fetch_loop(self) -> None:
         assert self._subscription is not None
         spec = self.spec
+        failures = 0
         while not self.stopped.is_set():
             room = spec.max_in_flight - self.inflight
             room_bytes = spec.max_in_flight_bytes - self.inflight_bytes
@@ -291,6 +293,14 @@ class Consumer:
                     log.warning("fetch failed for %s: %s; retrying", spec.topics, exc)
                     await asyncio.sleep(0.5)
                     continue
+                except Exception:  # a backend's defect must not end the subscriber quietly
+                    failures += 1
+                    pause = min(0.5 * 2 ** (failures - 1), _MAX_FETCH_PAUSE)
+                    log.exception("fetch of %s failed unexpectedly (%d in a row); "
+                                  "retrying in %g s", spec.topics, failures, pause)
+                    await wait_event(self.stopped, pause)
+                    continue
+                failures = 0
                 self.started.set()
                 if records:
                     # Only a fetch's first record may be larger than the room left: one
