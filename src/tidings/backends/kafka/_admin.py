@@ -79,9 +79,10 @@ class KafkaAdmin:
         with driver_errors(what, topic):
             return await asyncio.wrap_future(future)
 
-    async def metadata(self, topic: str | None = None) -> Any:
-        """Cluster metadata (of one topic, or all), within the request timeout."""
-        timeout = self._settings.request_timeout
+    async def metadata(self, topic: str | None = None, timeout: float | None = None) -> Any:
+        """Cluster metadata (of one topic, or all), within ``timeout`` (by default the
+        request timeout)."""
+        timeout = timeout or self._settings.request_timeout
         with driver_errors("metadata", topic):
             return await asyncio.to_thread(self.client.list_topics, topic, timeout)
 

@@ -169,7 +169,8 @@ class DeliveryProducer:
         self._config = config
         self._timeout = config.get("message.timeout.ms", 300_000) / 1000
         self._session = 0  # how many sessions were renewed
-        self._lost = False  # the session seems lost: renew it at the next serve
+        # Why the session seems lost ("" if it does not): renewed at the next serve.
+        self._lost = ""
         self._renewable_at = 0.0  # time.monotonic() before which no renewal happens
         self._on_session = on_session  # told of every renewal
         self._retired: list[Producer] = []  # replaced producers, until drained
@@ -209,7 +210,7 @@ class DeliveryProducer:
         fatal error: renew session ``session`` at the next serve. A fatal error of an
         unknown producer id is handled so (logged at debug level); any other stays."""
         if session == self._session:
-            self._lost = True
+            self._lost = "lost"
         return "unknown producer id" in text.lower()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -299,7 +300,7 @@ class DeliveryProducer:
                 self._open.discard(append)  # abandoned: its queued records report to nobody
                 error = exc.args[0] if exc.args else None
                 if isinstance(error, KafkaError) and error.code() in _SESSION_LOST:
-                    self._lost = True  # a fatal idempotence error: the next session works
+                    self._lost = "lost"  # a fatal idempotence error: a new session works
                 raise translate_exception(exc, "append", record.topic) from exc
             index += 1
         append.tails = {}
@@ -329,7 +330,7 @@ class DeliveryProducer:
             error = exc.args[0] if exc.args else None
             if not (isinstance(error, KafkaError) and error.code() in _SESSION_LOST):
                 log.exception("serving Kafka producer events failed")
-            self._lost = True  # a fatal error: this producer is done, a new one takes over
+            self._lost = "lost"  # a fatal error: this producer is done, a new one takes over
         except Exception:  # a client callback failed: keep serving the others
             log.exception("serving Kafka producer events failed")
         if self._lost and not self._closed:
@@ -351,10 +352,13 @@ class DeliveryProducer:
         code = error.code()
         if code not in _RESEND or self._closed:
             if code == KafkaError._MSG_TIMED_OUT:
-                self._lost = True  # librdkafka would keep retrying in a doubtful session
+                append.error = append.error or self._late(error)
+                # librdkafka would go on in a session the broker may have lost: renew it
+                # (quietly: during a long outage, this happens every _RENEW_EVERY).
+                self._lost = self._lost or "timeout"
             return False
         if code in _SESSION_LOST:
-            self._lost = True
+            self._lost = "lost"
         if time.monotonic() > append.deadline:
             if append.error is None:
                 append.error = self._late(error)
@@ -373,13 +377,14 @@ class DeliveryProducer:
         now = time.monotonic()
         if now < self._renewable_at:
             return  # _lost stays set: renewed when allowed
-        self._lost = False
+        why, self._lost = self._lost, ""
         self._renewable_at = now + _RENEW_EVERY
         old = self.producer
         self._session += 1
         self.producer = self._new_producer()
-        log.warning("the Kafka broker lost this producer's session (it restarted?): a "
-                    "new one takes over and re-sends %d unacknowledged record(s)", len(old))
+        log.log(logging.WARNING if why == "lost" else logging.DEBUG,
+                "the Kafka broker lost this producer's session (it restarted?): a new one "
+                "takes over and re-sends %d unacknowledged record(s)", len(old))
         try:
             # Purged records report at once (_PURGE_QUEUE, _PURGE_INFLIGHT): served
             # here, they are queued for the new session before any later append.
@@ -414,7 +419,7 @@ class DeliveryProducer:
             except BufferError:
                 return  # the queue is full: the next serve goes on
             except KafkaException:
-                self._lost = True  # this session failed too: the next one takes them
+                self._lost = "lost"  # this session failed too: the next one takes them
                 return
             resends.popleft()
 

@@ -131,7 +131,7 @@ class KafkaTransport(Transport, SupportsTransactions):
     async def _probe(self) -> None:
         """One metadata request: whether the cluster answers (for the outage probe)."""
         admin, _, _ = self._require()
-        await admin.metadata()
+        await admin.metadata(timeout=min(self.settings.request_timeout, 3.0))
 
     async def _recovered(self) -> None:
         """After an outage: a broker restart may have left librdkafka's admin client
