@@ -164,15 +164,13 @@ class _Positions(LazySequence[Position]):
 class DeliveryProducer:
     """A librdkafka producer whose ``send`` returns once every record is acknowledged."""
 
-    def __init__(self, config: dict[str, Any], max_message_bytes: int,
-                 on_session: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], max_message_bytes: int) -> None:
         self._config = config
         self._timeout = config.get("message.timeout.ms", 300_000) / 1000
         self._session = 0  # how many sessions were renewed
         # Why the session seems lost ("" if it does not): renewed at the next serve.
         self._lost = ""
         self._renewable_at = 0.0  # time.monotonic() before which no renewal happens
-        self._on_session = on_session  # told of every renewal
         self._retired: list[Producer] = []  # replaced producers, until drained
         # Reports of records to produce again on the new session, in their order.
         self._resends: deque[tuple[_Append, Message, Callback, int]] = deque()
@@ -297,10 +295,16 @@ class DeliveryProducer:
             except BufferError:
                 return index
             except KafkaException as exc:
-                self._open.discard(append)  # abandoned: its queued records report to nobody
                 error = exc.args[0] if exc.args else None
                 if isinstance(error, KafkaError) and error.code() in _SESSION_LOST:
-                    self._lost = "lost"  # a fatal idempotence error: a new session works
+                    # A fatal idempotence error: go on in a new session (the old one's
+                    # records first, to keep their order).
+                    self._lost = "lost"
+                    if self._renew():
+                        self._produce_resends()
+                        produce = self.producer.produce
+                        continue
+                self._open.discard(append)  # abandoned: its queued records report to nobody
                 raise translate_exception(exc, "append", record.topic) from exc
             index += 1
         append.tails = {}
@@ -372,11 +376,12 @@ class DeliveryProducer:
             f"append: the Kafka broker did not acknowledge within {self._timeout:g} s "
             f"(publish_timeout){why}")
 
-    def _renew(self) -> None:
-        """Start a new producer session; the old one's records are produced again."""
+    def _renew(self) -> bool:
+        """Start a new producer session (unless one started less than _RENEW_EVERY ago:
+        then False); the old one's records are produced again."""
         now = time.monotonic()
         if now < self._renewable_at:
-            return  # _lost stays set: renewed when allowed
+            return False  # _lost stays set: renewed when allowed
         why, self._lost = self._lost, ""
         self._renewable_at = now + _RENEW_EVERY
         old = self.producer
@@ -393,8 +398,7 @@ class DeliveryProducer:
         except Exception:
             log.exception("purging the old Kafka producer failed")
         self._retired.append(old)
-        if self._on_session is not None:
-            self._on_session()
+        return True
 
     def _serve_retired(self) -> None:
         """Serve the reports of replaced producers; drop those with nothing left."""
