@@ -212,6 +212,49 @@ def test_publisher_and_group_member_recover_from_a_broker_restart(
         assert "Traceback" not in log, log[-3000:]
 
 
+def test_nothing_acknowledged_is_lost_while_the_broker_is_frozen(
+        children: list[Child], tmp_path: Path) -> None:
+    """SIGSTOP (a hung broker, a network partition) keeps the broker's data: every
+    record whose publish returned, before, during and after, is handled; the member,
+    whose session expired meanwhile, resumes from its group's committed offsets."""
+    with restartable_tansu(publish_timeout="20") as broker:
+        topic = f"frozen-{uuid.uuid4().hex[:8]}"
+        publisher = _spawn(children, tmp_path, "publish", broker.url, topic)
+        consumer = _spawn(children, tmp_path, "consume", broker.url, topic)
+        _wait_for(lambda: len(consumer.values("got")) >= 50, 40, "the first 50 handled",
+                  publisher, consumer)
+        frozen = time.time()
+        broker.freeze()
+        _wait_for(lambda: any(line.get("connected") is False and line["at"] > frozen
+                              for line in consumer.lines),
+                  15, "the consumer's health reporting the outage", publisher, consumer)
+        time.sleep(max(0.0, frozen + 6 - time.time()))  # past the member's session
+        broker.thaw()
+        thawed = time.time()
+
+        def caught_up() -> bool:
+            acked = publisher.values("ok")
+            after = [line for line in publisher.lines if "ok" in line and line["at"] > thawed]
+            return len(after) >= 200 and set(acked) <= set(consumer.values("got"))
+
+        _wait_for(caught_up, 45, "every acknowledged record handled, 200 after the thaw",
+                  publisher, consumer)
+        for child in (publisher, consumer):
+            child.process.kill()
+            child.process.wait()
+
+    acked = {line["ok"]: line["at"] for line in publisher.lines if "ok" in line}
+    failed = [line for line in publisher.lines if "failed" in line]
+    got = consumer.values("got")
+    times = sorted(acked.values())
+    stall = max(b - a for a, b in itertools.pairwise(times))
+    print(f"\nkafka broker frozen {thawed - frozen:.1f} s: publisher stalled {stall:.1f} s; "
+          f"published {len(acked)}, failed {len(failed)}, handled {len(set(got))}, "
+          f"duplicates {len(got) - len(set(got))}, lost {len(set(acked) - set(got))}")
+    assert set(acked) <= set(got)
+    assert all(line["error"] == "BrokerUnavailableError" for line in failed), failed[:5]
+
+
 def _restart_in(broker: RestartableTansu, delay: float) -> asyncio.Task[None]:
     async def later() -> None:
         await asyncio.sleep(delay)
@@ -264,6 +307,16 @@ def test_a_publish_during_a_long_outage_raises_broker_unavailable_after_publish_
     took = asyncio.run(main())
     print(f"\na publish during an outage raised BrokerUnavailableError after {took:.1f} s")
     assert 2.5 < took < 6
+
+
+def test_publish_timeout_sets_the_delivery_timeout_and_keeps_its_former_name() -> None:
+    from tidings.backends.kafka._settings import parse_url
+
+    assert parse_url("kafka://127.0.0.1:9092").publish_timeout == 30
+    for option in ("publish_timeout", "delivery_timeout"):
+        settings = parse_url(f"kafka://127.0.0.1:9092?{option}=7")
+        assert settings.publish_timeout == 7
+        assert settings.producer_config()["message.timeout.ms"] == 7000
 
 
 if __name__ == "__main__":
