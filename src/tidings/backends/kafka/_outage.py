@@ -44,6 +44,7 @@ class Reachability:
         self._why = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probing: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def down(self) -> bool:
@@ -66,6 +67,8 @@ class Reachability:
     def _suspect(self, why: str) -> None:
         """Probe the cluster (a client's report may be late, for a connection that
         another client already found again: only a failed probe starts an outage)."""
+        if self._closed:
+            return  # a client's late report, after the transport closed
         if not self._suspected and self._since is None:
             self._suspected_at = time.monotonic()
         self._suspected, self._why = True, why
@@ -100,6 +103,7 @@ class Reachability:
 
     async def close(self) -> None:
         """Stop probing."""
+        self._closed = True
         probing, self._probing = self._probing, None
         if probing is not None:
             probing.cancel()
