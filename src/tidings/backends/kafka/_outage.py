@@ -46,11 +46,6 @@ class Reachability:
         self._probing: asyncio.Task[None] | None = None
         self._closed = False
 
-    @property
-    def down(self) -> bool:
-        """Whether an outage is going on."""
-        return self._since is not None
-
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Probe on ``loop`` when an outage starts."""
         self._loop = loop

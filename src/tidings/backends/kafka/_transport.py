@@ -82,11 +82,6 @@ class KafkaTransport(Transport, SupportsTransactions):
         self._errors.append(error)
         self._reachability.error(error)
 
-    @property
-    def reachable(self) -> bool:
-        """False from the moment every broker is down until a request answers again."""
-        return not self._reachability.down
-
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
