@@ -322,6 +322,9 @@ def test_publish_timeout_sets_the_delivery_timeout_and_keeps_its_former_name() -
         settings = parse_url(f"kafka://127.0.0.1:9092?{option}=7")
         assert settings.publish_timeout == 7
         assert settings.producer_config()["message.timeout.ms"] == 7000
+    from tidings.backends.kafka import KafkaSettings
+
+    assert KafkaSettings(bootstrap_servers="h:1", delivery_timeout=5).publish_timeout == 5
 
 
 if __name__ == "__main__":

@@ -81,6 +81,15 @@ class KafkaSettings(BaseModel):
     transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
     transaction_timeout: float = Field(default=10.0, gt=0, le=900)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, values: Any) -> Any:
+        """``delivery_timeout`` is the former name of ``publish_timeout``."""
+        if isinstance(values, dict) and "delivery_timeout" in values:
+            values = dict(values)
+            values.setdefault("publish_timeout", values.pop("delivery_timeout"))
+        return values
+
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:
         """SASL needs a mechanism and its credentials (user and password, or OAuth
@@ -253,8 +262,6 @@ def parse_url(url: str) -> KafkaSettings:
         values.setdefault("sasl_username", unquote(user))
         if colon:  # "user@host" has no password (refused), not an empty one
             values.setdefault("sasl_password", unquote(password))
-    if "delivery_timeout" in values:  # the former name of publish_timeout
-        values.setdefault("publish_timeout", values.pop("delivery_timeout"))
     for name in ("user", "password"):
         if name in values:
             values[f"sasl_{name if name == 'password' else 'username'}"] = values.pop(name)
