@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ from urllib.parse import urlencode
 
 from processes import free_port, wait_listening
 
-__all__ = ["free_port", "running_tansu", "tansu_binary"]
+__all__ = ["RestartableTansu", "free_port", "restartable_tansu", "running_tansu",
+           "tansu_binary"]
 
 #: Options for test brokers: short group timeouts (tansu's first join waits
 #: session_timeout / 2) and a short request timeout so failures surface fast.
@@ -66,3 +68,60 @@ def running_tansu(*, authentication: bool = False, **options: str) -> Iterator[s
         finally:
             process.kill()  # memory storage: nothing to flush, and SIGTERM takes ~5 s
             process.wait()
+
+
+class RestartableTansu:
+    """A tansu broker (memory storage) that a test can SIGKILL and start again on the
+    same port, as a crashed broker restarted by its supervisor. Its data does not
+    survive a restart (memory storage): the broker's loss, which failover tests count
+    apart from the client's."""
+
+    def __init__(self, **options: str) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.url = f"kafka://127.0.0.1:{self.port}?{urlencode(TEST_OPTIONS | options)}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
+
+    def start(self) -> None:
+        """Start the broker (again) on its port; return once it listens."""
+        self.process = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", self.address,
+             "--advertised-listener-url", self.address, "--storage-engine", "memory://tansu/"],
+            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
+        )
+        wait_listening("tansu", self.port, self.process, 10.0)
+
+    def kill(self) -> None:
+        """SIGKILL the broker and reap it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the broker: it keeps its connections and its data but answers nothing
+        (a hung machine, or a network partition), until :meth:`thaw`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen broker."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        """Stop the broker for good."""
+        self.kill()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def restartable_tansu(**options: str) -> Iterator[RestartableTansu]:
+    """A started :class:`RestartableTansu`, stopped when the block exits."""
+    broker = RestartableTansu(**options)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.close()

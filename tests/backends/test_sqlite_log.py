@@ -104,6 +104,7 @@ def test_concurrent_appends_share_transactions_and_stay_dense(tmp_path: Path) ->
     run(tmp_path, test)
 
 
+@pytest.mark.failover
 def test_an_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/bus.db"
     child = subprocess.Popen([sys.executable, str(CHILD), "produce", url, "t", "100000"],

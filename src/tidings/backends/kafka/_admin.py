@@ -61,18 +61,28 @@ class KafkaAdmin:
 
     def __init__(self, settings: KafkaSettings, config: dict[str, Any]) -> None:
         self._settings = settings
+        self._config = config
         self.client = AdminClient(config)
         self._partitions: dict[str, int] = {}
         self._creating: dict[str, asyncio.Future[int]] = {}
+
+    async def renew(self) -> None:
+        """A new librdkafka admin client, and no known topics (after a broker restart).
+        The old client is destroyed on a worker thread: that may wait for its requests."""
+        old = [self.client]
+        self.client = AdminClient(self._config)
+        self._partitions.clear()
+        await asyncio.to_thread(old.clear)
 
     async def _wait(self, future: concurrent.futures.Future[T], what: str,
                     topic: str | None = None) -> T:
         with driver_errors(what, topic):
             return await asyncio.wrap_future(future)
 
-    async def metadata(self, topic: str | None = None) -> Any:
-        """Cluster metadata (of one topic, or all), within the request timeout."""
-        timeout = self._settings.request_timeout
+    async def metadata(self, topic: str | None = None, timeout: float | None = None) -> Any:
+        """Cluster metadata (of one topic, or all), within ``timeout`` (by default the
+        request timeout)."""
+        timeout = timeout or self._settings.request_timeout
         with driver_errors("metadata", topic):
             return await asyncio.to_thread(self.client.list_topics, topic, timeout)
 

@@ -6,6 +6,17 @@ and ``batch_size``. Delivery reports are served on the event loop too, by a non-
 ``poll(0)`` every millisecond while appends wait (every 100 ms otherwise, for client
 errors and logs). A poller thread did this before: each report's Python callback then
 had to win the GIL back from the event loop, a contention that cost CPU on every record.
+
+A broker restart that loses the producer's idempotence session (a broker without
+durable state, such as tansu on memory storage) would leave librdkafka retrying every
+batch with ``UNKNOWN_PRODUCER_ID`` forever: it only bumps its epoch locally. So the
+producer watches for that (librdkafka's ``UNKPID`` log line, delivery errors of a lost
+session, timed-out records) and then starts a new session, a new librdkafka producer
+whose first request asks the broker for a new producer id. The old producer's records are
+purged and produced again, in their order, on the new one: an append waiting through the
+outage still succeeds if the broker comes back within ``publish_timeout``. Records that
+were in flight may then be appended twice (never lost: an append returns only once the
+broker acknowledged every record).
 """
 
 from __future__ import annotations
@@ -15,14 +26,15 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from ..._errors import MessageTooLargeError, TransportError
+from ..._errors import BrokerUnavailableError, MessageTooLargeError, TransportError
 from ..._lazy import LazySequence
 from ..._records import OutRecord, Position
+from ._logging import DriverLog
 from ._translate import translate, translate_exception
 
 __all__ = ["DeliveryProducer", "check_sizes", "produce_args"]
@@ -32,6 +44,19 @@ log = logging.getLogger("tidings.kafka")
 _BUSY_POLL = 0.001  # seconds between polls while sends wait for their reports
 _IDLE_POLL = 0.1
 _OVERHEAD = 512  # bytes librdkafka adds around a record (batch and record headers)
+_RENEW_EVERY = 5.0  # seconds: at most one new producer session this often
+_SWEEP_EVERY = 1.0  # seconds between looks for appends past their deadline
+#: Delivery errors of a producer session the broker no longer knows: the session is
+#: renewed and the record produced again.
+_SESSION_LOST = frozenset({
+    KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+    KafkaError.INVALID_PRODUCER_ID_MAPPING, KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError._FATAL,
+})
+#: Delivery errors of records purged from a replaced session: produced again.
+_RESEND = _SESSION_LOST | {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+
+Callback = Callable[[KafkaError | None, Message], None]
 
 
 class _Append:
@@ -47,28 +72,35 @@ class _Append:
     topics, or a producer that is not idempotent) each get a ``partial`` of ``report``.
     """
 
-    __slots__ = ("by_key", "chain", "error", "finished", "future", "heads", "offsets",
-                 "partitions", "remaining", "tails", "topics")
+    __slots__ = ("by_key", "chain", "deadline", "error", "finished", "future", "heads",
+                 "offsets", "owner", "partitions", "remaining", "tails", "topics")
 
     def __init__(self, future: asyncio.Future[Sequence[Position]], topics: list[str],
-                 finished: deque[_Append], ordered: bool) -> None:
+                 owner: DeliveryProducer, deadline: float) -> None:
         self.future = future
         self.topics = topics
+        self.owner = owner
+        self.deadline = deadline  # time.monotonic() after which the append fails
+        # The partition each record was produced to (-1: the partitioner's choice), until
+        # its report overwrites it with the partition it landed in.
         self.partitions: list[int] = [-1] * len(topics)
         self.offsets: list[int] = [-1] * len(topics)
         self.remaining = len(topics)
         self.error: TransportError | None = None
-        self.finished = finished
+        self.finished = owner.finished
         # Per encoded key, the first unreported record; chain[i]: the record of record
         # i's key after it (-1: none). Dicts and lists of ints, which the GC ignores.
         self.heads: dict[bytes, int] = {}
         self.chain: list[int] = [-1] * len(topics)
         self.tails: dict[bytes, int] = {}  # while queueing: the last record of each key
         # Keyed records share report_keyed when the call has one topic.
-        self.by_key = ordered and len(set(topics)) == 1
+        self.by_key = owner.ordered and len(set(topics)) == 1
 
     def report_keyed(self, error: KafkaError | None, message: Message) -> None:
         """librdkafka's delivery callback for the keyed records of this call."""
+        if error is not None and self.owner.resend(self, error, message, self.report_keyed,
+                                                   -1):
+            return  # produced again, on a new session: its report comes later
         key = message.key()
         heads = self.heads
         index = heads.pop(key, -1) if isinstance(key, bytes) else -1
@@ -84,6 +116,10 @@ class _Append:
 
     def report(self, index: int, error: KafkaError | None, message: Message) -> None:
         """librdkafka's delivery callback for record ``index``."""
+        if error is not None and self.owner.resend(
+                self, error, message, functools.partial(self.report, index),
+                self.partitions[index]):
+            return  # produced again, on a new session: its report comes later
         if error is not None and self.error is None:
             self.error = translate(error, "append", message.topic() or "")
         self.partitions[index] = message.partition() or 0
@@ -129,9 +165,19 @@ class DeliveryProducer:
     """A librdkafka producer whose ``send`` returns once every record is acknowledged."""
 
     def __init__(self, config: dict[str, Any], max_message_bytes: int) -> None:
-        self.producer = Producer(config)
+        self._config = config
+        self._timeout = config.get("message.timeout.ms", 300_000) / 1000
+        self._session = 0  # how many sessions were renewed
+        # Why the session seems lost ("" if it does not): renewed at the next serve.
+        self._lost = ""
+        self._renewable_at = 0.0  # time.monotonic() before which no renewal happens
+        self._retired: list[Producer] = []  # replaced producers, until drained
+        # Reports of records to produce again on the new session, in their order.
+        self._resends: deque[tuple[_Append, Message, Callback, int]] = deque()
+        self._next_sweep = 0.0
+        self.producer = self._new_producer()
         self._max_bytes = max_message_bytes
-        self._finished: deque[_Append] = deque()  # appended to by delivery callbacks
+        self.finished: deque[_Append] = deque()  # appended to by delivery callbacks
         self._open: set[_Append] = set()  # sends awaiting their reports
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Handle | None = None
@@ -141,8 +187,29 @@ class DeliveryProducer:
         # Whether each partition's records are appended in the order they were produced,
         # which lets keyed records share one delivery callback (see _Append).
         # (A "random" partitioner would scatter one key over partitions.)
-        self._ordered = bool(config.get("enable.idempotence")) \
+        self.ordered = bool(config.get("enable.idempotence")) \
             and config.get("partitioner") != "random"
+
+    def _new_producer(self) -> Producer:
+        """A librdkafka producer, a new idempotence session; with ``debug=eos`` so that
+        librdkafka's ``UNKPID`` line (the broker forgot the session) reaches us. eos
+        lines come only at session events, none per record."""
+        config = dict(self._config)
+        session = self._session
+        logger = config.get("logger")
+        if config.get("enable.idempotence") and isinstance(logger, DriverLog):
+            config["debug"] = "eos"
+            lost = functools.partial(self._session_lost, session)
+            config["logger"] = DriverLog(logger.logger, {"UNKPID": lost, "FATAL": lost})
+        return Producer(config)
+
+    def _session_lost(self, session: int, text: str) -> bool:
+        """librdkafka logged that the broker forgot our producer id (``UNKPID``) or a
+        fatal error: renew session ``session`` at the next serve. A fatal error of an
+        unknown producer id is handled so (logged at debug level); any other stays."""
+        if session == self._session:
+            self._lost = "lost"
+        return "unknown producer id" in text.lower()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start serving delivery reports on ``loop``."""
@@ -166,7 +233,8 @@ class DeliveryProducer:
             future.set_result([])
             return future
         check_sizes(records, self._max_bytes)
-        append = _Append(future, [r.topic for r in records], self._finished, self._ordered)
+        append = _Append(future, [r.topic for r in records], self,
+                         time.monotonic() + self._timeout)
         self._open.add(append)
         index = self._produce(append, records, 0)
         if index < len(records):
@@ -187,6 +255,11 @@ class DeliveryProducer:
             while index < len(records):
                 self._serve()  # librdkafka's queue is full: serve reports, let it send
                 await asyncio.sleep(0.002)
+                if time.monotonic() > append.deadline:
+                    self._open.discard(append)
+                    raise BrokerUnavailableError(
+                        f"append: the Kafka producer's queue stayed full for "
+                        f"{self._timeout:g} s (publish_timeout): is the broker down?")
                 index = self._produce(append, records, index)
         except TransportError as exc:
             append.fail(exc)
@@ -218,9 +291,19 @@ class DeliveryProducer:
                 else:
                     produce(record.topic, record.value, key, partition,
                             on_delivery=partial(report, index), headers=wire_headers)
+                    append.partitions[index] = partition
             except BufferError:
                 return index
             except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() in _SESSION_LOST:
+                    # A fatal idempotence error: go on in a new session (the old one's
+                    # records first, to keep their order).
+                    self._lost = "lost"
+                    if self._renew():
+                        self._produce_resends()
+                        produce = self.producer.produce
+                        continue
                 self._open.discard(append)  # abandoned: its queued records report to nobody
                 raise translate_exception(exc, "append", record.topic) from exc
             index += 1
@@ -229,6 +312,8 @@ class DeliveryProducer:
 
     def _poll(self) -> None:
         self._serve()
+        if self._open and time.monotonic() >= self._next_sweep:
+            self._sweep()
         if not self._closed:
             self._reschedule(_BUSY_POLL if self._open else _IDLE_POLL)
 
@@ -243,13 +328,113 @@ class DeliveryProducer:
         """Serve the delivery reports that arrived and settle finished sends (loop thread)."""
         try:
             self.producer.poll(0)
+            if self._retired:
+                self._serve_retired()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not (isinstance(error, KafkaError) and error.code() in _SESSION_LOST):
+                log.exception("serving Kafka producer events failed")
+            self._lost = "lost"  # a fatal error: this producer is done, a new one takes over
         except Exception:  # a client callback failed: keep serving the others
             log.exception("serving Kafka producer events failed")
-        finished = self._finished
+        if self._lost and not self._closed:
+            self._renew()
+        if self._resends:
+            self._produce_resends()
+        finished = self.finished
         while finished:
             append = finished.popleft()
             self._open.discard(append)
             append.settle()
+
+    # -- producer sessions -----------------------------------------------------------
+
+    def resend(self, append: _Append, error: KafkaError, message: Message,
+               callback: Callback, partition: int) -> bool:
+        """From a delivery callback: whether the failed record is to be produced again
+        on a new session (then its callback is called again later)."""
+        code = error.code()
+        if code not in _RESEND or self._closed:
+            if code == KafkaError._MSG_TIMED_OUT:
+                append.error = append.error or self._late(error)
+                # librdkafka would go on in a session the broker may have lost: renew it
+                # (quietly: during a long outage, this happens every _RENEW_EVERY).
+                self._lost = self._lost or "timeout"
+            return False
+        if code in _SESSION_LOST:
+            self._lost = "lost"
+        if time.monotonic() > append.deadline:
+            if append.error is None:
+                append.error = self._late(error)
+            return False
+        self._resends.append((append, message, callback, partition))
+        return True
+
+    def _late(self, error: KafkaError | None) -> BrokerUnavailableError:
+        why = f": {error.str()} ({error.name()})" if error is not None else ""
+        return BrokerUnavailableError(
+            f"append: the Kafka broker did not acknowledge within {self._timeout:g} s "
+            f"(publish_timeout){why}")
+
+    def _renew(self) -> bool:
+        """Start a new producer session (unless one started less than _RENEW_EVERY ago:
+        then False); the old one's records are produced again."""
+        now = time.monotonic()
+        if now < self._renewable_at:
+            return False  # _lost stays set: renewed when allowed
+        why, self._lost = self._lost, ""
+        self._renewable_at = now + _RENEW_EVERY
+        old = self.producer
+        self._session += 1
+        self.producer = self._new_producer()
+        log.log(logging.WARNING if why == "lost" else logging.DEBUG,
+                "the Kafka broker lost this producer's session (it restarted?): a new one "
+                "takes over and re-sends %d unacknowledged record(s)", len(old))
+        try:
+            # Purged records report at once (_PURGE_QUEUE, _PURGE_INFLIGHT): served
+            # here, they are queued for the new session before any later append.
+            old.purge(in_queue=True, in_flight=True, blocking=True)
+            old.poll(0)
+        except Exception:
+            log.exception("purging the old Kafka producer failed")
+        self._retired.append(old)
+        return True
+
+    def _serve_retired(self) -> None:
+        """Serve the reports of replaced producers; drop those with nothing left."""
+        for old in list(self._retired):
+            old.poll(0)
+            if not len(old):
+                self._retired.remove(old)
+
+    def _produce_resends(self) -> None:
+        """Produce the records of a lost session again, in their order."""
+        resends, produce = self._resends, self.producer.produce
+        while resends:
+            append, message, callback, partition = resends[0]
+            if time.monotonic() > append.deadline:
+                resends.popleft()
+                append.error = append.error or self._late(None)
+                callback(KafkaError(KafkaError._MSG_TIMED_OUT), message)
+                continue
+            try:
+                produce(message.topic() or "", message.value(), message.key(), partition,
+                        on_delivery=callback, headers=message.headers())
+            except BufferError:
+                return  # the queue is full: the next serve goes on
+            except KafkaException:
+                self._lost = "lost"  # this session failed too: the next one takes them
+                return
+            resends.popleft()
+
+    def _sweep(self) -> None:
+        """Fail appends past their deadline (records produced again get a new librdkafka
+        timeout, so librdkafka alone would let them wait longer)."""
+        now = time.monotonic()
+        self._next_sweep = now + _SWEEP_EVERY
+        for append in [a for a in self._open if now > a.deadline + _SWEEP_EVERY]:
+            self._open.discard(append)
+            append.fail(append.error or self._late(None))
 
     async def close(self, timeout: float) -> None:
         """Deliver what is queued (up to ``timeout``), fail the rest, stop polling.
@@ -274,6 +459,9 @@ class DeliveryProducer:
                 self._serve()
                 await asyncio.sleep(0.01)
         self._serve()
+        for old in self._retired:
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        self._retired.clear()
         for append in list(self._open):  # no report will come any more
             append.fail(TransportError("append: the Kafka producer closed before the "
                                        "broker acknowledged every record"))

@@ -71,12 +71,24 @@ class KafkaSettings(BaseModel):
     max_poll_interval: float = Field(default=300.0, gt=0)
     fetch_max_wait_ms: int = Field(default=10, ge=0, le=60_000)
     request_timeout: float = Field(default=10.0, gt=0, le=3600)
-    delivery_timeout: float = Field(default=30.0, gt=0, le=86_400)
+    #: How long an append may wait for the broker's acknowledgements (through an
+    #: outage, and across a new producer session after a broker restart) before it
+    #: fails with BrokerUnavailableError. ``delivery_timeout`` is its former name.
+    publish_timeout: float = Field(default=30.0, gt=0, le=86_400)
     assignor: Literal["roundrobin", "range"] = "roundrobin"
     delay_forwarder: bool = True
     delay_group: str = "__tidings_delay"
     transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
     transaction_timeout: float = Field(default=10.0, gt=0, le=900)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, values: Any) -> Any:
+        """``delivery_timeout`` is the former name of ``publish_timeout``."""
+        if isinstance(values, dict) and "delivery_timeout" in values:
+            values = dict(values)
+            values.setdefault("publish_timeout", values.pop("delivery_timeout"))
+        return values
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:
@@ -173,7 +185,7 @@ class KafkaSettings(BaseModel):
             "linger.ms": self.linger_ms,
             "batch.size": self.batch_size,
             "message.max.bytes": self.max_message_bytes,
-            "message.timeout.ms": int(self.delivery_timeout * 1000),
+            "message.timeout.ms": int(self.publish_timeout * 1000),
             "request.timeout.ms": int(self.request_timeout * 1000),
             # Java's partitioner, so keyed records land where other Kafka clients put them.
             "partitioner": "murmur2_random",
@@ -189,7 +201,7 @@ class KafkaSettings(BaseModel):
             "acks": "all",
             "transaction.timeout.ms": int(timeout * 1000),
             # librdkafka refuses a delivery timeout longer than the transaction's.
-            "message.timeout.ms": int(min(self.delivery_timeout, timeout) * 1000),
+            "message.timeout.ms": int(min(self.publish_timeout, timeout) * 1000),
         }
 
     def consumer_config(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from ..._errors import FencedError, TransportError
@@ -40,6 +40,7 @@ _ids = itertools.count(1)
 T = TypeVar("T")
 
 EnsureTopics = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
+ErrorCallback = Callable[[KafkaError], None]
 EndOffsets = Callable[
     [Sequence[TopicPartition]], Coroutine[Any, Any, dict[TopicPartition, int]]
 ]
@@ -58,8 +59,11 @@ class KafkaSubscription(Subscription):
         client: str,
         ensure_topics: EnsureTopics,
         end_offsets: EndOffsets,
+        *,
+        on_error: ErrorCallback | None = None,
     ) -> None:
         self._settings = settings
+        self._on_error = on_error  # librdkafka's error_cb (the transport's outage watch)
         self._group = group
         self._topics = list(dict.fromkeys(topics))
         self._listener = listener
@@ -92,6 +96,8 @@ class KafkaSubscription(Subscription):
         self._thread = DriverThread(f"tidings-kafka-consumer-{next(_ids)}")
         config = self._settings.consumer_config(self._group, self._start.value)
         config["client.id"] = self._client
+        if self._on_error is not None:
+            config["error_cb"] = self._on_error
         with driver_errors("subscribe"):
             self._consumer = await self._thread.call(lambda: Consumer(config))
         if self._group is not None:
@@ -141,6 +147,11 @@ class KafkaSubscription(Subscription):
             return await thread.call(lambda: function(consumer))
 
     # -- the port --------------------------------------------------------------------
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics this subscription reads."""
+        return self._topics
 
     @property
     def closed(self) -> bool:

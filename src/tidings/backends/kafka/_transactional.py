@@ -28,7 +28,7 @@ from ..._errors import FencedError, TransportError
 from ..._records import OutRecord, TopicPartition
 from ...ports import TransactionalSubscription
 from ._producer import produce_args
-from ._subscription import KafkaSubscription
+from ._subscription import ErrorCallback, KafkaSubscription
 from ._translate import driver_errors, translate
 
 __all__ = ["TransactionalKafkaSubscription"]
@@ -42,11 +42,12 @@ Prepare = Callable[[Sequence[OutRecord]], Awaitable[list[OutRecord]]]
 class TransactionalKafkaSubscription(KafkaSubscription, TransactionalSubscription):
     """A :class:`KafkaSubscription` whose commits can carry records, atomically."""
 
-    def __init__(self, *args: Any, transactional_id: str, prepare: Prepare) -> None:
+    def __init__(self, *args: Any, transactional_id: str, prepare: Prepare,
+                 on_error: ErrorCallback | None = None) -> None:
         self._transactional_id = transactional_id
         self._prepare = prepare
         self._producer: Producer | None = None
-        super().__init__(*args)
+        super().__init__(*args, on_error=on_error)
 
     async def _open(self) -> None:
         await super()._open()

@@ -25,7 +25,7 @@ __all__ = ["AUTH_CODES", "driver_errors", "translate", "translate_exception"]
 _UNAVAILABLE = frozenset({
     KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
     KafkaError._TIMED_OUT, KafkaError._RESOLVE, KafkaError.BROKER_NOT_AVAILABLE,
-    KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION,
+    KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION, KafkaError._WAIT_COORD,
 })
 AUTH_CODES = frozenset({
     KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,

@@ -39,6 +39,7 @@ from ...ports import (
 from . import _delay
 from ._admin import KafkaAdmin
 from ._forwarder import DelayForwarder
+from ._outage import Reachability
 from ._producer import DeliveryProducer, check_sizes
 from ._reader import PartitionReader
 from ._settings import KafkaSettings
@@ -70,9 +71,16 @@ class KafkaTransport(Transport, SupportsTransactions):
         self._forwarding: asyncio.Task[None] | None = None
         self._subscriptions: list[KafkaSubscription] = []
         self._transactions = settings.transactional_id or f"tidings-{uuid.uuid4().hex[:12]}"
+        self._reachability = Reachability(settings.bootstrap_servers, self._probe,
+                                          self._recovered)
 
     def _hooks(self) -> dict[str, Any]:
-        return {"error_cb": self._errors.append}
+        return {"error_cb": self._on_error}
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's ``error_cb`` of the admin client and the producer (any thread)."""
+        self._errors.append(error)
+        self._reachability.error(error)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -87,7 +95,9 @@ class KafkaTransport(Transport, SupportsTransactions):
         self._producer = DeliveryProducer(
             self.settings.producer_config() | self._hooks(), self.settings.max_message_bytes
         )
-        self._producer.start(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._producer.start(loop)
+        self._reachability.start(loop)
         self._reader = PartitionReader(self.settings)
 
     def _start_forwarder(self) -> None:
@@ -113,8 +123,28 @@ class KafkaTransport(Transport, SupportsTransactions):
                 f"cannot reach Kafka at {self.settings.bootstrap_servers} within "
                 f"{self.settings.request_timeout:g} s: {why}") from exc
 
+    async def _probe(self) -> None:
+        """One metadata request: whether the cluster answers (for the outage probe)."""
+        admin, _, _ = self._require()
+        await admin.metadata(timeout=min(self.settings.request_timeout, 3.0))
+
+    async def _recovered(self) -> None:
+        """After an outage: a broker restart may have left librdkafka's admin client
+        stuck on a stale group coordinator (describing groups times out for good) and,
+        on a broker without durable storage, lost the topics. So the admin client is
+        renewed, its topic cache emptied, and the topics of open subscriptions are
+        created again if missing (a no-op on a cluster that kept them)."""
+        if self._admin is None:
+            return
+        await self._admin.renew()
+        topics = {t for s in self._subscriptions if not s.closed for t in s.topics}
+        await self._ensure_all(topics)
+        if self._forwarder is not None:
+            await self._ensure_all(_delay.tier_topics(), 1)
+
     async def close(self) -> None:
         """Stop the forwarder, close open subscriptions, deliver queued records."""
+        await self._reachability.close()
         if self._forwarder is not None and self._forwarding is not None:
             self._forwarder.stop()
             with contextlib.suppress(Exception):
@@ -126,7 +156,7 @@ class KafkaTransport(Transport, SupportsTransactions):
                 await subscription.close()
         self._subscriptions.clear()
         if self._producer is not None:
-            await self._producer.close(self.settings.delivery_timeout)
+            await self._producer.close(self.settings.publish_timeout)
         if self._reader is not None:
             await self._reader.close()
         self._producer = self._reader = self._admin = None
@@ -211,7 +241,7 @@ class KafkaTransport(Transport, SupportsTransactions):
         self._start_forwarder()
         subscription = KafkaSubscription(
             self.settings, group, topics, listener, start, client, self._ensure_all,
-            self._end_offsets,
+            self._end_offsets, on_error=self._on_error,
         )
         self._keep(subscription)
         return subscription
@@ -232,7 +262,7 @@ class KafkaTransport(Transport, SupportsTransactions):
             self.settings, group, topics, listener, start, client, self._ensure_all,
             self._end_offsets,
             transactional_id=f"{self._transactions}.{group}.{','.join(sorted(topics))}",
-            prepare=self._prepare,
+            prepare=self._prepare, on_error=self._on_error,
         )
         self._keep(subscription)
         return subscription
