@@ -4,7 +4,9 @@ groups registry and each group's committed offsets.
 A stream cannot say where it ends over AMQP 0-9-1, so :meth:`JsonLog.sync` appends a
 marker of its own and waits until the tail reads it back: everything appended before
 the call is then known. A stream is totally ordered, so "the first claim wins" and "the
-last commit wins" need no other coordination.
+last commit wins" need no other coordination. When the broker cancels the tail (the
+node of the stream's replica it read went down), it starts again past the last entry it
+saw.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._errors import BrokerUnavailableError
-from ._streams import declare_stream
+from ._streams import declare_stream, offset_of
 from ._translate import driver_errors
 
 __all__ = ["JsonLog", "Publish"]
@@ -40,18 +42,51 @@ class JsonLog:
         self._on_entry = on_entry
         self._channel: AbstractChannel | None = None
         self._marks: dict[str, asyncio.Future[None]] = {}
+        self._next = 0  # the offset of the next entry to see
+        self._retail: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Declare the stream and start tailing it from its first entry."""
         with driver_errors(f"opening tidings' stream {self.name!r}"):
             self._channel = channel = await self._connection.channel()
+            channel.on_consumer_cancel_callbacks.add(self._cancelled)
             await declare_stream(channel, self.name)
             await channel.basic_qos(prefetch_count=1000)
-            await channel.basic_consume(self.name, self._deliver, no_ack=False,
-                                        arguments={"x-stream-offset": "first"})
+            await self._tail()
+
+    async def _tail(self) -> None:
+        if self._channel is not None:
+            await self._channel.basic_consume(self.name, self._deliver, no_ack=False,
+                                              arguments={"x-stream-offset": self._next})
+
+    def _cancelled(self, frame: object) -> None:
+        # Called by the channel's reader: consuming again there would wait on itself.
+        if self._channel is not None and self._retail is None:
+            self._retail = asyncio.get_running_loop().create_task(self._tail_again())
+
+    async def _tail_again(self) -> None:
+        delay = 0.1
+        try:
+            while self._channel is not None and not self._channel.is_closed:
+                try:
+                    await self._tail()
+                    return
+                except Exception:  # the stream has no leader yet: try again shortly
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._retail = None
 
     async def _deliver(self, message: DeliveredMessage) -> None:
-        entry = json.loads(message.body)
+        offset = offset_of(message)
+        if offset < 0 or offset >= self._next:  # else seen before a re-tail
+            self._next = max(self._next, offset + 1)
+            self._handle(json.loads(message.body))
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.basic_ack(message.delivery_tag or 0)
+
+    def _handle(self, entry: dict[str, Any]) -> None:
         mark = entry.get("sync")
         if mark is None:
             self._on_entry(entry)
@@ -59,9 +94,6 @@ class JsonLog:
             future = self._marks.pop(mark, None)
             if future is not None and not future.done():
                 future.set_result(None)
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.basic_ack(message.delivery_tag or 0)
 
     async def append(self, *entries: dict[str, Any]) -> None:
         """Append entries durably (each confirmed by the broker)."""
@@ -87,6 +119,8 @@ class JsonLog:
     async def close(self) -> None:
         """Stop tailing."""
         channel, self._channel = self._channel, None
+        if self._retail is not None:
+            self._retail.cancel()
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()

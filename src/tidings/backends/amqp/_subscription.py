@@ -75,6 +75,7 @@ class AmqpSubscription(Subscription):
         self._acked = self._seen = 0
         self._next_claim = 0.0
         self._opened = self._closed = False
+        self._broken = False  # the broker cancelled a consumer: reset (reconnect hook)
 
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this member reads now."""
@@ -88,6 +89,7 @@ class AmqpSubscription(Subscription):
         sizes = {t: await transport.ensure_topic(t) for t in self._topics}
         with driver_errors("subscribing"):
             self._channel = await (await transport.ensure_connected()).channel()
+            self._channel.on_consumer_cancel_callbacks.add(self._cancelled)
             await self._channel.basic_qos(prefetch_count=transport.settings.prefetch)
         if self._group is None:
             first = "first" if self._start is Start.EARLIEST else "next"
@@ -121,6 +123,12 @@ class AmqpSubscription(Subscription):
                 partition_stream(*tp), self._deliver, no_ack=False, consumer_tag=tag,
                 arguments={"x-stream-offset": offset})
 
+    def _cancelled(self, frame: object) -> None:
+        """The broker cancelled a partition's consumer (its stream replica's node went
+        down): like a lost connection, the member resets and claims again."""
+        self._broken = True
+        self._wake.set()
+
     async def _deliver(self, message: DeliveredMessage) -> None:
         self._buffer.append((message.consumer_tag or "", message))
         self._wake.set()
@@ -137,7 +145,10 @@ class AmqpSubscription(Subscription):
 
     async def _fetch(self, max_records: int, timeout: float,
                      max_bytes: int | None = None) -> list[Record]:
-        if self._opened and (self._channel is None or self._channel.is_closed):
+        if not await self._transport.link.wait(timeout):
+            return []  # the broker is unreachable; the link is connecting again
+        if self._opened and (self._channel is None or self._channel.is_closed
+                             or self._broken):
             await self._reset()
         if not self._opened:
             await self._open()
@@ -261,6 +272,7 @@ class AmqpSubscription(Subscription):
         """The channel (or the connection) closed under this member: its partitions are
         lost (their locks went with the connection); it joins again on the next fetch."""
         lost = list(self._owned)
+        self._broken = False
         self._owned.clear()
         self._by_tag.clear()
         self._buffer.clear()

@@ -27,7 +27,7 @@ from ..._records import (
     TopicPartition,
 )
 from ...ports import BASE_CAPABILITIES, Capability, RebalanceListener, Subscription, Transport
-from ._connection import connect
+from ._connection import Link
 from ._delay import BUCKET, EXCHANGE, TARGET, DelayBuckets, DueForwarder, bucket_ms
 from ._log import JsonLog
 from ._members import observe
@@ -59,7 +59,8 @@ class AmqpTransport(Transport):
 
     def __init__(self, settings: AmqpSettings) -> None:
         self.settings = settings
-        self._connection: AbstractConnection | None = None
+        #: The connection, kept open (made again in the background when lost).
+        self.link = Link(settings, self._reopen)
         self._publisher: AbstractChannel | None = None
         self._publish_lock = asyncio.Lock()
         self._partitions: dict[str, int] = {}
@@ -73,35 +74,36 @@ class AmqpTransport(Transport):
         self._delays: DelayBuckets | None = None
         self._forwarder: DueForwarder | None = None
         self._started = False
-        self._connect_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect and start tailing the topics and groups registries."""
-        if self._connection is not None:
+        """Connect (to the first node that answers) and start tailing the topics and
+        groups registries; from now on a lost connection is made again by itself."""
+        if self._started:
             return
+        connection = await self.link.open()
+        try:
+            await self._open_on(connection)
+        except BaseException:
+            await self.link.close()
+            raise
         self._started = True
-        await self._connect()
 
     async def ensure_connected(self) -> AbstractConnection:
-        """The open connection, made again if the broker closed it (subscriptions then
-        lose their partitions and join again: see ``_subscription``)."""
-        connection = self._connection
-        if connection is not None and not connection.is_closed:
-            return connection
-        if not self._started:
-            raise BrokerUnavailableError("the RabbitMQ transport is not connected")
-        async with self._connect_lock:
-            if self._connection is None or self._connection.is_closed:
-                log.warning("the connection to RabbitMQ at %s:%s closed; connecting again",
-                            self.settings.host, self.settings.port)
-                await self._connect()
-        return self.connection
+        """The open connection; :class:`BrokerUnavailableError` during an outage (the
+        link is connecting again meanwhile; subscriptions then lose their partitions and
+        join again: see ``_subscription``)."""
+        return self.link.connection
 
-    async def _connect(self) -> None:
+    async def _reopen(self, connection: AbstractConnection) -> None:
+        """The link's callback on a new connection: open again what lived on the old."""
+        if self._forwarder is not None:
+            await self._forwarder.close()
+        await self._open_on(connection)
+
+    async def _open_on(self, connection: AbstractConnection) -> None:
         self._publisher = None
-        self._connection = connection = await connect(self.settings)
         self._topics_log = JsonLog(connection, self.publish, TOPICS_LOG, self._on_topic)
         self._groups_log = JsonLog(connection, self.publish, GROUPS_LOG, self._on_group)
         self._delays = DelayBuckets(connection, self.settings.queue_type)
@@ -113,24 +115,26 @@ class AmqpTransport(Transport):
     async def close(self) -> None:
         """Close the connection (its exclusive queues, hence partition locks, go too)."""
         self._started = False
-        connection, self._connection = self._connection, None
         self._publisher = None
         if self._forwarder is not None:
             await self._forwarder.close()
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        await self.link.close()
 
     @property
     def connection(self) -> AbstractConnection:
-        """The open connection; raises if the transport is not started."""
-        if self._connection is None or self._connection.is_closed:
-            raise BrokerUnavailableError("the RabbitMQ transport is not connected")
-        return self._connection
+        """The open connection; :class:`BrokerUnavailableError` if the transport is not
+        started or the broker is unreachable now."""
+        return self.link.connection
 
     async def publish(self, routing_key: str, body: bytes, props: Basic.Properties,
                       exchange: str = "") -> None:
-        """Publish one message and wait for the broker's confirm."""
+        """Publish one message and wait for the broker's confirm; while the broker is
+        unreachable, try again on the next connection for up to ``publish_timeout``."""
+        await self.link.retry(f"publishing to {routing_key!r}",
+                              lambda: self._publish_once(routing_key, body, props, exchange))
+
+    async def _publish_once(self, routing_key: str, body: bytes, props: Basic.Properties,
+                            exchange: str) -> None:
         channel = await self._publishing_channel()
         with driver_errors(f"publishing to {routing_key!r}"):
             try:
@@ -141,8 +145,12 @@ class AmqpTransport(Transport):
                 # its error was raised there; this publish gets a new channel.
                 self._publisher = None
                 channel = await self._publishing_channel()
-                confirm = await channel.basic_publish(
-                    body, exchange=exchange, routing_key=routing_key, properties=props)
+                try:
+                    confirm = await channel.basic_publish(
+                        body, exchange=exchange, routing_key=routing_key, properties=props)
+                except aiormq.exceptions.ChannelInvalidStateError as exc:
+                    raise BrokerUnavailableError(f"publishing to {routing_key!r}: {exc}"
+                                                 ) from None
         if not isinstance(confirm, Basic.Ack):
             raise TransportError(f"RabbitMQ refused a message for {routing_key!r}: {confirm}")
 
@@ -289,6 +297,7 @@ class AmqpTransport(Transport):
 
     async def describe_topics(self) -> list[TopicInfo]:
         """Every registered topic with its end offsets (found concurrently)."""
+        self.link.connection  # noqa: B018 - fails fast during an outage (health)
         if self._topics_log is not None:
             await self._topics_log.sync()
         topics = sorted(self._partitions.items())
@@ -306,6 +315,7 @@ class AmqpTransport(Transport):
     async def describe_groups(self) -> list[GroupInfo]:
         """Every registered group with its committed offsets and the members that answer
         a roll call within ``end_wait`` seconds (all groups at once)."""
+        self.link.connection  # noqa: B018 - fails fast during an outage (health)
         if self._groups_log is not None:
             await self._groups_log.sync()
         gate = asyncio.Semaphore(32)
