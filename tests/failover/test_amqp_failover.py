@@ -236,7 +236,8 @@ class Member:
             [sys.executable, str(HERE / "amqp_member.py"), url, group, topic],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -253,12 +254,14 @@ class Member:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+        self._reader.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def _leaders(node: Node, prefix: str) -> dict[str, str]:
     """Stream name -> the node that leads it (``rabbitmqctl list_queues``)."""
-    out = node.ctl("list_queues", "-q", "--no-table-headers", "name", "leader",
-                   "--formatter", "tsv")
+    out = node.ctl("list_queues", "--silent", "name", "leader")
     pairs = (line.split("\t") for line in out.splitlines() if line.startswith(prefix))
     return {name: leader.strip() for name, leader in pairs}
 
@@ -276,7 +279,11 @@ async def _cluster_failover(nodes: Sequence[Node]) -> dict[str, object]:
     producer = App("producer", broker=f"{url}&publish_timeout=60")
     async with producer:
         await producer.publish(topic, {"n": -1, "k": 0}, key="0")  # creates the topic
-        members = [Member(url, group, topic) for _ in range(2)]
+        # The producer is connected to node a, which leads the streams it declared; the
+        # members to node b: the victim (a) is the producer's own node and, for the
+        # members, a node elsewhere that led the streams they read.
+        rotated = amqp_url([*nodes[1:], nodes[0]], "replicated=true&session_timeout=3")
+        members = [Member(rotated, group, topic) for _ in range(2)]
         try:
             for member in members:
                 await asyncio.to_thread(member.ready.wait, 60)
