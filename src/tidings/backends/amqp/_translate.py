@@ -22,7 +22,8 @@ from ..._errors import (
 __all__ = ["driver_errors", "translate"]
 
 #: What RabbitMQ says when a queue's or stream's node is down (a cluster failing over).
-_NODE_DOWN = ("is down or inaccessible", "not available", "unavailable", "timeout")
+_NODE_DOWN = ("is down or inaccessible", "not available", "unavailable", "timeout",
+              "does not have a replica on the local node")
 
 
 def translate(exc: BaseException, what: str) -> Exception:

@@ -82,9 +82,11 @@ class AmqpTransport(Transport):
         groups registries; from now on a lost connection is made again by itself."""
         if self._started:
             return
-        connection = await self.link.open()
+        await self.link.open()
         try:
-            await self._open_on(connection)
+            # A cluster may still be starting a stream's replica on this node: again.
+            await self.link.retry("opening tidings' streams",
+                                  lambda: self._open_on(self.link.connection))
         except BaseException:
             await self.link.close()
             raise
@@ -98,11 +100,12 @@ class AmqpTransport(Transport):
 
     async def _reopen(self, connection: AbstractConnection) -> None:
         """The link's callback on a new connection: open again what lived on the old."""
-        if self._forwarder is not None:
-            await self._forwarder.close()
         await self._open_on(connection)
 
     async def _open_on(self, connection: AbstractConnection) -> None:
+        for old in (self._topics_log, self._groups_log, self._forwarder):
+            if old is not None:
+                await old.close()
         self._publisher = None
         self._topics_log = JsonLog(connection, self.publish, TOPICS_LOG, self._on_topic)
         self._groups_log = JsonLog(connection, self.publish, GROUPS_LOG, self._on_group)
