@@ -221,6 +221,18 @@ def test_replicated_needs_the_nodes_of_a_cluster() -> None:
         from_url("amqp://h1,h2:x/")
 
 
+def test_replicated_refuses_nodes_that_are_not_one_cluster(amqp_url: str) -> None:
+    from kafka_broker import free_port
+
+    with running_cluster(1) as (other,):
+        first = from_url(amqp_url).settings
+        dead = free_port()
+        url = (f"amqp://guest:guest@{first.host}:{first.port},{other.address},"
+               f"127.0.0.1:{dead}/?replicated=true&connect_timeout=2")
+        with pytest.raises(ConfigurationError, match=f"{other.address}.*not in the cluster"):
+            asyncio.run(from_url(url).start())
+
+
 # -- a 3-node cluster ------------------------------------------------------------------
 
 

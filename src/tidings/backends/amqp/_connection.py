@@ -28,7 +28,7 @@ from ..._errors import BrokerUnavailableError, ConfigurationError, TransportErro
 from ._settings import AmqpSettings
 from ._translate import translate
 
-__all__ = ["Link", "connect"]
+__all__ = ["Link", "check_cluster", "connect", "connect_one"]
 
 log = logging.getLogger("tidings.amqp")
 T = TypeVar("T")
@@ -100,6 +100,52 @@ async def connect_one(settings: AmqpSettings,
         raise error from None
 
 
+async def check_cluster(settings: AmqpSettings, connection: aiormq.abc.AbstractConnection,
+                        node: int) -> None:
+    """For ``replicated=true``: every other node of the URL that answers must be a node
+    of the cluster of ``connection`` (node ``node`` of the URL), else
+    :class:`ConfigurationError`. An exclusive queue declared here is seen, locked, from
+    a node of the same cluster and not at all from another broker. Nodes that do not
+    answer are skipped (an outage, not a configuration)."""
+    nodes = settings.nodes()
+    probe = f"tidings.cluster-check.{id(connection):x}.{time.monotonic_ns()}"
+    channel = await connection.channel()
+    try:
+        await channel.queue_declare(probe, exclusive=True, auto_delete=True)
+        outsiders = await asyncio.gather(*(
+            _outside(settings, nodes[i], probe) for i in range(len(nodes)) if i != node))
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    strangers = [where for where in outsiders if where]
+    if strangers:
+        raise ConfigurationError(
+            f"replicated=true, but the node(s) at {', '.join(strangers)} are not in the "
+            f"cluster of the node at {_where(nodes[node])}: the URL must name nodes of "
+            "one RabbitMQ cluster")
+
+
+async def _outside(settings: AmqpSettings, address: tuple[str, int], probe: str) -> str:
+    """``address`` if that node answers and does not see ``probe``; else ``""``."""
+    try:
+        other = await connect_one(settings, address)
+    except BrokerUnavailableError:
+        return ""
+    try:
+        channel = await other.channel()
+        await channel.queue_declare(probe, passive=True)
+    except amqp.ChannelLockedResource:
+        return ""  # seen, and held by another connection: the same cluster
+    except amqp.ChannelNotFoundEntity:
+        return _where(address)
+    except (amqp.AMQPError, OSError):
+        return ""
+    finally:
+        with contextlib.suppress(Exception):
+            await other.close()
+    return ""  # seen (unlocked): the same cluster
+
+
 class Link:
     """One connection kept open: made again in the background whenever it is lost.
 
@@ -131,6 +177,13 @@ class Link:
         """Connect (to the first node that answers), or raise at once."""
         self._closed = False
         connection, self._node = await connect(self.settings)
+        if self.settings.replicated:
+            try:
+                await check_cluster(self.settings, connection, self._node)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                raise
         self._attach(connection)
         return connection
 
