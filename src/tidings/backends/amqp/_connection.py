@@ -250,21 +250,28 @@ class Link:
         """The error for "the broker is unreachable now"."""
         if self._connection is None or self._closed:
             return BrokerUnavailableError("the RabbitMQ transport is not connected")
-        since = time.monotonic() - (self.down_since or time.monotonic())
+        nodes = ", ".join(_where(a) for a in self.settings.nodes())
+        if self.down_since is None:  # closed a moment ago: the link has not heard yet
+            return BrokerUnavailableError(
+                f"the connection to RabbitMQ at {self.where} closed; connecting again "
+                f"(nodes: {nodes})")
+        since = time.monotonic() - self.down_since
         return BrokerUnavailableError(
-            f"RabbitMQ unreachable for {since:.1f} s (nodes: "
-            f"{', '.join(_where(a) for a in self.settings.nodes())}): {self.last_error}")
+            f"RabbitMQ unreachable for {since:.1f} s (nodes: {nodes}): {self.last_error}")
 
     async def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the link to be up; whether it is."""
-        if self._up.is_set() and self._connection is not None \
-                and not self._connection.is_closed:
-            return True
-        if self._closed or self._connection is None:
-            return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), timeout)
-        return self._up.is_set()
+        deadline = time.monotonic() + timeout
+        while not self.up:
+            remaining = deadline - time.monotonic()
+            if self._closed or self._connection is None or remaining <= 0:
+                return False
+            if self._up.is_set():  # closed a moment ago: let the link hear of it
+                await asyncio.sleep(min(0.01, remaining))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up.wait(), remaining)
+        return True
 
     async def retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()``, tried again on the next connection while the broker is

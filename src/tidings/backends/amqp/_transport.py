@@ -93,9 +93,10 @@ class AmqpTransport(Transport):
         self._started = True
 
     async def ensure_connected(self) -> AbstractConnection:
-        """The open connection; :class:`BrokerUnavailableError` during an outage (the
-        link is connecting again meanwhile; subscriptions then lose their partitions and
-        join again: see ``_subscription``)."""
+        """The open connection, once the link is up again if it is reconnecting (up to
+        ``connect_timeout``); then :class:`BrokerUnavailableError` (subscriptions lose
+        their partitions on a new connection and join again: see ``_subscription``)."""
+        await self.link.wait(self.settings.connect_timeout)
         return self.link.connection
 
     async def _reopen(self, connection: AbstractConnection) -> None:
@@ -300,7 +301,7 @@ class AmqpTransport(Transport):
 
     async def describe_topics(self) -> list[TopicInfo]:
         """Every registered topic with its end offsets (found concurrently)."""
-        self.link.connection  # noqa: B018 - fails fast during an outage (health)
+        await self._answering()
         if self._topics_log is not None:
             await self._topics_log.sync()
         topics = sorted(self._partitions.items())
@@ -315,10 +316,16 @@ class AmqpTransport(Transport):
         return [TopicInfo(t, n, dict.fromkeys(range(n), 0), {p: next(it) for p in range(n)})
                 for t, n in topics]
 
+    async def _answering(self) -> None:
+        """Ride out a reconnect in progress (a second), but fail fast during an outage
+        rather than wait ``publish_timeout`` for a marker (``App.health``)."""
+        if not await self.link.wait(1.0):
+            raise self.link.unavailable()
+
     async def describe_groups(self) -> list[GroupInfo]:
         """Every registered group with its committed offsets and the members that answer
         a roll call within ``end_wait`` seconds (all groups at once)."""
-        self.link.connection  # noqa: B018 - fails fast during an outage (health)
+        await self._answering()
         if self._groups_log is not None:
             await self._groups_log.sync()
         gate = asyncio.Semaphore(32)
