@@ -165,7 +165,9 @@ class AmqpTransport(Transport):
         async with self._publish_lock:
             if self._publisher is None or self._publisher.is_closed:
                 with driver_errors("opening a publishing channel"):
-                    connection = await self.ensure_connected()
+                    # Not ensure_connected(): publish() waits for the link itself,
+                    # within publish_timeout.
+                    connection = self.link.connection
                     self._publisher = await connection.channel(publisher_confirms=True)
             return self._publisher
 
