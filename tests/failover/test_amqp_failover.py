@@ -329,6 +329,8 @@ async def _cluster_failover(nodes: Sequence[Node]) -> dict[str, object]:
     stats["consume stall (s)"] = round(
         _consuming_gap([t for m in members for t in m.times], killed - 0.1), 1)
     stats["per member"] = [len(m.handled) for m in members]
+    stats["consumers cancelled by the broker"] = sum(
+        "cancelled by the broker" in line for m in members for line in m.output)
     with contextlib.suppress(Exception):
         stats["publish errors"] = len(publisher.errors)
     return stats
