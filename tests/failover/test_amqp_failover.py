@@ -128,12 +128,15 @@ def test_a_node_restart_stalls_publishing_and_consuming_then_both_resume(
     assert len(lost) == 2 and len(back) == 2, text
     amqp_lines = [r for r in caplog.records if r.name == "tidings.amqp"]
     assert len(amqp_lines) <= 6, text  # no line per retry
+    consumer_lines = [r for r in caplog.records if r.name == "tidings.consumer"]
+    assert not consumer_lines, text  # fetches and commits wait for the link, silently
 
 
 async def _single_node_outage(node: Node, url: str) -> dict[str, object]:
     topic, group = f"outage-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:6]}"
     producer = App("producer", broker=f"{url}?publish_timeout=90")
-    consumer = App(group, broker=url)
+    # connect_timeout well below the outage: a fetch must wait for the link, not fail.
+    consumer = App(group, broker=f"{url}?connect_timeout=1")
     handled: list[tuple[int, int]] = []
     handled_at: list[float] = []
 
