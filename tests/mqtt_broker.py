@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from processes import free_port, wait_listening
@@ -32,11 +32,14 @@ def mosquitto_binary() -> str:
 
 @contextlib.contextmanager
 def running_mosquitto(*, users: dict[str, str] | None = None, extra: str = "",
-                      port: int | None = None, data: Path | None = None) -> Iterator[str]:
+                      port: int | None = None, data: Path | None = None,
+                      started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                      ) -> Iterator[str]:
     """Start mosquitto on a free loopback port (or ``port``); yield its ``mqtt://`` URL
     (with the first of ``users``' credentials when given: the broker then refuses
     anonymous clients). ``extra`` is appended to the config file; ``data`` is where it
-    keeps its state (a private directory by default), so a restart can find it."""
+    keeps its state (a private directory by default), so a restart can find it;
+    ``started`` gets the broker's process once it listens (to SIGKILL it)."""
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="tidings-mosquitto-") as tmp:
         root = Path(tmp)
@@ -71,6 +74,8 @@ def running_mosquitto(*, users: dict[str, str] | None = None, extra: str = "",
             except RuntimeError as exc:
                 said = (root / "mosquitto.log").read_text()[-2000:]
                 raise RuntimeError(f"{exc}: {said}") from None
+            if started is not None:
+                started(process)
             yield url
         finally:
             process.send_signal(signal.SIGTERM)

@@ -141,6 +141,7 @@ class App:
         batch: bool = False,
         max_batch: int = 500,
         max_in_flight_bytes: int | None = None,
+        dead_letter: str = "skip",
     ) -> Callable[[F], F]:
         """Register a handler for ``topic`` in consumer group ``group`` (default: the app's
         name). Every group gets every message; members of a group share the partitions.
@@ -152,7 +153,12 @@ class App:
         With ``batch``, the handler takes a list of payloads (``list[Event]``, and
         optionally a ``list[Message]``): up to ``max_batch`` messages fetched together,
         one batch at a time; a failing batch is retried whole, then dead-lettered
-        record by record (see :mod:`tidings._batch`). Returns the function unchanged."""
+        record by record (see :mod:`tidings._batch`). A message that fails is retried by
+        ``retry`` (default: the app's), in memory or, with ``RetryPolicy(blocking=False)``,
+        parked durably so its partition goes on; when it is dead-lettered, ``dead_letter``
+        says what becomes of its key: ``"skip"`` (later messages go on) or ``"park-key"``
+        (they wait behind it until it is re-driven or purged). Returns the function
+        unchanged."""
         topics = (topic,) if isinstance(topic, str) else tuple(topic)
         if batch and (not isinstance(max_batch, int) or max_batch < 1):
             raise ConfigurationError(f"max_batch must be an int >= 1, not {max_batch!r}")
@@ -161,6 +167,7 @@ class App:
             max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes,
             start=start, partitions=partitions,
             exactly_once=exactly_once, batch=max_batch if batch else 0,
+            dead_letter=dead_letter,
         )
 
     def responder(

@@ -38,6 +38,11 @@ def needed_capabilities(spec: SubscriberSpec) -> dict[Capability, str]:
         needs[Capability.ORDER_PER_KEY] = f"concurrency={spec.concurrency} (order per key)"
     if spec.role is not Role.CRON:
         needs[Capability.GROUPS] = f"group {spec.group!r}"
+    # A parked key's lane is kept in a log that a member reads back (see _parking).
+    if not spec.retry.blocking:
+        needs[Capability.REPLAY] = "RetryPolicy(blocking=False) (a durable park log)"
+    elif spec.dead_letter == "park-key":
+        needs[Capability.REPLAY] = "dead_letter='park-key' (a durable park log)"
     return needs
 
 

@@ -5,7 +5,9 @@ partition) are handled one at a time, in offset order; different keys run in par
 up to ``concurrency``; records without a key carry no order once ``concurrency > 1``.
 A failed record waits for its retry off the workers, holding back only its own key.
 Offsets are committed up to the first unfinished record of each partition, so nothing
-is committed before its handler succeeded or it was dead-lettered (at-least-once).
+is committed before its handler succeeded, it was dead-lettered, or (non-blocking
+retries, ``dead_letter="park-key"``) it was parked durably (see ``_parking``): a parked
+key's later records are parked behind it, and the partition goes on (at-least-once).
 Fetching stops while ``max_in_flight`` records, or ``max_in_flight_bytes`` of record
 values, are fetched and unfinished; a fetch asks the transport for at most the bytes
 left, and the transport always returns at least one record, so a record larger than
@@ -34,6 +36,8 @@ from typing import TypeVar
 from ._dispatch import BatchDispatch, Dispatch, ParallelDispatch, SequentialDispatch
 from ._errors import ConfigurationError, FencedError, TransportError
 from ._offsets import OffsetTracker
+from ._parking import Parking
+from ._parklog import Parked
 from ._records import Record, Start, TopicPartition
 from ._transaction import HeldOutputs, records_of
 from ._waiting import wait_event
@@ -75,6 +79,8 @@ class ConsumerSpec:
     priority_of: Callable[[Record], int] | None = None
     transactional: bool = False
     batch: int = 0  # > 0: hand records to a BatchProcess, up to this many at a time
+    park: bool = False  # non-blocking retries: a failed record is parked (see _parking)
+    park_dead: bool = False  # a dead-lettered record parks its key until re-driven or purged
 
 
 class Partition:
@@ -85,8 +91,8 @@ class Partition:
     A re-assigned partition gets a new object, so stale work can never touch it.
     """
 
-    __slots__ = ("accepting", "active", "inflight", "inflight_bytes", "lanes", "tp", "tracked",
-                 "tracker")
+    __slots__ = ("accepting", "active", "inflight", "inflight_bytes", "lanes", "parked", "tp",
+                 "tracked", "tracker")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
@@ -96,6 +102,8 @@ class Partition:
         self.active = 0  # handlers running now
         # A key with a running record; its deque (made on demand) holds the ones waiting.
         self.lanes: dict[str, deque[Record] | None] = {}
+        # Keys parked durably (see _parking): their later records park behind them.
+        self.parked: dict[str, deque[Parked]] = {}
         self.accepting = True
         self.tracked = True
 
@@ -115,6 +123,10 @@ class Consumer:
                            or spec.transactional or spec.priority_of is not None):
             raise ConfigurationError("a batch consumer takes a batch process, one worker, "
                                      "no transactions and no priorities")
+        parks = spec.park or spec.park_dead
+        if parks and (spec.batch or spec.transactional or spec.group is None):
+            raise ConfigurationError("non-blocking retries and dead_letter='park-key' need a "
+                                     "group, and neither batches nor exactly_once")
         self._transport = transport
         self.spec = spec
         self.process = process
@@ -132,6 +144,8 @@ class Consumer:
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
         self._dispatch = self._strategy(batch_process)
+        self.parking = Parking(self, transport, spec.group or "", park_dead=spec.park_dead) \
+            if parks else None
 
     def _strategy(self, batch_process: BatchProcess | None) -> Dispatch:
         spec = self.spec
@@ -159,6 +173,8 @@ class Consumer:
     async def start(self) -> None:
         """Join the group and start the fetch loop and the workers."""
         spec = self.spec
+        if self.parking is not None:
+            await self.parking.start()
         if spec.transactional:
             self._subscription = self._transaction = self._subscribe_transactional()
         else:
@@ -192,6 +208,8 @@ class Consumer:
         for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.parking is not None:
+            await self.parking.close(self.spec.shutdown_timeout)
         if self._subscription is not None:
             with contextlib.suppress(TransportError):
                 await self._commit()
@@ -204,6 +222,8 @@ class Consumer:
             task.cancel()
         for timer in self._timers:
             timer.cancel()
+        if self.parking is not None:
+            self.parking.abandon()
         abandon = getattr(self._subscription, "abandon", None)
         if abandon is not None:
             abandon()
@@ -215,6 +235,8 @@ class Consumer:
         for tp in partitions:
             self._forget([tp])  # a stale entry (assigned twice without a revoke)
             self._parts[tp] = Partition(tp)
+        if self.parking is not None:  # what is parked is known before anything runs
+            await self.parking.attach([self._parts[tp] for tp in partitions])
         self.started.set()
 
     async def on_revoked(self, partitions: Collection[TopicPartition]) -> None:
@@ -240,6 +262,8 @@ class Consumer:
             if part is not None:
                 part.accepting = part.tracked = False
                 part.lanes.clear()
+                if self.parking is not None:
+                    self.parking.forget(part)
                 self.inflight -= part.inflight
                 self.inflight_bytes -= part.inflight_bytes
         if self.held is not None:
@@ -285,6 +309,10 @@ class Consumer:
             self.progress.clear()
             await wait_event(self.progress, self.spec.commit_interval)
             await self._commit_if_due()
+
+    def partitions(self) -> list[Partition]:
+        """The partitions tracked now."""
+        return list(self._parts.values())
 
     def part_of(self, record: Record) -> Partition:
         """The tracked partition of ``record`` (made for a group-less read)."""
@@ -333,6 +361,23 @@ class Consumer:
             self._has_work.set()
         else:
             lanes.pop(key, None)
+
+    # -- parking (see _parking) -----------------------------------------------------
+
+    async def park_failed(self, record: Record, part: Partition, attempt: int,
+                          outcome: float) -> None:
+        """``record`` failed at ``attempt``: retried after ``outcome`` seconds without
+        blocking, or dead-lettered (``outcome`` < 0). Parked if so configured, then
+        finished here."""
+        if self.parking is not None:
+            await self.parking.failed(record, part, attempt, outcome)
+        elif part.tracked:
+            self.finish(record, part)
+
+    async def park_behind(self, record: Record, part: Partition, attempt: int) -> None:
+        """``record``'s key is parked: it joins its lane (see ``Parking.behind``)."""
+        assert self.parking is not None
+        await self.parking.behind(record, part, attempt)
 
     # -- commits -------------------------------------------------------------------
 

@@ -170,12 +170,17 @@ class ParallelDispatch(Dispatch):
         consumer = self.consumer
         ready, process, held, stopped = self._ready, consumer.process, consumer.held, \
             consumer.stopped
+        park = consumer.spec.park
         while True:
             # The cheap check inline (this loops once a record); the coroutine only to wait.
             if (not ready or stopped.is_set()) and not await consumer.work_ready():
                 return
             record, attempt, part = ready.pop()
             if not part.accepting:
+                continue
+            if part.parked and record.key in part.parked:  # one check when none is parked
+                await consumer.park_behind(record, part, attempt)
+                consumer.progress.set()
                 continue
             outputs: list[OutRecord] | None = None if held is None else []
             part.active += 1
@@ -191,12 +196,14 @@ class ParallelDispatch(Dispatch):
             # A revoked partition stays tracked until its running handlers are done; a
             # lost (or lost and re-assigned) one does not, and its results are dropped.
             if part.tracked:
-                if outputs and delay is None and held is not None:
+                if outputs and (delay is None or delay < 0) and held is not None:
                     held.add(part.tp, record.offset, outputs)
                 if delay is None:
                     consumer.finish(record, part)
-                else:
+                elif delay >= 0 and not park:
                     consumer.retry_later(ready.push, (record, attempt + 1, part), delay)
+                else:  # dead-lettered, or a non-blocking retry
+                    await consumer.park_failed(record, part, attempt, delay)
             consumer.progress.set()
 
 
@@ -226,7 +233,7 @@ class SequentialDispatch(Dispatch):
         wait in its lane (in order), the other keys go on; the lane drains one record at
         a time once the retry succeeded."""
         consumer = self.consumer
-        steps, process = self._steps, consumer.process
+        steps, process, park = self._steps, consumer.process, consumer.spec.park
         while await consumer.work_ready():
             part, run, attempt = steps.popleft()
             lanes = part.lanes
@@ -236,6 +243,9 @@ class SequentialDispatch(Dispatch):
                 key = record.key
                 if attempt == _FRESH and lanes and key is not None and key in lanes:
                     lanes[key].append(record)  # type: ignore[union-attr]  # a parked key
+                    continue
+                if part.parked and key in part.parked:  # parked durably (see _parking)
+                    await consumer.park_behind(record, part, attempt or 1)
                     continue
                 part.active += 1
                 try:
@@ -247,6 +257,8 @@ class SequentialDispatch(Dispatch):
                 if part.tracked:
                     if delay is None:
                         consumer.finish(record, part)
+                    elif delay < 0 or park:  # dead-lettered, or a non-blocking retry
+                        await consumer.park_failed(record, part, attempt or 1, delay)
                     else:
                         if key is not None and key not in lanes:
                             lanes[key] = deque()  # park the key behind the retry

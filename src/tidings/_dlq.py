@@ -23,9 +23,15 @@ from ._message import Headers
 from ._records import OutRecord, Position, Record
 from .ports import Capability, Transport
 
-__all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dlq_topic", "parse_marks"]
+__all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dead_letter_status", "dlq_topic",
+           "parse_marks"]
 
 _RESOLVES = Headers.DLQ_RESOLVES  # a resolution record: "partition:offset,..."
+#: How a resolution record resolved its entries: "redrive" or "purge" (older: purge).
+_RESOLUTION = "tidings-dlq-resolution"
+#: On a re-driven copy: the position its dead letter came from ("topic/partition/offset"),
+#: so a key parked behind that dead letter (``dead_letter="park-key"``) knows it.
+REDRIVE_OF = "tidings-redrive-of"
 _PAGE = 1000
 
 
@@ -50,6 +56,7 @@ def dead_letter_record(
     """The dead-letter record for ``record`` that failed in ``group`` with ``exc``."""
     headers = dict(record.headers)
     headers.pop(Headers.REDRIVE_GROUP, None)
+    headers.pop(REDRIVE_OF, None)
     headers.update({
         Headers.DLQ_TOPIC: record.topic,
         Headers.DLQ_PARTITION: str(record.partition),
@@ -176,7 +183,7 @@ class DeadLetters:
         if not chosen:
             return 0
         await self._append([_redriven(entry) for entry in chosen])
-        await self._resolve([(e.partition, e.offset) for e in chosen])
+        await self._resolve([(e.partition, e.offset) for e in chosen], "redrive")
         return len(chosen)
 
     async def purge(self, positions: Iterable[tuple[int, int]] | None = None) -> int:
@@ -185,42 +192,48 @@ class DeadLetters:
         chosen = [(r.partition, r.offset) for r in await self.pending_records()]
         if positions is not None:
             chosen = sorted(set(chosen) & set(positions))
-        await self._resolve(chosen)
+        await self._resolve(chosen, "purge")
         return len(chosen)
 
     async def _records(self) -> list[Record]:
-        if Capability.REPLAY not in self._transport.capabilities:
-            raise ConfigurationError(
-                f"the dead letters of {self.topic!r} cannot be listed on the "
-                f"{self._transport.system} backend: it keeps no log to read back (no "
-                f"{Capability.REPLAY.value!r} capability); subscribe to {self.dlq!r} instead")
-        infos = {info.name: info for info in await self._transport.describe_topics()}
-        info = infos.get(self.dlq)
-        if info is None:
-            raise UnknownTopicError(
-                f"no dead-letter topic {self.dlq!r} (nothing failed on {self.topic!r})"
-            )
-        out: list[Record] = []
-        for partition in range(info.partitions):
-            offset = info.start_offsets.get(partition, 0)
-            while True:
-                page = await self._transport.read(self.dlq, partition, offset, _PAGE)
-                out.extend(page)
-                if len(page) < _PAGE:
-                    break
-                offset = page[-1].offset + 1
-        return out
+        return await _dlq_records(self._transport, self.topic, self.dlq)
 
-    async def _resolve(self, positions: list[tuple[int, int]]) -> None:
+    async def _resolve(self, positions: list[tuple[int, int]], how: str) -> None:
         if not positions:
             return
         by_partition: dict[int, list[str]] = {}
         for partition, offset in positions:
             by_partition.setdefault(partition, []).append(f"{partition}:{offset}")
         await self._transport.append([
-            OutRecord(self.dlq, b"", headers={_RESOLVES: ",".join(marks)}, partition=partition)
+            OutRecord(self.dlq, b"", headers={_RESOLVES: ",".join(marks), _RESOLUTION: how},
+                      partition=partition)
             for partition, marks in by_partition.items()
         ])
+
+
+async def _dlq_records(transport: Transport, topic: str, dlq: str) -> list[Record]:
+    """Every record of the dead-letter topic ``dlq`` (of ``topic``)."""
+    if Capability.REPLAY not in transport.capabilities:
+        raise ConfigurationError(
+            f"the dead letters of {topic!r} cannot be listed on the "
+            f"{transport.system} backend: it keeps no log to read back (no "
+            f"{Capability.REPLAY.value!r} capability); subscribe to {dlq!r} instead")
+    infos = {info.name: info for info in await transport.describe_topics()}
+    info = infos.get(dlq)
+    if info is None:
+        raise UnknownTopicError(
+            f"no dead-letter topic {dlq!r} (nothing failed on {topic!r})"
+        )
+    out: list[Record] = []
+    for partition in range(info.partitions):
+        offset = info.start_offsets.get(partition, 0)
+        while True:
+            page = await transport.read(dlq, partition, offset, _PAGE)
+            out.extend(page)
+            if len(page) < _PAGE:
+                break
+            offset = page[-1].offset + 1
+    return out
 
 
 def parse_marks(marks: str) -> set[tuple[int, int]]:
@@ -232,9 +245,43 @@ def parse_marks(marks: str) -> set[tuple[int, int]]:
     return out
 
 
+async def dead_letter_status(transport: Transport, topic: str) -> dict[tuple[str, int, int], str]:
+    """Per ``(group, original partition, original offset)`` of the dead letters of
+    ``topic``: ``pending``, ``redriven`` or ``purged`` (one still pending wins, then a
+    re-drive). A dead letter missing here was never written or was deleted by hand."""
+    try:
+        records = await _dlq_records(transport, topic, dlq_topic(topic))
+    except UnknownTopicError:
+        return {}
+    origins: dict[tuple[int, int], tuple[str, int, int]] = {}
+    how: dict[tuple[int, int], str] = {}
+    for record in records:
+        h = record.headers
+        marks = h.get(_RESOLVES)
+        if marks is not None:
+            kind = "redriven" if h.get(_RESOLUTION) == "redrive" else "purged"
+            how.update(dict.fromkeys(parse_marks(marks), kind))
+            continue
+        try:
+            origins[(record.partition, record.offset)] = (
+                h.get(Headers.DLQ_GROUP, ""), int(h[Headers.DLQ_PARTITION]),
+                int(h[Headers.DLQ_OFFSET]))
+        except (KeyError, ValueError):
+            continue  # malformed: its origin is unknown
+    rank = {"pending": 2, "redriven": 1, "purged": 0}
+    status: dict[tuple[str, int, int], str] = {}
+    for position, origin in origins.items():
+        state = how.get(position, "pending")
+        if origin not in status or rank[state] > rank[status[origin]]:
+            status[origin] = state
+    return status
+
+
 def _redriven(entry: DeadLetter) -> OutRecord:
     headers = {k: v for k, v in entry.record.headers.items() if not k.startswith("tidings-dlq-")}
     if entry.group:
         headers[Headers.REDRIVE_GROUP] = entry.group
+    headers[REDRIVE_OF] = f"{entry.original_topic}/{entry.original_partition}/" \
+                          f"{entry.original_offset}"
     record = entry.record
     return OutRecord(entry.original_topic, record.value, key=record.key, headers=headers)

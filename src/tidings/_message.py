@@ -45,10 +45,11 @@ class Message:
     """A received message: the record plus what tidings knows about this delivery.
 
     ``attempt`` counts deliveries to this handler in this process, starting at 1; a
-    message redelivered after a crash starts again at 1. ``correlation_id`` is the
-    conversation's: the first message's id, carried by everything it caused (a message
-    that starts one has no header and its own id here). Read-only by convention (a
-    plain slotted dataclass: one is built for every delivery).
+    message redelivered after a crash starts again at 1, unless its subscriber's retries
+    are non-blocking (``RetryPolicy(blocking=False)``): a parked message keeps its
+    count. ``correlation_id`` is the conversation's: the first message's id, carried by
+    everything it caused (a message that starts one has no header and its own id here).
+    Read-only by convention (a plain slotted dataclass: one is built for every delivery).
     """
 
     id: str

@@ -21,6 +21,7 @@ from ._consumer import Process
 from ._dlq import dead_letter_record, not_for
 from ._message import Headers, Message, current_message
 from ._middleware import CallNext, HandlerCall, Middleware, handler_chain
+from ._parking import DEAD
 from ._records import OutRecord, Position, Record
 from ._reply import REPLIES_TOPIC
 from ._retry import Retry, RetryPolicy
@@ -155,7 +156,8 @@ def _chained(spec: SubscriberSpec, runtime: Runtime, chain: CallNext) -> Process
 async def _failed(emit: Emit, record: Record, group: str | None, attempt: int,
                   exc: Exception, name: str, retry_in: float | None,
                   reason: str | None = None) -> float | None:
-    """Log the failure; dead-letter the record unless it is retried in ``retry_in`` s."""
+    """Log the failure; dead-letter the record unless it is retried in ``retry_in`` s
+    (then :data:`~tidings._parking.DEAD` tells the consumer it was dead-lettered)."""
     where = f"{record.topic}[{record.partition}]@{record.offset}"
     if retry_in is not None:
         log.warning("%s failed on %s (attempt %d), retrying in %.2f s: %r",
@@ -164,7 +166,7 @@ async def _failed(emit: Emit, record: Record, group: str | None, attempt: int,
     log.error("%s failed on %s (attempt %d), dead-lettered: %s: %r",
               name, where, attempt, reason, exc)
     await emit([dead_letter_record(record, group, exc, attempt)], "dead-letter")
-    return None
+    return DEAD
 
 
 _REPLY_SPACE = REPLIES_TOPIC + "/"

@@ -36,6 +36,13 @@ class RetryPolicy:
     capped at ``max_backoff`` and reduced by up to ``jitter`` (a fraction), before
     attempt ``n+1``. After ``max_attempts`` failures, or at once for an exception in
     ``give_up_on`` (and always for :class:`DecodeError`), the message is dead-lettered.
+
+    ``blocking`` says how a message waits for its retry. Blocking (the default): in
+    memory, holding back its key and its partition's commits (a restart starts it again
+    at attempt 1). Non-blocking (``blocking=False``): it is parked durably with its next
+    attempt and due time, its offset is committed and the partition goes on; later
+    messages of its key park behind it, in order, so the key keeps its order (see
+    ``docs/howto`` on retries). A crash resumes it at the stored attempt and time.
     """
 
     max_attempts: int = 5
@@ -44,6 +51,7 @@ class RetryPolicy:
     max_backoff: float = 30.0
     jitter: float = 0.5
     give_up_on: tuple[type[BaseException], ...] = ()
+    blocking: bool = True
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

@@ -16,7 +16,11 @@ from ._workqueue import queue_priority
 if TYPE_CHECKING:
     from ._app import App
 
-__all__ = ["Role", "SubscriberSpec"]
+__all__ = ["DEAD_LETTER_MODES", "Role", "SubscriberSpec"]
+
+#: What a subscriber's dead letter does to its key: ``skip`` (later messages of the key
+#: go on) or ``park-key`` (they wait behind it until it is re-driven or purged).
+DEAD_LETTER_MODES = ("skip", "park-key")
 
 
 class Role(enum.Enum):
@@ -44,6 +48,7 @@ class SubscriberSpec:
     partitions: int | None
     exactly_once: bool = False
     batch: int = 0  # a batch handler's max_batch; 0 for a per-message handler
+    dead_letter: str = "skip"  # "park-key": a dead letter parks its key (see _parking)
 
     @classmethod
     def build(
@@ -52,6 +57,7 @@ class SubscriberSpec:
         max_in_flight: int | None = None, max_in_flight_bytes: int | None = None,
         start: str | Start = Start.EARLIEST,
         partitions: int | None = None, exactly_once: bool = False, batch: int = 0,
+        dead_letter: str = "skip",
     ) -> SubscriberSpec:
         """Validate a declaration; every mistake is a ConfigurationError here, not later."""
         if not topics:
@@ -72,6 +78,14 @@ class SubscriberSpec:
                 "a batch subscriber runs one batch at a time, without exactly_once "
                 "(concurrency=1)"
             )
+        retry = retry or app.retry
+        if dead_letter not in DEAD_LETTER_MODES:
+            raise ConfigurationError(
+                f"dead_letter must be 'skip' or 'park-key', not {dead_letter!r}")
+        if (batch or exactly_once) and (dead_letter != "skip" or not retry.blocking):
+            raise ConfigurationError(
+                "a batch or exactly_once subscriber cannot park keys (non-blocking "
+                "retries, dead_letter='park-key')")
         try:
             start = Start(start)
         except ValueError:
@@ -80,10 +94,11 @@ class SubscriberSpec:
             ) from None
         return cls(
             role=role, topics=topics, handler=handler, group=group or app.name,
-            concurrency=concurrency, retry=retry or app.retry,
+            concurrency=concurrency, retry=retry,
             max_in_flight=max_in_flight or max(1000, 2 * concurrency, 2 * batch),
             max_in_flight_bytes=max_in_flight_bytes, start=start,
             partitions=partitions, exactly_once=bool(exactly_once), batch=batch,
+            dead_letter=dead_letter,
         )
 
     def consumer_spec(self, app: App) -> ConsumerSpec:
@@ -101,4 +116,6 @@ class SubscriberSpec:
             priority_of=queue_priority if self.role is Role.WORKER else None,
             transactional=self.exactly_once,
             batch=self.batch,
+            park=not self.retry.blocking,
+            park_dead=self.dead_letter == "park-key",
         )

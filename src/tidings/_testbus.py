@@ -15,6 +15,7 @@ from ._backends import load_transport
 from ._dlq import DeadLetter
 from ._errors import ConfigurationError
 from ._message import Headers, Message
+from ._parklog import ParkIndex, park_topic
 from ._records import Record, TopicPartition
 from ._reply import REPLIES_TOPIC, ReplyListener
 from .asyncapi import APPS_TOPIC
@@ -24,6 +25,7 @@ __all__ = ["FakeClock", "TestBus"]
 
 #: How often ``idle()`` looks at the bus (seconds): a look costs microseconds.
 _POLL = 0.005
+PARK_PREFIX = park_topic("")
 
 
 class FakeClock:
@@ -162,15 +164,33 @@ class TestBus:
             found += [f"group {name} has {n} unhandled on {t}" for t, n in sorted(lag.items())]
         if self.broker.scheduled:
             found.append(f"{self.broker.scheduled} delayed message(s) not yet due")
+        found += self._parked()
+        return found
+
+    def _parked(self) -> list[str]:
+        """Messages parked behind a non-blocking retry (a dead head is not pending: it
+        waits for someone to re-drive or purge it, as a dead letter does)."""
+        found = []
+        for name, parts in sorted(self.broker.topics.items()):
+            if name.startswith(PARK_PREFIX):
+                index = ParkIndex()
+                for record in parts[0] if parts else ():
+                    index.apply(record)
+                waiting = sum(len(lane) for lanes in index.lanes.values()
+                              for lane in lanes.values() if lane and not lane[0].dead)
+                if waiting:
+                    found.append(f"group {name[len(PARK_PREFIX):]} has {waiting} parked "
+                                 "message(s) waiting for a retry")
         return found
 
     # -- what was published ----------------------------------------------------------
 
     def topics(self) -> list[str]:
         """Every topic with at least one message, but tidings' own: the reply topic of
-        requests, and the apps' self-descriptions (``tidings.apps``)."""
+        requests, the apps' self-descriptions (``tidings.apps``) and park logs."""
         return sorted(name for name, parts in self.broker.topics.items()
-                      if name not in (REPLIES_TOPIC, APPS_TOPIC) and any(parts))
+                      if name not in (REPLIES_TOPIC, APPS_TOPIC) and any(parts)
+                      and not name.startswith(PARK_PREFIX))
 
     def published(self, topic: str) -> list[Message]:
         """Every message on ``topic``, as envelopes, in publish order (partition by

@@ -5,11 +5,13 @@ capability refusals. Groups, failures, delays and replay are in tests/conformanc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import aiormq
 import pytest
@@ -19,9 +21,10 @@ from rabbitmq_broker import MAX_MESSAGE_SIZE, control_env, rabbitmq_binaries
 from tidings import App, ConfigurationError
 from tidings._backends import load_transport
 from tidings._errors import BrokerUnavailableError, MessageTooLargeError
-from tidings._records import OutRecord
+from tidings._records import OutRecord, TopicPartition
 from tidings.backends.amqp import AmqpSettings, AmqpTransport, from_url
 from tidings.backends.amqp._delay import bucket_ms
+from tidings.backends.amqp._subscription import AmqpSubscription
 from tidings.ports import Capability
 
 
@@ -210,6 +213,116 @@ def test_a_member_whose_connection_the_broker_closes_joins_again(amqp_url: str) 
         assert handled == set(range(20))
 
     asyncio.run(main())
+
+
+def test_members_of_one_group_starting_together_on_a_new_vhost_all_join(
+        amqp_url: str) -> None:
+    """Three processes' worth of members (a connection each), three subscribers of one
+    group in each, all starting at once on a new vhost: every stream of tidings (the
+    registries, the group's offsets, the topics) is declared by several connections at
+    once. RabbitMQ 3.10 answered the second declare before the stream could be read
+    (the member's consume failed, or the connection was closed with 541), and a member
+    stayed out of its group for good."""
+    topics = ["users", "orders", "stock"]
+
+    async def main() -> None:
+        url = await _vhost(amqp_url, f"together-{uuid.uuid4().hex[:8]}") + "?session_timeout=3"
+        handled: dict[str, set[int]] = {t: set() for t in topics}
+        apps = [App("svc", broker=url, join_timeout=20) for _ in range(3)]
+        for app in apps:
+            for topic in topics:
+                def handler(topic: str) -> Callable[[dict], Awaitable[None]]:
+                    async def handle(payload: dict) -> None:
+                        handled[topic].add(payload["n"])
+                    return handle
+                app.subscriber(topic)(handler(topic))
+        try:
+            await asyncio.gather(*(app.start() for app in apps))
+            await asyncio.gather(*(app.wait_until_assigned(1) for app in apps))
+            for topic in topics:
+                await apps[0].publish_many(topic, [{"n": n} for n in range(20)])
+            await _until(lambda: all(len(h) == 20 for h in handled.values()), 30)
+            for app in apps:  # nobody lost its connection
+                assert not app.transport.connection.is_closed
+        finally:
+            await asyncio.gather(*(app.stop() for app in apps), return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_a_claim_cancelled_while_refused_does_not_cost_the_connection(amqp_url: str) -> None:
+    """A claim refused by the broker (another member holds the partition) costs its
+    channel; a caller cancelled meanwhile (a timeout above) made aiormq close that
+    channel too, and the broker closed the whole connection for it (504 CHANNEL_ERROR -
+    expected 'channel.open'), with every lock of the process."""
+    topic, group = f"claim-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        holder, claimer = from_url(amqp_url), from_url(amqp_url)
+        await holder.start()
+        await claimer.start()
+        try:
+            await holder.ensure_topic(topic, 1)
+            channel = await holder.connection.channel()
+            await channel.queue_declare(f"tidings.owner.{group}.{topic}.0", exclusive=True)
+            subscription = claimer.subscribe(group, [topic], _Listener())
+            assert isinstance(subscription, AmqpSubscription)
+            tp = TopicPartition(topic, 0)
+            for n in range(150):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscription._lock(tp), 0.0005 * (n % 10))
+                assert not claimer.connection.is_closed, f"connection lost at claim {n}"
+            assert not await subscription._lock(tp)  # still refused, still connected
+            await subscription.close()
+        finally:
+            await claimer.close()
+            await holder.close()
+
+    asyncio.run(main())
+
+
+def test_a_member_whose_channel_closed_gives_back_what_the_group_wants_elsewhere(
+        amqp_url: str) -> None:
+    """A member whose reading channel closed (its connection alive, so its partition
+    locks too) joins again and shares its partitions with a member joining meanwhile:
+    the locks it keeps are given back as soon as the group wants them elsewhere."""
+    topic, group = f"stray-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:8]}"
+    url = f"{amqp_url}?session_timeout=1.5"
+
+    async def main() -> None:
+        first, second = App(group, broker=url), App(group, broker=url)
+        producer = App("producer", broker=url)
+        handled: dict[str, set[int]] = {"first": set(), "second": set()}
+        for name, app in (("first", first), ("second", second)):
+            def handler(name: str) -> Callable[[dict], Awaitable[None]]:
+                async def handle(payload: dict) -> None:
+                    handled[name].add(payload["n"])
+                return handle
+            app.subscriber(topic)(handler(name))
+        async with producer, first:
+            subscription = first._consumers[0]._subscription
+            assert isinstance(subscription, AmqpSubscription)
+            await _until(lambda: len(subscription.assignment()) == 4)
+            assert subscription._channel is not None
+            await subscription._channel.close()  # the broker could close it on an error
+            async with second:
+                joined = second._consumers[0]._subscription
+                assert isinstance(joined, AmqpSubscription)
+                await _until(lambda: len(joined.assignment()) == 2
+                             and len(subscription.assignment()) == 2, 15)
+                await producer.publish_many(
+                    topic, [{"n": n} for n in range(40)], key=lambda e: str(e["n"]))
+                await _until(lambda: len(handled["first"] | handled["second"]) == 40, 20)
+
+    asyncio.run(main())
+
+
+class _Listener:
+    async def on_assigned(self, partitions: object) -> None: ...
+
+    async def on_revoked(self, partitions: object) -> None: ...
+
+    async def on_lost(self, partitions: object) -> None: ...
 
 
 async def _until(check, timeout: float = 10) -> None:

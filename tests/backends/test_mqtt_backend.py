@@ -301,3 +301,74 @@ def test_a_member_down_across_a_broker_restart_gets_its_messages() -> None:
         asyncio.run(main())
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+
+def test_plain_mqtt5_clients_read_and_write_tidings_messages(mqtt_url: str) -> None:
+    """What tidings publishes, a plain MQTT 5 client reads (headers and key as user
+    properties); what a plain client publishes, with any PUBLISH property or none, a
+    tidings subscriber handles (tidings decodes PUBLISH packets itself)."""
+    inbound, outbound = unique("from-plain"), unique("to-plain")
+
+    async def main() -> None:
+        got: dict[int, Message] = {}
+        app = App("plain", broker=mqtt_url)
+
+        @app.subscriber(inbound, group="g")
+        async def on_event(event: dict[str, int], message: Message) -> None:
+            got[event["n"]] = message
+
+        async with app:
+            plain = await asyncio.to_thread(_PlainClient, mqtt_url, outbound)
+            try:
+                await app.publish(outbound, {"n": 9}, key="k-9", headers={"trace": "t-9"})
+                payload, props = await asyncio.to_thread(plain.first)
+                await asyncio.to_thread(plain.publish_three, inbound)
+                await eventually(lambda: len(got) == 3)
+            finally:
+                plain.close()
+        assert json.loads(payload) == {"n": 9}
+        assert ("trace", "t-9") in props and ("tidings-key", "k-9") in props
+        assert got[1].headers == {"a": "1", "b": "✓"} and got[1].key is None
+        assert got[2].headers == {} and got[3].headers == {}
+
+    asyncio.run(main())
+
+
+class _PlainClient:
+    """paho alone (its own thread), subscribed to ``topic``."""
+
+    def __init__(self, url: str, topic: str) -> None:
+        import threading
+
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.got: list[paho.MQTTMessage] = []
+        self.arrived = threading.Event()
+        subscribed = threading.Event()
+        client = self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        client.on_message = lambda _c, _u, message: (self.got.append(message),
+                                                     self.arrived.set())
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.connect(host, int(port))
+        client.loop_start()
+        client.subscribe(topic, qos=1)
+        assert subscribed.wait(5), "no SUBACK"
+
+    def first(self) -> tuple[bytes, list[tuple[str, str]]]:
+        assert self.arrived.wait(5), "nothing arrived"
+        message = self.got[0]
+        return bytes(message.payload), list(getattr(message.properties, "UserProperty", []))
+
+    def publish_three(self, topic: str) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.UserProperty = [("a", "1"), ("b", "✓")]
+        props.ContentType, props.MessageExpiryInterval = "application/json", 60
+        bare = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        bare.PayloadFormatIndicator, bare.CorrelationData = 1, b"no-reply-topic"
+        for n, properties in ((1, props), (2, None), (3, bare)):
+            self.client.publish(topic, json.dumps({"n": n}).encode(), qos=1,
+                                properties=properties).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

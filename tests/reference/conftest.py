@@ -18,14 +18,6 @@ from kafka_broker import running_tansu  # noqa: E402
 from otlp_collector import Collector, running_collector  # noqa: E402
 from rabbitmq_broker import new_vhost  # noqa: E402
 
-#: On amqp://, about one test session in four or five, a service of the shop is left
-#: without a partition: payments not assigned within 30 s of its start (choreography),
-#: or its connection closed by the broker ("504 CHANNEL_ERROR - expected
-#: 'channel.open'") and inventory[3] never consumed after it connected again
-#: (orchestration). A backend bug, open; the tests run, and say so when they hit it.
-_AMQP_LIVENESS = pytest.mark.xfail(
-    reason="amqp: a member intermittently left without a partition (issue 14)", strict=False)
-
 #: (mode, bus): every flow test runs on each.
 SETUPS = [
     ("choreography", "sqlite"),
@@ -44,9 +36,7 @@ def collector() -> Iterator[Collector]:
         yield received
 
 
-@pytest.fixture(scope="module", ids=[f"{m}-{b}" for m, b in SETUPS], params=[
-    pytest.param(setup, marks=[_AMQP_LIVENESS] if setup[1] == "amqp" else [])
-    for setup in SETUPS])
+@pytest.fixture(scope="module", ids=[f"{m}-{b}" for m, b in SETUPS], params=SETUPS)
 def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
          collector: Collector) -> Iterator[Shop]:
     """A shop in one mode on one bus, shared by the tests of a module; it exports its

@@ -12,6 +12,7 @@ import click
 from .._app import App
 from .._dlq import DeadLetter
 from .._errors import TidingsError
+from .._parklog import ParkedKey, parked_keys
 from .._records import Record
 from ._common import read_only_url
 from ._output import emit, shorten
@@ -168,3 +169,20 @@ def purge(ctx: click.Context, topic: str, entries: tuple[str, ...], yes: bool) -
         click.confirm(f"purge {which} of {topic}?", abort=True)
     count = _run(ctx, lambda app: app.dead_letters(topic).purge(wanted))
     click.echo(json.dumps({"purged": count}) if ctx.obj["json"] else f"purged {count}")
+
+
+@dlq.command()
+@click.argument("group", required=False)
+@click.pass_context
+def parked(ctx: click.Context, group: str | None) -> None:
+    """List the parked keys of GROUP (default: of every group): keys whose messages wait
+    behind a non-blocking retry or a dead letter (``dead_letter="park-key"``), with
+    how many wait and what their head waits for."""
+    keys: list[ParkedKey] = _run(ctx, lambda app: parked_keys(app.transport, group),
+                                 read_only=True)
+    data = [{"group": k.group, "topic": k.topic, "partition": k.partition, "key": k.key,
+             "parked": k.count, "head": k.head, "waits_for": k.waits_for} for k in keys]
+    emit(ctx.obj["json"], data, ["GROUP", "TOPIC", "PARTITION", "KEY", "PARKED", "WAITS FOR"],
+         [[d["group"], d["topic"], d["partition"], d["key"], d["parked"], d["waits_for"]]
+          for d in data], "no parked keys")
+

@@ -17,6 +17,7 @@ from .._dlq import DeadLetter, DeadLetters
 from .._errors import TidingsError
 from .._lag import group_lag
 from .._message import Headers
+from .._parklog import park_topic, parked_keys
 from .._records import Record, TopicInfo
 from ..asyncapi import APPS_TOPIC
 from ..ports import Transport
@@ -26,6 +27,7 @@ from ._redact import redact
 __all__ = ["ActionRefused", "BusView"]
 
 _RATE_WINDOW = 10.0  # seconds over which message rates are measured
+PARK_PREFIX = park_topic("")
 
 
 class ActionRefused(TidingsError):
@@ -93,12 +95,19 @@ class BusView:
         records = await DeadLetters(self.transport, topic).pending_records()
         return [_dead_letter(record) for record in records]
 
+    async def parked(self) -> list[dict[str, Any]]:
+        """Every group's parked keys (behind a non-blocking retry or a dead letter with
+        ``dead_letter="park-key"``): how many messages wait and what for."""
+        return [{"group": k.group, "topic": k.topic, "partition": k.partition, "key": k.key,
+                 "parked": k.count, "head": k.head, "attempt": k.attempt, "dead": k.dead,
+                 "waits_for": k.waits_for} for k in await parked_keys(self.transport)]
+
     async def conversation(self, wanted: str) -> dict[str, Any]:
         """The timeline of the conversation(s) ``wanted`` names: a correlation id, a
         message id or a key; ``messages`` is empty (with a note) when nothing matches."""
         topics = await self.transport.describe_topics()
         records = [r for r in await find_records(self.transport, wanted, _readable(topics))
-                   if r.topic != APPS_TOPIC]
+                   if _is_readable(r.topic)]
         timeline = conversation(records, await self.transport.describe_groups())
         for message in timeline:
             message["payload"] = redact(message["payload"])
@@ -163,8 +172,14 @@ async def _pending_at(queue: DeadLetters, position: tuple[int, int]) -> Record:
 
 
 def _readable(topics: Sequence[TopicInfo]) -> list[TopicInfo]:
-    """Topics a conversation can be in (not the replies inbox markers or app docs)."""
-    return [t for t in topics if t.name != APPS_TOPIC]
+    """Topics a conversation can be in (not app docs, not park logs)."""
+    return [t for t in topics if _is_readable(t.name)]
+
+
+def _is_readable(topic: str) -> bool:
+    """Whether ``topic`` holds messages, not app documents or parked copies (a parked
+    message is shown where it was published; ``parked`` lists what is parked)."""
+    return topic != APPS_TOPIC and not topic.startswith(PARK_PREFIX)
 
 
 def _keyed(offsets: Any) -> dict[str, int]:

@@ -84,6 +84,10 @@ def create_app(view: BusView, *, documents: Callable[[], Awaitable[dict[str, Any
     async def dead_letters(topic: str) -> Any:
         return await view.dead_letters(topic)
 
+    @app.get("/api/parked")
+    async def parked() -> Any:
+        return await view.parked()
+
     @app.get("/api/conversations/{wanted}")
     async def conversation(wanted: str) -> Any:
         return await view.conversation(wanted)

@@ -22,6 +22,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._errors import BrokerUnavailableError
+from ._channels import open_channel, shielded
 from ._streams import declare_stream, offset_of
 from ._translate import driver_errors
 
@@ -42,22 +43,38 @@ class JsonLog:
         self._on_entry = on_entry
         self._channel: AbstractChannel | None = None
         self._marks: dict[str, asyncio.Future[None]] = {}
+        self._acking = 0  # acks on their way to the socket
+        self._acked = asyncio.Event()
         self._next = 0  # the offset of the next entry to see
         self._retail: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the tail's channel is open (it is not once its connection closed)."""
+        return self._channel is not None and not self._channel.is_closed
 
     async def open(self) -> None:
         """Declare the stream and start tailing it from its first entry."""
         with driver_errors(f"opening tidings' stream {self.name!r}"):
-            self._channel = channel = await self._connection.channel()
+            await shielded(self._open())
+
+    async def _open(self) -> None:
+        channel = await open_channel(self._connection)
+        try:
             channel.on_consumer_cancel_callbacks.add(self._cancelled)
             await declare_stream(channel, self.name)
             await channel.basic_qos(prefetch_count=1000)
-            await self._tail()
+            self._channel = channel  # before the first delivery: each one is acked
+            await self._tail(channel)
+        except BaseException:
+            self._channel = None
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
 
-    async def _tail(self) -> None:
-        if self._channel is not None:
-            await self._channel.basic_consume(self.name, self._deliver, no_ack=False,
-                                              arguments={"x-stream-offset": self._next})
+    async def _tail(self, channel: AbstractChannel) -> None:
+        await channel.basic_consume(self.name, self._deliver, no_ack=False,
+                                    arguments={"x-stream-offset": self._next})
 
     def _cancelled(self, frame: object) -> None:
         # Called by the channel's reader: consuming again there would wait on itself.
@@ -67,9 +84,9 @@ class JsonLog:
     async def _tail_again(self) -> None:
         delay = 0.1
         try:
-            while self._channel is not None and not self._channel.is_closed:
+            while (channel := self._channel) is not None and not channel.is_closed:
                 try:
-                    await self._tail()
+                    await shielded(self._tail(channel))
                     return
                 except Exception:  # the stream has no leader yet: try again shortly
                     await asyncio.sleep(delay)
@@ -82,9 +99,17 @@ class JsonLog:
         if offset < 0 or offset >= self._next:  # else seen before a re-tail
             self._next = max(self._next, offset + 1)
             self._handle(json.loads(message.body))
-        if self._channel is not None:
+        channel = self._channel
+        if channel is None or channel is not message.channel:
+            return  # closing: a frame after its close would cost the connection
+        self._acking += 1
+        try:
             with contextlib.suppress(Exception):
-                await self._channel.basic_ack(message.delivery_tag or 0)
+                await channel.basic_ack(message.delivery_tag or 0)  # grants credit
+        finally:
+            self._acking -= 1
+            if not self._acking:
+                self._acked.set()
 
     def _handle(self, entry: dict[str, Any]) -> None:
         mark = entry.get("sync")
@@ -121,6 +146,17 @@ class JsonLog:
         channel, self._channel = self._channel, None
         if self._retail is not None:
             self._retail.cancel()
-        if channel is not None:
+        if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                await channel.close()
+                await shielded(self._close(channel))
+
+    async def _close(self, channel: AbstractChannel) -> None:
+        # An ack still waiting for room in aiormq's write queue could reach the broker
+        # after the close (asyncio's queue does not keep waiting writers in order), and
+        # the broker closes the connection for a frame on a closed channel (504).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while self._acking:
+                    self._acked.clear()
+                    await self._acked.wait()
+        await channel.close()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
+from ._channels import on_channel, open_channel, shielded
 from ._translate import driver_errors
 
 __all__ = ["Membership", "members_exchange", "observe"]
@@ -57,16 +58,30 @@ class Membership:
 
     async def open(self) -> None:
         """Bind a private queue, start announcing, and announce at once."""
-        exchange = members_exchange(self.group)
         with driver_errors(f"joining group {self.group!r}"):
-            self._channel = channel = await self._connection.channel()
+            self._channel = await shielded(self._listen())
+        self._members[self.member_id] = _Seen(self.client, self.topics, time.monotonic())
+        await self._announce()
+        self._task = asyncio.create_task(self._beat())
+
+    async def _listen(self) -> AbstractChannel:
+        exchange = members_exchange(self.group)
+        channel = await open_channel(self._connection)
+        try:
             await channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
             ok = await channel.queue_declare("", exclusive=True, auto_delete=True)
             await channel.queue_bind(ok.queue or "", exchange)
             await channel.basic_consume(ok.queue or "", self._heard, no_ack=True)
-        self._members[self.member_id] = _Seen(self.client, self.topics, time.monotonic())
-        await self._announce()
-        self._task = asyncio.create_task(self._beat())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        return channel
+
+    @property
+    def alive(self) -> bool:
+        """Whether this member still hears its group (its channel is open)."""
+        return self._channel is not None and not self._channel.is_closed
 
     def live(self) -> dict[str, frozenset[str]]:
         """Member id -> subscribed topics, for every member heard from recently."""
@@ -130,9 +145,9 @@ class Membership:
             with contextlib.suppress(Exception):
                 await self._announce(leave=True)
         channel, self._channel = self._channel, None
-        if channel is not None:
+        if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                await channel.close()
+                await shielded(channel.close())
 
 
 async def observe(connection: AbstractConnection, group: str,
@@ -152,18 +167,16 @@ async def observe(connection: AbstractConnection, group: str,
             heard[entry["id"]] = (entry["client"],
                                   [(t, p) for t, p in entry.get("assignment", [])])
 
-    exchange = members_exchange(group)
+    async def roll_call(channel: AbstractChannel) -> None:
+        exchange = members_exchange(group)
+        await channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
+        ok = await channel.queue_declare("", exclusive=True, auto_delete=True)
+        await channel.queue_bind(ok.queue or "", exchange)
+        await channel.basic_consume(ok.queue or "", note, no_ack=True)
+        await channel.basic_publish(json.dumps({"id": me, "observe": True}).encode(),
+                                    exchange=exchange)
+        await asyncio.sleep(wait)
+
     with driver_errors(f"describing group {group!r}"):
-        channel = await connection.channel()
-        try:
-            await channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
-            ok = await channel.queue_declare("", exclusive=True, auto_delete=True)
-            await channel.queue_bind(ok.queue or "", exchange)
-            await channel.basic_consume(ok.queue or "", note, no_ack=True)
-            await channel.basic_publish(json.dumps({"id": me, "observe": True}).encode(),
-                                        exchange=exchange)
-            await asyncio.sleep(wait)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+        await on_channel(connection, roll_call)
     return heard

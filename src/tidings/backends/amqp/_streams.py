@@ -5,6 +5,15 @@ headers travel as message headers (tidings' own start with ``x-tidings-``); its 
 the stream's ``x-stream-offset``. AMQP 0-9-1 cannot ask a stream where it ends, so reads
 that need the end (``read``, end offsets) consume until the stream stays quiet for
 ``end_wait`` seconds: a stream delivers a chunk as one burst.
+
+A stream declared by two connections at once is not ready for the second when its
+declare returns: RabbitMQ 3.10 answers an existing queue at once, before its stream
+coordinator has started the stream, and a consume or publish then fails
+(``PRECONDITION_FAILED - ... does not have a replica on the local node``) or crashes
+the channel, closing the whole connection (``541 INTERNAL_ERROR``). The declare that
+creates a stream returns only once it is ready, so :func:`declare_stream` makes the
+declares of one name take turns, under an exclusive queue ``tidings.declaring.<name>``:
+whoever declares after the creator finds a ready stream.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +32,9 @@ from aiormq.abc import AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 from pamqp.common import FieldValue
 
+from ..._errors import BrokerUnavailableError
 from ..._records import OutRecord, Record
+from ._channels import open_channel, shielded
 
 __all__ = [
     "KEY",
@@ -48,9 +61,52 @@ def partition_stream(topic: str, partition: int) -> str:
     return f"{topic}.{partition}"
 
 
+#: How long a declare waits for another connection's declare of the same stream.
+DECLARE_WAIT = 30.0
+#: A turn not given back (its holder stuck) expires after this long unused.
+_TURN_EXPIRES_MS = 10_000
+
+
+def _turn(name: str) -> str:
+    """The exclusive queue held while declaring the stream ``name``."""
+    if len(name) > 200:  # queue names are at most 255 bytes
+        name = hashlib.sha256(name.encode()).hexdigest()
+    return f"tidings.declaring.{name}"
+
+
 async def declare_stream(channel: aiormq.abc.AbstractChannel, name: str) -> None:
-    """Create the stream ``name`` if missing (idempotent)."""
-    await channel.queue_declare(name, durable=True, arguments=STREAM)
+    """Create the stream ``name`` if missing (idempotent); return once it is ready to be
+    consumed and published to. A conflicting queue of that name is refused on
+    ``channel`` (406, as by a plain declare)."""
+    await shielded(_declare_stream(channel, name))
+
+
+async def _declare_stream(channel: aiormq.abc.AbstractChannel, name: str) -> None:
+    turn, deadline = _turn(name), time.monotonic() + DECLARE_WAIT
+    while True:
+        holder = await open_channel(channel.connection)
+        try:
+            await holder.queue_declare(turn, exclusive=True,
+                                       arguments={"x-expires": _TURN_EXPIRES_MS})
+            break
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await holder.close()
+            if not isinstance(exc, amqp.ChannelLockedResource):
+                raise
+        # Another connection is declaring it (the broker closed the channel): wait.
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(
+                f"declaring stream {name!r}: another connection held its turn for "
+                f"{DECLARE_WAIT:g} s")
+        await asyncio.sleep(0.02)
+    try:
+        await channel.queue_declare(name, durable=True, arguments=STREAM)
+    finally:
+        with contextlib.suppress(Exception):
+            await holder.queue_delete(turn)
+        with contextlib.suppress(Exception):
+            await holder.close()
 
 
 def properties(record: OutRecord, timestamp: float,
@@ -99,9 +155,15 @@ async def read_quiet(connection: AbstractConnection, stream: str, start: int | s
                      limit: int, quiet: float, first_wait: float) -> list[DeliveredMessage]:
     """Up to ``limit`` messages of ``stream`` from ``start``, stopping when it stays quiet
     (``first_wait`` for the first message, ``quiet`` between later ones); none if the
-    stream does not exist (yet)."""
+    stream does not exist (yet). A caller cancelled meanwhile does not cancel the read
+    (see ``_channels``)."""
+    return await shielded(_read_quiet(connection, stream, start, limit, quiet, first_wait))
+
+
+async def _read_quiet(connection: AbstractConnection, stream: str, start: int | str | float,
+                      limit: int, quiet: float, first_wait: float) -> list[DeliveredMessage]:
     got: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
-    channel = await connection.channel()
+    channel = await open_channel(connection)
     try:
         await channel.basic_qos(prefetch_count=min(max(limit, 1), 2000))
 

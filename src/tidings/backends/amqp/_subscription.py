@@ -8,6 +8,15 @@ on who should own what with :func:`~tidings._assignment.desired_assignment` over
 members they hear (``_members``); a member gives up what it should not own (after
 ``on_revoked``, so the runtime commits first) and claims, lock by lock, what it should.
 A claimed partition is read by a stream consumer from the group's committed offset.
+
+The locks this member holds are tracked apart from the partitions it reads: a lock taken
+and not yet read from (its consume failed, or the member reset meanwhile) is given back
+as soon as the group wants it elsewhere, so a partition is never left locked by a member
+that does not read it. Claims go through one channel of their own (a refused claim costs
+that channel: the broker closes it), every call that can fail on the broker's side is
+shielded from cancellation (``_channels``), and a member whose channels closed under it
+(its connection lost, or an error of the broker) reports its partitions lost and joins
+again on the next fetch.
 """
 
 from __future__ import annotations
@@ -18,27 +27,30 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiormq import exceptions as amqp
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
 from ..._assignment import desired_assignment
 from ..._errors import FencedError
 from ..._records import Record, Start, TopicPartition
 from ..._waiting import wait_event
 from ...ports import RebalanceListener, Subscription
+from ._channels import open_channel, shielded
 from ._log import JsonLog
 from ._members import Membership
 from ._streams import offset_of, partition_stream, to_record
-from ._translate import driver_errors, translate
+from ._translate import driver_errors
 
 if TYPE_CHECKING:
     from ._transport import AmqpTransport
 
 __all__ = ["AmqpSubscription"]
+
+T = TypeVar("T")
 
 _CLAIM_RETRY = 0.2  # seconds between tries for a partition another member still holds
 
@@ -68,6 +80,9 @@ class AmqpSubscription(Subscription):
         self._buffer: deque[tuple[str, DeliveredMessage]] = deque()
         self._wake = asyncio.Event()
         self._channel: AbstractChannel | None = None
+        self._claims: AbstractChannel | None = None  # for lock declares and deletes
+        self._locks: set[TopicPartition] = set()  # owner queues held by _locks_on
+        self._locks_on: AbstractConnection | None = None
         self._membership: Membership | None = None
         self._offsets: JsonLog | None = None
         self._committed: dict[TopicPartition, int] = {}
@@ -84,13 +99,20 @@ class AmqpSubscription(Subscription):
     # -- opening -----------------------------------------------------------------------
 
     async def _open(self) -> None:
+        try:
+            await self._join()
+        except BaseException:
+            await self._discard()  # nothing half-open stays: the next fetch starts over
+            raise
         self._opened = True
+
+    async def _join(self) -> None:
         transport = self._transport
         sizes = {t: await transport.ensure_topic(t) for t in self._topics}
         with driver_errors("subscribing"):
-            self._channel = await (await transport.ensure_connected()).channel()
+            self._channel = await open_channel(await transport.ensure_connected())
             self._channel.on_consumer_cancel_callbacks.add(self._cancelled)
-            await self._channel.basic_qos(prefetch_count=transport.settings.prefetch)
+            await shielded(self._channel.basic_qos(prefetch_count=transport.settings.prefetch))
         if self._group is None:
             first = "first" if self._start is Start.EARLIEST else "next"
             for topic, count in sizes.items():
@@ -119,9 +141,9 @@ class AmqpSubscription(Subscription):
         self._by_tag[tag] = tp
         self._owned[tp] = _Owned(tag, offset if isinstance(offset, int) else -1)
         with driver_errors(f"reading {tp.topic!r}[{tp.partition}]"):
-            await self._channel.basic_consume(
+            await shielded(self._channel.basic_consume(
                 partition_stream(*tp), self._deliver, no_ack=False, consumer_tag=tag,
-                arguments={"x-stream-offset": offset})
+                arguments={"x-stream-offset": offset}))
 
     def _cancelled(self, frame: object) -> None:
         """The broker cancelled a partition's consumer (its stream replica's node went
@@ -147,8 +169,7 @@ class AmqpSubscription(Subscription):
                      max_bytes: int | None = None) -> list[Record]:
         if not await self._transport.link.wait(timeout):
             return []  # the broker is unreachable; the link is connecting again
-        if self._opened and (self._channel is None or self._channel.is_closed
-                             or self._broken):
+        if self._opened and (self._broken or not self._healthy()):
             await self._reset()
         if not self._opened:
             await self._open()
@@ -165,6 +186,15 @@ class AmqpSubscription(Subscription):
                 return records
             await wait_event(self._wake, min(remaining, beat, _CLAIM_RETRY))
         return []
+
+    def _healthy(self) -> bool:
+        """Whether every channel this member reads through is open."""
+        if self._channel is None or self._channel.is_closed:
+            return False
+        if self._group is None:
+            return True
+        return (self._membership is not None and self._membership.alive
+                and self._offsets is not None and self._offsets.alive)
 
     async def _drain(self, max_records: int, max_bytes: int | None = None) -> list[Record]:
         out: list[Record] = []
@@ -199,10 +229,15 @@ class AmqpSubscription(Subscription):
         if revoked:
             await self._listener.on_revoked(revoked)
             await self._release(revoked)
+        if self._locks_on is not None and self._locks_on.is_closed:
+            self._locks.clear()  # they went with their connection
+        stray = [tp for tp in self._locks if tp not in desired and tp not in self._owned]
+        if stray:  # held but not read (a claim whose reading failed): give them back
+            await self._unlock(stray)
         wanted = sorted(tp for tp in desired if tp not in self._owned)
         if not wanted or time.monotonic() < self._next_claim:
             return
-        claimed = [tp for tp in wanted if await self._lock(tp)]
+        claimed = [tp for tp in wanted if tp in self._locks or await self._lock(tp)]
         if len(claimed) < len(wanted):
             self._next_claim = time.monotonic() + _CLAIM_RETRY
         if claimed:
@@ -215,22 +250,51 @@ class AmqpSubscription(Subscription):
     def _lock_name(self, tp: TopicPartition) -> str:
         return f"tidings.owner.{self._group}.{tp.topic}.{tp.partition}"
 
+    async def _on_claims(self, call: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+        """``call(channel)`` on the claims channel; a new one if it closed (a refused
+        claim closes it)."""
+        for attempt in range(2):
+            connection = self._transport.connection
+            channel = self._claims
+            if channel is None or channel.is_closed or channel.connection is not connection:
+                channel = self._claims = await open_channel(connection)
+            try:
+                return await call(channel)
+            except amqp.ChannelInvalidStateError:
+                self._claims = None  # it was closing already
+                if attempt:
+                    raise
+            except BaseException:
+                self._claims = None
+                raise
+        raise AssertionError("unreachable")
+
     async def _lock(self, tp: TopicPartition) -> bool:
-        connection = self._transport.connection
-        try:
-            channel = await connection.channel()
-        except (amqp.AMQPError, OSError) as exc:
-            raise translate(exc, "claiming a partition") from exc
-        try:
+        """Take the partition's owner queue; False if another member holds it."""
+
+        async def claim(channel: AbstractChannel) -> bool:
             await channel.queue_declare(self._lock_name(tp), exclusive=True)
-        except amqp.ChannelLockedResource:
-            return False  # another member holds it (it is leaving, or we are joining)
-        except (amqp.AMQPError, OSError) as exc:
-            raise translate(exc, "claiming a partition") from exc
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-        return True
+            self._locks.add(tp)  # here, not in the caller: it may be cancelled by now
+            self._locks_on = channel.connection
+            return True
+
+        with driver_errors("claiming a partition"):
+            try:
+                return await shielded(self._on_claims(claim))
+            except amqp.ChannelLockedResource:
+                return False  # another member holds it (it is leaving, or we are joining)
+
+    async def _unlock(self, partitions: Sequence[TopicPartition]) -> None:
+        """Give the owner queues back (those that cannot be now are retried later)."""
+
+        async def delete(channel: AbstractChannel) -> None:
+            for tp in partitions:
+                if tp in self._locks:
+                    await channel.queue_delete(self._lock_name(tp))
+                    self._locks.discard(tp)
+
+        with contextlib.suppress(Exception):
+            await shielded(self._on_claims(delete))
 
     async def _initial(self, tp: TopicPartition) -> int:
         committed = self._committed.get(tp)
@@ -255,22 +319,22 @@ class AmqpSubscription(Subscription):
 
     async def _cancel(self, tag: str) -> None:
         self._by_tag.pop(tag, None)
-        if self._channel is not None:
+        if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
-                await self._channel.basic_cancel(tag)
+                await shielded(self._channel.basic_cancel(tag))
 
     async def _release(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
             owned = self._owned.pop(tp, None)
             if owned is not None:
                 await self._cancel(owned.tag)
-            if self._channel is not None:
-                with contextlib.suppress(Exception):
-                    await self._channel.queue_delete(self._lock_name(tp))
+        await self._unlock(partitions)
 
     async def _reset(self) -> None:
-        """The channel (or the connection) closed under this member: its partitions are
-        lost (their locks went with the connection); it joins again on the next fetch."""
+        """A channel (or the connection) closed under this member: its partitions are
+        lost (the runtime drops their work uncommitted); it joins again on the next
+        fetch. Locks its connection still holds are kept: taken back if the group still
+        wants them here, given back otherwise."""
         lost = list(self._owned)
         self._broken = False
         self._owned.clear()
@@ -280,15 +344,26 @@ class AmqpSubscription(Subscription):
         self._committed.clear()
         self._acked = self._seen = 0
         self._opened = False
-        if self._membership is not None:
-            await self._membership.close(leave=False)
-        if self._offsets is not None:
-            await self._offsets.close()
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+        await self._discard()
         if lost:
             await self._listener.on_lost(lost)
+
+    async def _discard(self) -> None:
+        """Close the membership, the offsets tail and the channels (not leaving)."""
+        membership, self._membership = self._membership, None
+        if membership is not None:
+            await membership.close(leave=False)
+        offsets, self._offsets = self._offsets, None
+        if offsets is not None:
+            await offsets.close()
+        for channel in (self._channel, self._claims):
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await shielded(channel.close())
+        self._channel = self._claims = None
+        if self._group is None:
+            self._owned.clear()
+            self._by_tag.clear()
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Append the offsets to the group's log; fenced for partitions not owned."""
@@ -310,15 +385,14 @@ class AmqpSubscription(Subscription):
             owned = list(self._owned)
             await self._listener.on_revoked(owned)
             await self._release(owned)
+        if self._locks:
+            await self._unlock(list(self._locks))
         self._closed = True
         self._wake.set()
         if self._membership is not None:
             await self._membership.close()
-        if self._offsets is not None:
-            await self._offsets.close()
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+            self._membership = None
+        await self._discard()
 
     def abandon(self) -> None:
         """Stop without revoking or leaving (the connection's end frees the locks)."""

@@ -2,15 +2,16 @@
 
 paho-mqtt 2.x does the protocol; its socket is read and written from this loop's
 reader and writer callbacks (as aiomqtt does), so every paho callback runs on the loop.
-A lost connection is re-made in the background with the same client id; paho sends
-its unconfirmed publishes again, and the broker its unacknowledged deliveries.
+A lost connection is re-made in the background with the same client id (capped
+backoff, reported to the transport's :class:`~._outage.Outage`); paho sends its
+unconfirmed publishes again, and the broker its unacknowledged deliveries. Received
+PUBLISH packets are decoded by :class:`~._driver.Driver`, not by paho.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -22,15 +23,20 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..._errors import BrokerUnavailableError, TransportError
+from ._driver import Driver
+from ._outage import Outage
 from ._settings import MqttSettings
 from ._translate import connect_error, publish_error
+from ._wire import Delivery
 
 __all__ = ["Connection"]
 
-log = logging.getLogger("tidings.mqtt")
+#: The PUBACK reason "No matching subscribers" (MQTT 5.0, 3.4.2.1): accepted, sent nowhere.
+_NO_SUBSCRIBERS = 0x10
+_UNSPECIFIED = 0x80
 
-#: ``(message)``: a delivery, on the loop; acknowledge it later with ``ack(message.mid)``.
-OnMessage = Callable[[paho.MQTTMessage], None]
+#: ``(delivery)``: a delivery, on the loop; acknowledge it later with ``ack(delivery.mid)``.
+OnMessage = Callable[[Delivery], None]
 #: ``(up)``: the connection was lost (False) or made again (True), on the loop.
 OnState = Callable[[bool], None]
 
@@ -39,14 +45,16 @@ class Connection:
     """An MQTT 5 client connection with futures for CONNACK, PUBACK and SUBACK."""
 
     def __init__(self, settings: MqttSettings, client_id: str, *, persistent: bool,
-                 on_message: OnMessage | None = None, on_state: OnState | None = None) -> None:
+                 outage: Outage | None = None, on_message: OnMessage | None = None,
+                 on_state: OnState | None = None) -> None:
         self.settings = settings
         self.client_id = client_id
         self.persistent = persistent
+        self.outage = outage if outage is not None else Outage(settings.where)
         self.max_packet: int | None = None  # the broker's Maximum Packet Size, if it said
         self._on_state = on_state
         self._loop = asyncio.get_running_loop()
-        self._client = client = paho.Client(
+        self._client = client = Driver(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
             manual_ack=on_message is not None, reconnect_on_failure=False,
         )
@@ -64,23 +72,26 @@ class Connection:
         client.on_disconnect = self._disconnected
         client.on_publish = self._published
         client.on_subscribe = self._subscribed
-        if on_message is not None:
-            client.on_message = lambda _c, _u, message: on_message(message)
+        client.deliver = on_message
         self._connack: asyncio.Future[bool] | None = None
-        self._pubacks: dict[int, asyncio.Future[None]] = {}
+        #: Unconfirmed publishes: packet id -> (future, topic).
+        self._pubacks: dict[int, tuple[asyncio.Future[None], str]] = {}
+        #: Topics whose publishes reached a subscriber (see ``_published``).
+        self._matched: set[str] = set()
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._send_maximum = 65535  # the broker's Receive Maximum (from its CONNACK)
         self._roomy = asyncio.Event()
         self._closing = False
-        self._warned = float("-inf")  # when a lost connection was last logged as a warning
+        self._back_at = float("-inf")  # when the connection was last made again
+        self._regrouping: set[asyncio.Future[None]] = set()  # publishes sent again later
         self.connected = False
 
     @property
     def where(self) -> str:
-        """The broker's address, for error messages."""
-        return f"mqtt://{self.settings.host}:{self.settings.port}"
+        """The broker's address (no password), for logs and error messages."""
+        return self.settings.where
 
     # -- connecting ----------------------------------------------------------------
 
@@ -160,18 +171,17 @@ class Connection:
             if not ack.done():
                 ack.set_exception(BrokerUnavailableError(f"{self.where}: connection lost"))
         if was:
-            # Once per quiet spell: a broker that drops each attempt would flood the log.
-            now = self._loop.time()
-            level = logging.WARNING if now - self._warned > 30 else logging.DEBUG
-            self._warned = now
-            log.log(level, "%s: connection of %s lost (%s); reconnecting",
-                    self.where, self.client_id, reason)
+            # paho says "Unspecified error" when the socket closed without a DISCONNECT.
+            said = "connection lost" if reason.value == _UNSPECIFIED else f"broker said {reason}"
+            self.outage.lost(self.client_id, said)  # logs the first loss only
             if self._on_state is not None:
                 self._on_state(False)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        """Connect again, 0.1 s after the loss then at twice the interval, at most every
+        2 s (no log line per attempt: :class:`~._outage.Outage` logs the outage)."""
         delay = 0.1
         while not self._closing:
             await asyncio.sleep(delay)
@@ -179,11 +189,11 @@ class Connection:
                 async with asyncio.timeout(self.settings.connect_timeout):
                     await self._reachable()
                     await self._handshake(first=False)
-            except (TransportError, TimeoutError) as exc:
-                log.debug("%s: reconnect failed: %s", self.where, exc)
+            except (TransportError, TimeoutError):
                 delay = min(delay * 2, 2.0)
                 continue
-            log.info("%s: %s connected again", self.where, self.client_id)
+            self._back_at = self._loop.time()
+            self.outage.back(self.client_id)
             if self._on_state is not None:
                 self._on_state(True)
             return
@@ -191,19 +201,24 @@ class Connection:
     # -- the socket, on the loop ---------------------------------------------------
 
     def _socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._client.forget_buffer()
         self._loop.add_reader(sock, self._readable, client, sock)
 
     def _readable(self, client: paho.Client, sock: Any) -> None:
         """Read every packet that has arrived, not paho's one per call: a fetch woken by
         the first delivery would otherwise run before the rest of a burst is read, and
         get one record per fetch (batches of one)."""
+        driver = self._client
         for _ in range(self.settings.receive_maximum):
-            if client.loop_read() != paho.MQTT_ERR_SUCCESS or client.socket() is None:
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or client.socket() is not sock:
                 return
-            if not _has_bytes(sock):
+            if not driver.buffered and not _has_bytes(sock):
                 return
+        if driver.buffered:  # read ahead, and the socket may not wake the loop again
+            self._loop.call_soon(self._readable, client, sock)
 
     def _socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        self._client.forget_buffer()
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 
@@ -226,17 +241,23 @@ class Connection:
                 ) -> asyncio.Future[None]:
         """Send at QoS 1; the future completes on the broker's PUBACK."""
         future: asyncio.Future[None] = self._loop.create_future()
-        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        self._track(future, topic, self._client.publish(topic, payload, qos=1,
+                                                        properties=properties))
+        return future
+
+    def _track(self, future: asyncio.Future[None], topic: str,
+               info: paho.MQTTMessageInfo) -> None:
+        """Complete ``future`` on the PUBACK of ``info`` (paho keeps what it could not
+        send yet, and sends it once connected again)."""
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             future.set_exception(publish_error(self.where, topic, None, info.rc))
         else:
-            self._pubacks[info.mid] = future
-        return future
+            self._pubacks[info.mid] = (future, topic)
 
     @property
     def full(self) -> bool:
         """Whether as many publishes wait for their PUBACK as the broker allows."""
-        return len(self._pubacks) >= self._send_maximum
+        return len(self._pubacks) + len(self._regrouping) >= self._send_maximum
 
     async def room(self) -> None:
         """Wait until another publish may be sent."""
@@ -246,9 +267,20 @@ class Connection:
 
     def _published(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode,
                    _p: Properties) -> None:
-        future = self._pubacks.pop(mid, None)
+        entry = self._pubacks.pop(mid, None)
         self._roomy.set()
-        if future is None or future.done():
+        if entry is None:
+            return
+        future, topic = entry
+        if reason.value == _NO_SUBSCRIBERS:
+            # A topic that had subscribers, just after a reconnect: the broker may have
+            # restarted without the group's subscriptions. Wait for them (restart_grace).
+            if topic in self._matched and self._in_grace() and not future.done():
+                self._send_again(future, mid)
+                return
+        elif not reason.is_failure:
+            self._matched.add(topic)
+        if future.done():
             return
         if reason.is_failure:
             future.set_exception(publish_error(self.where, "", reason, None))
@@ -274,6 +306,28 @@ class Connection:
         if future is not None and not future.done():
             future.set_result(codes)
 
+    def _in_grace(self) -> bool:
+        return self._loop.time() - self._back_at < self.settings.restart_grace
+
+    def _send_again(self, future: asyncio.Future[None], mid: int) -> None:
+        """Publish ``mid``'s message again in a moment: the broker came back without
+        the group subscriptions it had (see ``restart_grace``)."""
+        sent = self._client.sent(mid)
+        if sent is None:  # not paho's to give back: take the broker's word
+            future.set_result(None)
+            return
+        topic, payload, properties = sent
+        self._regrouping.add(future)
+
+        def again() -> None:
+            self._regrouping.discard(future)
+            self._roomy.set()
+            if not future.done() and not self._closing:
+                self._track(future, topic, self._client.publish(topic, payload, qos=1,
+                                                                properties=properties))
+
+        self._loop.call_later(0.2, again)
+
     def ack(self, mid: int) -> None:
         """Send the PUBACK of a delivery: the broker forgets the message."""
         self._client.ack(mid, 1)
@@ -284,7 +338,8 @@ class Connection:
         """Wait (up to the publish timeout) for unconfirmed publishes, then DISCONNECT."""
         if self._closing:
             return
-        pending = [f for f in self._pubacks.values() if not f.done()]
+        pending = [f for f, _ in self._pubacks.values() if not f.done()]
+        pending += [f for f in self._regrouping if not f.done()]
         if pending and self.connected:
             await asyncio.wait(pending, timeout=self.settings.publish_timeout)
         self._closing = True
@@ -301,6 +356,7 @@ class Connection:
 
     def _abort(self) -> None:
         self._closing = True
+        self.outage.forget(self.client_id)
         for task in (self._ticker, self._reconnecting):
             if task is not None:
                 task.cancel()
@@ -311,12 +367,14 @@ class Connection:
                 sock.close()
         self.connected = False
         error = BrokerUnavailableError(f"{self.where}: connection closed")
-        futures: list[asyncio.Future[Any]] = [*self._pubacks.values(), *self._subacks.values()]
+        futures: list[asyncio.Future[Any]] = [f for f, _ in self._pubacks.values()]
+        futures += [*self._subacks.values(), *self._regrouping]
         for future in futures:
             if not future.done():
                 future.set_exception(error)
         self._pubacks.clear()
         self._subacks.clear()
+        self._regrouping.clear()
         self._roomy.set()
 
 

@@ -16,11 +16,11 @@ import re
 import struct
 import time
 
-import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 
 from ..._message import Headers
 from ..._records import OutRecord, Record
+from ._wire import Delivery
 
 __all__ = ["KEY", "TIMESTAMP", "PackedProperties", "properties_of", "record_of"]
 
@@ -84,25 +84,33 @@ def _varint(number: int) -> bytes:
             return bytes(out)
 
 
-def record_of(message: paho.MQTTMessage, offset: int) -> Record:
+def record_of(delivery: Delivery, offset: int) -> Record:
     """The record of a delivered message, at the subscription's sequence ``offset``."""
-    props = message.properties
-    headers = dict(getattr(props, "UserProperty", None) or ())
+    headers = dict(delivery.user_properties)
     key = headers.pop(KEY, None)
     stamp = headers.pop(TIMESTAMP, None)
     quoted = headers.pop(QUOTED, None)
     if quoted:
         for name in quoted.split(","):
             if name in headers:
-                headers[name] = json.loads(headers[name])
+                headers[name] = _unquoted(headers[name])
     try:
         timestamp = float(stamp) if stamp is not None else time.time()
     except ValueError:
         timestamp = time.time()
-    response = getattr(props, "ResponseTopic", None)
+    response = delivery.response_topic
     if response and Headers.REPLY_TO not in headers:  # a request from a plain MQTT client
         headers[Headers.REPLY_TO] = response
-        data = getattr(props, "CorrelationData", None)
+        data = delivery.correlation_data
         if data and Headers.ID not in headers:
-            headers[Headers.ID] = bytes(data).decode(errors="replace")
-    return Record(message.topic, 0, offset, key, bytes(message.payload), headers, timestamp)
+            headers[Headers.ID] = data.decode(errors="replace")
+    return Record(delivery.topic, 0, offset, key, delivery.payload, headers, timestamp)
+
+
+def _unquoted(value: str) -> str:
+    """A JSON-quoted header value as it was (from another client, maybe not quoted)."""
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return value
+    return found if isinstance(found, str) else value

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -43,7 +43,20 @@ class MqttSettings(BaseModel):
     #: At most this many unacknowledged messages are sent to one subscriber at a time
     #: (MQTT 5 Receive Maximum) and kept unconfirmed by one publisher.
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    #: For this long after a connection is made again, a publish that the broker
+    #: answers with "No matching subscribers", to a topic that had reached a
+    #: subscriber before, is sent again (every 0.2 s): mosquitto
+    #: does not restore shared subscriptions from its persistence file, so after a
+    #: restart a group has no subscription until one of its members is back.
+    restart_grace: float = Field(default=10.0, ge=0, le=600)
 
+    @property
+    def where(self) -> str:
+        """The broker's URL for logs and errors: no password, no options."""
+        if self.username is None:
+            return f"mqtt://{self.host}:{self.port}"
+        return redact_url(f"mqtt://{quote(self.username, safe='')}:{self.password or ''}@"
+                          f"{self.host}:{self.port}")
 
 
 

@@ -15,15 +15,15 @@ import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-import paho.mqtt.client as paho
-
 from ..._errors import FencedError
 from ..._records import Record, TopicPartition
 from ..._waiting import wait_event
 from ...ports import RebalanceListener, Subscription
 from ._client import Connection
 from ._convert import record_of
+from ._outage import Outage
 from ._settings import MqttSettings
+from ._wire import Delivery
 
 __all__ = ["MqttSubscription", "client_id_for"]
 
@@ -45,8 +45,10 @@ class MqttSubscription(Subscription):
     """A group member (shared subscriptions) or a group-less reader of ``topics``."""
 
     def __init__(self, settings: MqttSettings, group: str | None, topics: Sequence[str],
-                 listener: RebalanceListener, client: str) -> None:
+                 listener: RebalanceListener, client: str, outage: Outage | None = None,
+                 ) -> None:
         self._settings = settings
+        self._outage = outage
         self._listener = listener
         self._filters = [t if group is None else f"$share/{group}/{t}" for t in topics]
         self._tps = frozenset(TopicPartition(t, 0) for t in topics)
@@ -97,7 +99,7 @@ class MqttSubscription(Subscription):
         # Kept before connecting: a resumed session's deliveries come with the CONNACK.
         self._connection = connection = Connection(
             self._settings, self._client_id, persistent=self._persistent,
-            on_message=self._deliver, on_state=self._state)
+            outage=self._outage, on_message=self._deliver, on_state=self._state)
         try:
             await connection.connect()
             await connection.subscribe(self._filters)
@@ -109,7 +111,7 @@ class MqttSubscription(Subscription):
         self._assigned = True
         await self._listener.on_assigned(self._tps)
 
-    def _deliver(self, message: paho.MQTTMessage) -> None:
+    def _deliver(self, message: Delivery) -> None:
         waiting = self._unacked.get(message.topic)
         if waiting is None:  # not subscribed here (a session's leftover): nobody's
             if self._connection is not None:

@@ -13,7 +13,12 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 
-from ..._errors import ConfigurationError, MessageTooLargeError, TransportError
+from ..._errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    MessageTooLargeError,
+    TransportError,
+)
 from ..._records import (
     GroupInfo,
     OutRecord,
@@ -26,6 +31,7 @@ from ..._records import (
 from ...ports import Capability, RebalanceListener, Transport
 from ._client import Connection
 from ._convert import properties_of
+from ._outage import Outage
 from ._settings import MqttSettings
 from ._subscription import MqttSubscription
 from ._translate import refused
@@ -47,12 +53,14 @@ class MqttTransport(Transport):
     def __init__(self, settings: MqttSettings) -> None:
         self.settings = settings
         self._publisher: Connection | None = None
+        #: Shared by every connection of this transport: one log line per outage.
+        self.outage = Outage(settings.where)
 
     async def start(self) -> None:
         """Connect the publishing connection (a session of its own)."""
         if self._publisher is None:
             publisher = Connection(self.settings, f"tidings/pub/{uuid.uuid4().hex}",
-                                   persistent=False)
+                                   persistent=False, outage=self.outage)
             await publisher.connect()
             self._publisher = publisher
 
@@ -71,12 +79,41 @@ class MqttTransport(Transport):
         return 1
 
     async def append(self, records: Sequence[OutRecord]) -> Sequence[Position]:
-        """Publish each record at QoS 1; return once the broker acknowledged them all."""
+        """Publish each record at QoS 1; return once the broker acknowledged them all.
+        While the broker is unreachable this waits (paho sends the records once the
+        connection is made again), up to ``publish_timeout`` in all; then it raises
+        :class:`~tidings.BrokerUnavailableError` (the records may still be delivered
+        later: a retry can make a duplicate, never a loss)."""
         publisher = self._publisher
         if publisher is None:
             raise TransportError("the mqtt transport is not started")
+        timeout, outages = self.settings.publish_timeout, self.outage.count
+        futures: list[asyncio.Future[None]] = []
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(publisher, records, futures)
+                await asyncio.gather(*futures)
+        except BaseException as exc:
+            for future in futures:  # nobody waits for them now
+                future.cancel()
+            if not isinstance(exc, TimeoutError):
+                raise
+            if self.outage.down or self.outage.count != outages:
+                raise BrokerUnavailableError(
+                    f"{publisher.where}: broker unavailable, no PUBACK within {timeout:g} s "
+                    "(publish_timeout); the message may still be delivered when it is back"
+                ) from None
+            raise TransportError(
+                f"{publisher.where}: no PUBACK within {timeout:g} s (publish_timeout)"
+            ) from None
+        return [Position(record.topic, 0, None) for record in records]
+
+    @staticmethod
+    async def _send(publisher: Connection, records: Sequence[OutRecord],
+                    futures: list[asyncio.Future[None]]) -> None:
+        """Hand each record to the publisher as the window allows; collect its PUBACK
+        futures in ``futures``."""
         now = time.time()
-        futures = []
         for record in records:
             _check_record(record, now)
             props = properties_of(record)
@@ -91,15 +128,6 @@ class MqttTransport(Transport):
             if publisher.full:
                 await publisher.room()
             futures.append(publisher.publish(record.topic, record.value, props))
-        timeout = self.settings.publish_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*futures)
-        except TimeoutError:
-            raise TransportError(
-                f"{publisher.where}: no PUBACK within {timeout:g} s (publish_timeout)"
-            ) from None
-        return [Position(record.topic, 0, None) for record in records]
 
     def subscribe(
         self,
@@ -117,19 +145,30 @@ class MqttTransport(Transport):
         for topic in topics:
             _check_name("topic", topic, extra=("+", "#"))
         return MqttSubscription(self.settings, group, topics, listener,
-                                client or uuid.uuid4().hex[:12])
+                                client or uuid.uuid4().hex[:12], self.outage)
 
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
         """Refused: a broker keeps no log to read from."""
         raise refused(f"read {topic!r} from an offset", Capability.REPLAY.value)
 
     async def describe_topics(self) -> list[TopicInfo]:
-        """Nothing: MQTT topics have no offsets to describe."""
+        """Nothing: MQTT topics have no offsets to describe. Raises
+        :class:`~tidings.BrokerUnavailableError` while a connection is lost (so
+        ``App.health()`` reports the outage)."""
+        self._check_reachable()
         return []
 
     async def describe_groups(self) -> list[GroupInfo]:
-        """Nothing: shared subscriptions have no committed offsets to describe."""
+        """Nothing: shared subscriptions have no committed offsets to describe. Raises
+        :class:`~tidings.BrokerUnavailableError` while a connection is lost."""
+        self._check_reachable()
         return []
+
+    def _check_reachable(self) -> None:
+        if self.outage.down:
+            raise BrokerUnavailableError(
+                f"{self.settings.where}: unreachable for {self.outage.seconds():.1f} s, "
+                "reconnecting")
 
     async def set_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         """Refused: there are no offsets to reset (nothing to replay)."""

@@ -39,6 +39,7 @@ from . import (
     _failures,
     _groups,
     _middleware,
+    _parked,
     _port,
     _pubsub,
 )
@@ -49,7 +50,7 @@ from ._util import eventually, wait_letters
 __all__ = ["Backend", "Member", "conformance_tests", "eventually", "requires", "wait_letters"]
 
 _MODULES = (_pubsub, _groups, _failures, _batch, _delay_priority_reply, _exactly_once,
-            _middleware, _capabilities, _port)
+            _middleware, _capabilities, _port, _parked)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ..._errors import ConfigurationError
+from ..._retry import RetryPolicy
 from ...ports import Capability
 from ._backend import Backend
 
@@ -74,6 +75,9 @@ async def _refused_replay(backend: Backend) -> None:
             await app.transport.offsets_for_time(topic, time.time())
         with pytest.raises(ConfigurationError, match="replay"):
             await app.transport.set_offsets("svc", {TopicPartition(topic, 0): 0})
+    # Parked keys live in a log a member reads back (see tidings._parking).
+    await _refused_at_start(backend, "blocking=False", retry=RetryPolicy(blocking=False))
+    await _refused_at_start(backend, "park-key", dead_letter="park-key")
 
 
 #: How a backend refuses each capability it does not declare.

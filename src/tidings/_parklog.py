@@ -1,0 +1,244 @@
+"""The park log of a consumer group: its events, and what they say is parked.
+
+``tidings.parked.<group>`` is an ordinary topic of one partition (so one order for every
+event). Events: ``park`` (a message joins its key's lane, with its whole record, its
+next attempt and due time), ``attempt`` (the head failed: its next attempt and due
+time), ``dead``, ``revive`` (a re-driven copy replaces a dead head) and ``done`` (the
+head finished). Applying them is idempotent (a member reads its own back), and a lane
+is in its messages' offset order whatever order its events are read in. The runtime
+that writes them is :mod:`tidings._parking`; the CLI and the console read them here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._records import OutRecord, Record, TopicPartition
+from .ports import Transport
+
+__all__ = ["ParkIndex", "Parked", "ParkedKey", "entry_id", "event_record", "park_topic",
+           "parked_keys", "read_log", "read_parked"]
+
+log = logging.getLogger("tidings.consumer")
+
+_EVENT = "tidings-park-event"
+_ID = "tidings-park-id"
+_TOPIC = "tidings-park-topic"
+_PARTITION = "tidings-park-partition"
+_OFFSET = "tidings-park-offset"
+_KEY = "tidings-park-key"
+_TIMESTAMP = "tidings-park-timestamp"
+_ATTEMPT = "tidings-park-attempt"
+_DUE = "tidings-park-due"
+_PAGE = 1000
+
+
+def park_topic(group: str) -> str:
+    """The park log of consumer group ``group``."""
+    return f"tidings.parked.{group}"
+
+
+@dataclass(slots=True)
+class Parked:
+    """One parked message: the record to run, its next attempt and when it is due (a
+    wall-clock time; 0 for "when it reaches the head"), or ``dead``."""
+
+    id: str
+    record: Record
+    attempt: int
+    due: float
+    dead: bool = False
+    written: float = 0.0  # when the park log last got its whole state (see refresh)
+
+    @property
+    def lane(self) -> str:
+        """Its lane: its key (a record without a key is a lane of its own)."""
+        return self.record.key if self.record.key is not None else "\0" + self.id
+
+
+def entry_id(record: Record) -> str:
+    """The park id of ``record``: its position (``/`` is in no topic name)."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+class ParkIndex:
+    """What the park log says is parked, per partition and lane, in order."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[TopicPartition, dict[str, deque[Parked]]] = {}
+        self.entries: dict[str, Parked] = {}
+        self.finished: set[str] = set()
+
+    def of(self, tp: TopicPartition) -> dict[str, deque[Parked]]:
+        """The lanes of ``tp`` (the same dict each time: a partition shares it)."""
+        lanes = self.lanes.get(tp)
+        if lanes is None:
+            lanes = self.lanes[tp] = {}
+        return lanes
+
+    def add(self, entry: Parked) -> bool:
+        """Put ``entry`` at the back of its lane; False if it is known or finished."""
+        if entry.id in self.entries or entry.id in self.finished:
+            return False
+        self.entries[entry.id] = entry
+        tp = TopicPartition(entry.record.topic, entry.record.partition)
+        lane = self.of(tp).setdefault(entry.lane, deque())
+        # A lane's order is its messages' offset order (a revived head keeps the id,
+        # so the place, of the message it replaced), whatever order events are read
+        # in: after retention deleted a lane's first events, refreshed ones come later.
+        at = len(lane)
+        while at and _offset_of(lane[at - 1].id) > _offset_of(entry.id):
+            at -= 1
+        lane.insert(at, entry)
+        return True
+
+    def finish(self, entry_id: str) -> Parked | None:
+        """Take the entry out of its lane (a lane left empty goes)."""
+        self.finished.add(entry_id)
+        entry = self.entries.pop(entry_id, None)
+        if entry is None:
+            return None
+        lanes = self.of(TopicPartition(entry.record.topic, entry.record.partition))
+        lane = lanes.get(entry.lane)
+        if lane is not None:
+            with contextlib.suppress(ValueError):
+                lane.remove(entry)
+            if not lane:
+                del lanes[entry.lane]
+        return entry
+
+    def apply(self, event: Record) -> None:
+        """Apply one event of the park log (idempotent: a later state is kept)."""
+        h = event.headers
+        kind, eid = h.get(_EVENT), h.get(_ID, "")
+        if kind == "park":
+            _offset_of(eid)  # a malformed id fails here, not when it is sorted
+            self.add(Parked(eid, _record_of(event), int(h[_ATTEMPT]), float(h[_DUE]),
+                            written=event.timestamp))
+            if (entry := self.entries.get(eid)) is not None:
+                entry.written = max(entry.written, event.timestamp)
+        elif kind == "done":
+            self.finish(eid)
+        elif (entry := self.entries.get(eid)) is None:
+            return  # about an entry finished since
+        elif kind == "attempt" and int(h[_ATTEMPT]) >= entry.attempt:
+            entry.attempt, entry.due, entry.dead = int(h[_ATTEMPT]), float(h[_DUE]), False
+        elif kind == "dead":
+            entry.dead = True
+        elif kind == "revive":
+            entry.record, entry.attempt, entry.due, entry.dead = _record_of(event), 1, 0.0, False
+
+
+def _offset_of(eid: str) -> int:
+    return int(eid.rsplit("/", 1)[1])
+
+
+def _record_of(event: Record) -> Record:
+    h = event.headers
+    headers = {k: v for k, v in h.items() if not k.startswith("tidings-park-")}
+    return Record(h[_TOPIC], int(h[_PARTITION]), int(h[_OFFSET]), h.get(_KEY), event.value,
+                  headers, float(h[_TIMESTAMP]))
+
+
+def event_record(group: str, kind: str, entry: Parked, *, full: bool = False) -> OutRecord:
+    headers = {_EVENT: kind, _ID: entry.id, _ATTEMPT: str(entry.attempt),
+               _DUE: f"{entry.due:.6f}"}
+    value = b""
+    if full:
+        record = entry.record
+        headers = {**record.headers, **headers, _TOPIC: record.topic,
+                   _PARTITION: str(record.partition), _OFFSET: str(record.offset),
+                   _TIMESTAMP: f"{record.timestamp:.6f}"}
+        if record.key is not None:
+            headers[_KEY] = record.key
+        value = record.value
+    return OutRecord(park_topic(group), value, key=entry.record.key, headers=headers,
+                     partition=0)
+
+
+async def read_log(transport: Transport, topic: str, start: int | None,
+                   apply: Callable[[Record], None]) -> int:
+    """Apply every record of ``topic``'s one partition from ``start`` (None: its first)
+    to its end now; return the offset after the last one read."""
+    infos = {info.name: info for info in await transport.describe_topics()}
+    info = infos.get(topic)
+    if info is None:
+        return 0
+    offset = info.start_offsets.get(0, 0) if start is None else start
+    end = info.end_offsets.get(0, 0)
+    while offset < end:
+        page = await transport.read(topic, 0, offset, _PAGE)
+        if not page:
+            break
+        for record in page:
+            try:
+                apply(record)
+            except (KeyError, ValueError) as exc:
+                log.warning("skipped a malformed event in %s@%d: %r", topic, record.offset, exc)
+        offset = page[-1].offset + 1
+    return offset
+
+
+async def read_parked(transport: Transport, group: str) -> list[Parked]:
+    """Every message parked in ``group`` now (for the CLI and the console), in order
+    per partition and key."""
+    index = ParkIndex()
+    await read_log(transport, park_topic(group), None, index.apply)
+    return [entry for lanes in index.lanes.values() for lane in lanes.values()
+            for entry in lane]
+
+
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedKey:
+    """One parked key of a group (what ``tidings dlq parked`` and the console show):
+    how many messages wait in its lane, and its head's state: ``dead`` (waiting for a
+    re-drive or a purge), else its next ``attempt`` at ``due`` (0: now)."""
+
+    group: str
+    topic: str
+    partition: int
+    key: str | None
+    count: int
+    head: str
+    attempt: int
+    due: float
+    dead: bool
+
+    @property
+    def waits_for(self) -> str:
+        """What its head waits for, in words."""
+        if self.dead:
+            return "its dead letter (re-drive or purge it)"
+        if self.due <= 0:
+            return f"attempt {self.attempt} now"
+        when = datetime.fromtimestamp(self.due).isoformat(timespec="seconds")
+        return f"attempt {self.attempt} at {when}"
+
+
+async def parked_keys(transport: Transport, group: str | None = None) -> list[ParkedKey]:
+    """Every parked key of ``group`` (default: of every group with a park log)."""
+    prefix = park_topic("")
+    if group is None:
+        groups = sorted(info.name[len(prefix):] for info in await transport.describe_topics()
+                        if info.name.startswith(prefix))
+    else:
+        groups = [group]
+    out: list[ParkedKey] = []
+    for name in groups:
+        index = ParkIndex()
+        await read_log(transport, park_topic(name), None, index.apply)
+        for tp, lanes in sorted(index.lanes.items()):
+            for lane in lanes.values():
+                if lane:
+                    head = lane[0]
+                    out.append(ParkedKey(name, tp.topic, tp.partition, head.record.key,
+                                         len(lane), head.id, head.attempt, head.due,
+                                         head.dead))
+    return out

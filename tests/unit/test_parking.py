@@ -1,0 +1,127 @@
+"""Parked keys: declarations refused when they cannot work, the park log's events
+applied idempotently (a member re-reads its own) and in order, and refreshed so that
+retention of the park log forgets nothing (on the memory backend)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tidings import App, ConfigurationError, Message, RetryPolicy
+from tidings._parklog import Parked, ParkIndex, park_topic, read_log
+from tidings._parklog import event_record as _event
+from tidings._records import Record, TopicPartition
+from tidings.testing import memory_url
+
+
+async def _noop(payload: dict[str, int]) -> None: ...
+
+
+async def _batch(payloads: list[dict[str, int]]) -> None: ...
+
+
+def test_the_default_policy_blocks_and_dead_letters_skip() -> None:
+    assert RetryPolicy().blocking is True
+    app = App("svc", broker=memory_url())
+    app.subscriber("t")(_noop)
+    spec = app._subscribers[0].consumer_spec(app)
+    assert not spec.park and not spec.park_dead
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"dead_letter": "park"}, "'skip' or 'park-key'"),
+    ({"dead_letter": "park-key", "batch": True}, "cannot park keys"),
+    ({"retry": RetryPolicy(blocking=False), "exactly_once": True}, "cannot park keys"),
+])
+def test_what_cannot_park_is_refused_when_declared(options: dict[str, object],
+                                                    message: str) -> None:
+    app = App("svc", broker=memory_url())
+    with pytest.raises(ConfigurationError, match=message):
+        app.subscriber("t", **options)(_batch if options.get("batch") else _noop)  # type: ignore[arg-type]
+
+
+def _record(offset: int, key: str | None = "k") -> Record:
+    return Record("t", 0, offset, key, b"{}", {"h": "v"}, 1.0)
+
+
+def _as_read(out: object, offset: int) -> Record:
+    """An appended event as a reader gets it back."""
+    return Record("tidings.parked.g", 0, offset, out.key, out.value,  # type: ignore[attr-defined]
+                  dict(out.headers), 2.0)  # type: ignore[attr-defined]
+
+
+def test_events_apply_in_order_and_twice_change_nothing() -> None:
+    head = Parked("t/0/1", _record(1), 2, 50.0)
+    follower = Parked("t/0/3", _record(3), 1, 0.0)
+    events = [_event("g", "park", head, full=True), _event("g", "park", follower, full=True)]
+    head.attempt, head.due = 3, 80.0
+    events.append(_event("g", "attempt", head))
+    index = ParkIndex()
+    for _ in range(2):  # a member reads its own events back: idempotent
+        for n, out in enumerate(events):
+            index.apply(_as_read(out, n))
+    lane = index.lanes[TopicPartition("t", 0)]["k"]
+    assert [(e.id, e.attempt, e.due) for e in lane] == [("t/0/1", 3, 80.0), ("t/0/3", 1, 0.0)]
+    assert lane[0].record == _record(1)  # the original record, its headers unprefixed
+    index.apply(_as_read(_event("g", "done", head), 9))
+    index.apply(_as_read(events[0], 0))  # a finished entry's old park event: ignored
+    assert [e.id for e in index.lanes[TopicPartition("t", 0)]["k"]] == ["t/0/3"]
+    index.apply(_as_read(_event("g", "done", follower), 10))
+    assert index.lanes[TopicPartition("t", 0)] == {}  # an empty lane goes: the key is free
+
+
+def test_a_message_without_a_key_is_a_lane_of_its_own() -> None:
+    a, b = Parked("t/0/1", _record(1, None), 2, 0.0), Parked("t/0/2", _record(2, None), 2, 0.0)
+    assert a.lane != b.lane
+
+
+def test_a_lane_keeps_offset_order_whatever_order_its_events_are_read_in() -> None:
+    index = ParkIndex()
+    for offset in (5, 2, 9):  # refreshed events can come after later ones
+        entry = Parked(f"t/0/{offset}", _record(offset), 1, 0.0)
+        index.apply(_as_read(_event("g", "park", entry, full=True), offset))
+    assert [e.id for e in index.lanes[TopicPartition("t", 0)]["k"]] == \
+        ["t/0/2", "t/0/5", "t/0/9"]
+
+
+def test_parked_state_is_written_again_so_retention_of_the_park_log_forgets_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parked message waits as long as it must, longer than the park log's retention:
+    its whole state is written again once a day, so the newest events alone tell it."""
+    monkeypatch.setattr("tidings._parking.CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr("tidings._parking.REFRESH_INTERVAL", 0.0)
+
+    async def main() -> None:
+        app = App("svc", broker=memory_url())
+
+        @app.subscriber("t", retry=RetryPolicy(backoff=600, max_backoff=600, blocking=False))
+        async def handle(payload: dict[str, int], message: Message) -> None:
+            raise ConnectionError("down")
+
+        async with app:
+            monkeypatch.setattr("tidings._parking.REFRESH_AGE", 3600.0)
+            for n in range(3):
+                await app.publish("t", {"n": n}, key="k")
+            _, end = await _read_until(app, 0, 3)
+            monkeypatch.setattr("tidings._parking.REFRESH_AGE", 0.0)  # a day went by
+            # What retention would leave: only the events written since.
+            newest, _ = await _read_until(app, end, 3)
+        [lanes] = newest.lanes.values()
+        assert [(e.record.value, e.attempt) for e in lanes["k"]] == \
+            [(b'{"n":0}', 2), (b'{"n":1}', 1), (b'{"n":2}', 1)]
+        assert lanes["k"][0].due > 0
+
+    asyncio.run(main())
+
+
+async def _read_until(app: App, start: int, count: int) -> tuple[ParkIndex, int]:
+    """The park log of ``app`` read from ``start`` once it tells ``count`` entries, and
+    the offset after what was read."""
+    for _ in range(200):
+        index = ParkIndex()
+        end = await read_log(app.transport, park_topic("svc"), start, index.apply)
+        if len(index.entries) >= count:
+            return index, end
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the park log never told {count} entries")
