@@ -4,7 +4,9 @@ groups registry and each group's committed offsets.
 A stream cannot say where it ends over AMQP 0-9-1, so :meth:`JsonLog.sync` appends a
 marker of its own and waits until the tail reads it back: everything appended before
 the call is then known. A stream is totally ordered, so "the first claim wins" and "the
-last commit wins" need no other coordination.
+last commit wins" need no other coordination. When the broker cancels the tail (the
+node of the stream's replica it read went down), it starts again past the last entry it
+saw.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pamqp.commands import Basic
 
 from ..._errors import BrokerUnavailableError
 from ._channels import open_channel, shielded
-from ._streams import declare_stream
+from ._streams import declare_stream, offset_of
 from ._translate import driver_errors
 
 __all__ = ["JsonLog", "Publish"]
@@ -43,6 +45,8 @@ class JsonLog:
         self._marks: dict[str, asyncio.Future[None]] = {}
         self._acking = 0  # acks on their way to the socket
         self._acked = asyncio.Event()
+        self._next = 0  # the offset of the next entry to see
+        self._retail: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -57,26 +61,44 @@ class JsonLog:
     async def _open(self) -> None:
         channel = await open_channel(self._connection)
         try:
+            channel.on_consumer_cancel_callbacks.add(self._cancelled)
             await declare_stream(channel, self.name)
             await channel.basic_qos(prefetch_count=1000)
             self._channel = channel  # before the first delivery: each one is acked
-            await channel.basic_consume(self.name, self._deliver, no_ack=False,
-                                        arguments={"x-stream-offset": "first"})
+            await self._tail(channel)
         except BaseException:
             self._channel = None
             with contextlib.suppress(Exception):
                 await channel.close()
             raise
 
+    async def _tail(self, channel: AbstractChannel) -> None:
+        await channel.basic_consume(self.name, self._deliver, no_ack=False,
+                                    arguments={"x-stream-offset": self._next})
+
+    def _cancelled(self, frame: object) -> None:
+        # Called by the channel's reader: consuming again there would wait on itself.
+        if self._channel is not None and self._retail is None:
+            self._retail = asyncio.get_running_loop().create_task(self._tail_again())
+
+    async def _tail_again(self) -> None:
+        delay = 0.1
+        try:
+            while (channel := self._channel) is not None and not channel.is_closed:
+                try:
+                    await shielded(self._tail(channel))
+                    return
+                except Exception:  # the stream has no leader yet: try again shortly
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._retail = None
+
     async def _deliver(self, message: DeliveredMessage) -> None:
-        entry = json.loads(message.body)
-        mark = entry.get("sync")
-        if mark is None:
-            self._on_entry(entry)
-        else:
-            future = self._marks.pop(mark, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+        offset = offset_of(message)
+        if offset < 0 or offset >= self._next:  # else seen before a re-tail
+            self._next = max(self._next, offset + 1)
+            self._handle(json.loads(message.body))
         channel = self._channel
         if channel is None or channel is not message.channel:
             return  # closing: a frame after its close would cost the connection
@@ -88,6 +110,15 @@ class JsonLog:
             self._acking -= 1
             if not self._acking:
                 self._acked.set()
+
+    def _handle(self, entry: dict[str, Any]) -> None:
+        mark = entry.get("sync")
+        if mark is None:
+            self._on_entry(entry)
+        else:
+            future = self._marks.pop(mark, None)
+            if future is not None and not future.done():
+                future.set_result(None)
 
     async def append(self, *entries: dict[str, Any]) -> None:
         """Append entries durably (each confirmed by the broker)."""
@@ -113,6 +144,8 @@ class JsonLog:
     async def close(self) -> None:
         """Stop tailing."""
         channel, self._channel = self._channel, None
+        if self._retail is not None:
+            self._retail.cancel()
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
                 await shielded(self._close(channel))

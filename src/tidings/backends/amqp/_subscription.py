@@ -90,6 +90,7 @@ class AmqpSubscription(Subscription):
         self._acked = self._seen = 0
         self._next_claim = 0.0
         self._opened = self._closed = False
+        self._broken = False  # the broker cancelled a consumer: reset (reconnect hook)
 
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this member reads now."""
@@ -110,6 +111,7 @@ class AmqpSubscription(Subscription):
         sizes = {t: await transport.ensure_topic(t) for t in self._topics}
         with driver_errors("subscribing"):
             self._channel = await open_channel(await transport.ensure_connected())
+            self._channel.on_consumer_cancel_callbacks.add(self._cancelled)
             await shielded(self._channel.basic_qos(prefetch_count=transport.settings.prefetch))
         if self._group is None:
             first = "first" if self._start is Start.EARLIEST else "next"
@@ -143,6 +145,12 @@ class AmqpSubscription(Subscription):
                 partition_stream(*tp), self._deliver, no_ack=False, consumer_tag=tag,
                 arguments={"x-stream-offset": offset}))
 
+    def _cancelled(self, frame: object) -> None:
+        """The broker cancelled a partition's consumer (its stream replica's node went
+        down): like a lost connection, the member resets and claims again."""
+        self._broken = True
+        self._wake.set()
+
     async def _deliver(self, message: DeliveredMessage) -> None:
         self._buffer.append((message.consumer_tag or "", message))
         self._wake.set()
@@ -159,7 +167,9 @@ class AmqpSubscription(Subscription):
 
     async def _fetch(self, max_records: int, timeout: float,
                      max_bytes: int | None = None) -> list[Record]:
-        if self._opened and not self._healthy():
+        if not await self._transport.link.wait(timeout):
+            return []  # the broker is unreachable; the link is connecting again
+        if self._opened and (self._broken or not self._healthy()):
             await self._reset()
         if not self._opened:
             await self._open()
@@ -326,6 +336,7 @@ class AmqpSubscription(Subscription):
         fetch. Locks its connection still holds are kept: taken back if the group still
         wants them here, given back otherwise."""
         lost = list(self._owned)
+        self._broken = False
         self._owned.clear()
         self._by_tag.clear()
         self._buffer.clear()

@@ -21,10 +21,18 @@ from ..._errors import (
 
 __all__ = ["driver_errors", "translate"]
 
+#: What RabbitMQ says when a queue's or stream's node is down (a cluster failing over).
+_NODE_DOWN = ("is down or inaccessible", "not available", "unavailable", "timeout",
+              "does not have a replica on the local node")
+
 
 def translate(exc: BaseException, what: str) -> Exception:
     """The tidings error for an aiormq (or socket) error met while doing ``what``."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, amqp.ChannelClosed) and any(m in text for m in _NODE_DOWN):
+        # A queue or stream whose node is down (a cluster electing a new leader): the
+        # broker is unreachable for it, for now; callers wait and try again.
+        return BrokerUnavailableError(f"{what}: RabbitMQ unavailable ({text})")
     if isinstance(exc, amqp.ChannelPreconditionFailed):
         # 406 PRECONDITION_FAILED: declared with other arguments than it has, or a
         # message above the broker's max_message_size.

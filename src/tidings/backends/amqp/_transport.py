@@ -27,7 +27,7 @@ from ..._records import (
     TopicPartition,
 )
 from ...ports import BASE_CAPABILITIES, Capability, RebalanceListener, Subscription, Transport
-from ._connection import connect
+from ._connection import Link
 from ._delay import BUCKET, EXCHANGE, TARGET, DelayBuckets, DueForwarder, bucket_ms
 from ._log import JsonLog
 from ._members import observe
@@ -59,7 +59,8 @@ class AmqpTransport(Transport):
 
     def __init__(self, settings: AmqpSettings) -> None:
         self.settings = settings
-        self._connection: AbstractConnection | None = None
+        #: The connection, kept open (made again in the background when lost).
+        self.link = Link(settings, self._reopen)
         self._publisher: AbstractChannel | None = None
         self._publish_lock = asyncio.Lock()
         self._partitions: dict[str, int] = {}
@@ -73,35 +74,40 @@ class AmqpTransport(Transport):
         self._delays: DelayBuckets | None = None
         self._forwarder: DueForwarder | None = None
         self._started = False
-        self._connect_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect and start tailing the topics and groups registries."""
-        if self._connection is not None:
+        """Connect (to the first node that answers) and start tailing the topics and
+        groups registries; from now on a lost connection is made again by itself."""
+        if self._started:
             return
+        await self.link.open()
+        try:
+            # A cluster may still be starting a stream's replica on this node: again.
+            await self.link.retry("opening tidings' streams",
+                                  lambda: self._open_on(self.link.connection))
+        except BaseException:
+            await self.link.close()
+            raise
         self._started = True
-        await self._connect()
 
     async def ensure_connected(self) -> AbstractConnection:
-        """The open connection, made again if the broker closed it (subscriptions then
-        lose their partitions and join again: see ``_subscription``)."""
-        connection = self._connection
-        if connection is not None and not connection.is_closed:
-            return connection
-        if not self._started:
-            raise BrokerUnavailableError("the RabbitMQ transport is not connected")
-        async with self._connect_lock:
-            if self._connection is None or self._connection.is_closed:
-                log.warning("the connection to RabbitMQ at %s:%s closed; connecting again",
-                            self.settings.host, self.settings.port)
-                await self._connect()
-        return self.connection
+        """The open connection, once the link is up again if it is reconnecting (up to
+        ``connect_timeout``); then :class:`BrokerUnavailableError` (subscriptions lose
+        their partitions on a new connection and join again: see ``_subscription``)."""
+        await self.link.wait(self.settings.connect_timeout)
+        return self.link.connection
 
-    async def _connect(self) -> None:
+    async def _reopen(self, connection: AbstractConnection) -> None:
+        """The link's callback on a new connection: open again what lived on the old."""
+        await self._open_on(connection)
+
+    async def _open_on(self, connection: AbstractConnection) -> None:
+        for old in (self._topics_log, self._groups_log, self._forwarder):
+            if old is not None:
+                await old.close()
         self._publisher = None
-        self._connection = connection = await connect(self.settings)
         self._topics_log = JsonLog(connection, self.publish, TOPICS_LOG, self._on_topic)
         self._groups_log = JsonLog(connection, self.publish, GROUPS_LOG, self._on_group)
         self._delays = DelayBuckets(connection, self.settings.queue_type)
@@ -113,24 +119,26 @@ class AmqpTransport(Transport):
     async def close(self) -> None:
         """Close the connection (its exclusive queues, hence partition locks, go too)."""
         self._started = False
-        connection, self._connection = self._connection, None
         self._publisher = None
         if self._forwarder is not None:
             await self._forwarder.close()
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        await self.link.close()
 
     @property
     def connection(self) -> AbstractConnection:
-        """The open connection; raises if the transport is not started."""
-        if self._connection is None or self._connection.is_closed:
-            raise BrokerUnavailableError("the RabbitMQ transport is not connected")
-        return self._connection
+        """The open connection; :class:`BrokerUnavailableError` if the transport is not
+        started or the broker is unreachable now."""
+        return self.link.connection
 
     async def publish(self, routing_key: str, body: bytes, props: Basic.Properties,
                       exchange: str = "") -> None:
-        """Publish one message and wait for the broker's confirm."""
+        """Publish one message and wait for the broker's confirm; while the broker is
+        unreachable, try again on the next connection for up to ``publish_timeout``."""
+        await self.link.retry(f"publishing to {routing_key!r}",
+                              lambda: self._publish_once(routing_key, body, props, exchange))
+
+    async def _publish_once(self, routing_key: str, body: bytes, props: Basic.Properties,
+                            exchange: str) -> None:
         channel = await self._publishing_channel()
         with driver_errors(f"publishing to {routing_key!r}"):
             try:
@@ -141,8 +149,12 @@ class AmqpTransport(Transport):
                 # its error was raised there; this publish gets a new channel.
                 self._publisher = None
                 channel = await self._publishing_channel()
-                confirm = await channel.basic_publish(
-                    body, exchange=exchange, routing_key=routing_key, properties=props)
+                try:
+                    confirm = await channel.basic_publish(
+                        body, exchange=exchange, routing_key=routing_key, properties=props)
+                except aiormq.exceptions.ChannelInvalidStateError as exc:
+                    raise BrokerUnavailableError(f"publishing to {routing_key!r}: {exc}"
+                                                 ) from None
         if not isinstance(confirm, Basic.Ack):
             raise TransportError(f"RabbitMQ refused a message for {routing_key!r}: {confirm}")
 
@@ -153,7 +165,9 @@ class AmqpTransport(Transport):
         async with self._publish_lock:
             if self._publisher is None or self._publisher.is_closed:
                 with driver_errors("opening a publishing channel"):
-                    connection = await self.ensure_connected()
+                    # Not ensure_connected(): publish() waits for the link itself,
+                    # within publish_timeout.
+                    connection = self.link.connection
                     self._publisher = await connection.channel(publisher_confirms=True)
             return self._publisher
 
@@ -289,6 +303,7 @@ class AmqpTransport(Transport):
 
     async def describe_topics(self) -> list[TopicInfo]:
         """Every registered topic with its end offsets (found concurrently)."""
+        await self._answering()
         if self._topics_log is not None:
             await self._topics_log.sync()
         topics = sorted(self._partitions.items())
@@ -303,9 +318,16 @@ class AmqpTransport(Transport):
         return [TopicInfo(t, n, dict.fromkeys(range(n), 0), {p: next(it) for p in range(n)})
                 for t, n in topics]
 
+    async def _answering(self) -> None:
+        """Ride out a reconnect in progress (a second), but fail fast during an outage
+        rather than wait ``publish_timeout`` for a marker (``App.health``)."""
+        if not await self.link.wait(1.0):
+            raise self.link.unavailable()
+
     async def describe_groups(self) -> list[GroupInfo]:
         """Every registered group with its committed offsets and the members that answer
         a roll call within ``end_wait`` seconds (all groups at once)."""
+        await self._answering()
         if self._groups_log is not None:
             await self._groups_log.sync()
         gate = asyncio.Semaphore(32)
