@@ -206,12 +206,16 @@ class SagaEngine:
     async def _renew(self) -> None:
         if not self._tasks:
             return
-        held = await self.store.renew(self.owner, list(self._tasks), self.lease)
-        for saga_id, task in list(self._tasks.items()):
-            run = self._runs.get(saga_id)
-            if saga_id not in held and not (run is not None and run.releasing):
-                task.cancel()
-                await self._lost(saga_id, "lease lost, another instance takes over")
+        asked = dict(self._tasks)
+        held = await self.store.renew(self.owner, list(asked), self.lease)
+        # Only the sagas asked about: one spawned while the renewal ran was not in it.
+        lost = [saga_id for saga_id, task in asked.items()
+                if saga_id not in held and self._tasks.get(saga_id) is task
+                and not ((run := self._runs.get(saga_id)) is not None and run.releasing)]
+        for saga_id in lost:
+            asked[saga_id].cancel()
+        for saga_id in lost:
+            await self._lost(saga_id, "lease lost, another instance takes over")
 
     async def _lost(self, saga_id: str, why: str, level: int = logging.WARNING) -> None:
         """Log why this engine no longer runs a saga: deleted (its timers are dropped)
