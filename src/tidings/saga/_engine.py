@@ -21,8 +21,9 @@ import pydantic
 
 from .._errors import ConfigurationError, NotRunningError
 from ._attempt import started
-from ._definition import Saga, Step
+from ._definition import Parallel, Saga, Step
 from ._errors import SagaConflictError, SagaDefinitionError, SagaNotFoundError
+from ._parallel import arm_branches
 from ._run import SagaRun, StepInterrupted
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
 
@@ -276,8 +277,9 @@ class SagaEngine:
 
 def _first_record(saga: Saga[Any], saga_id: str, state: pydantic.BaseModel, owner: str,
                   lease: float) -> tuple[SagaRecord, list[StepEvent]]:
-    """A new saga's record, held by ``owner``, and its first history lines; when its first
-    step is a plain step, its first attempt is recorded as started in the same write."""
+    """A new saga's record, held by ``owner``, and its first history lines; the first
+    attempt of its first step (of each branch of a parallel one) is recorded as started
+    in the same write."""
     now = time.time()
     record = SagaRecord(saga_id, saga.name, SagaStatus.RUNNING, Direction.FORWARD,
                         state.model_dump_json(), owner=owner, lease_until=now + lease)
@@ -286,4 +288,8 @@ def _first_record(saga: Saga[Any], saga_id: str, state: pydantic.BaseModel, owne
     if isinstance(first, Step):
         events.append(StepEvent(saga_id, first.name, "action", "started", 1))
         record = record.replace(**started(first, 1))
+    elif isinstance(first, Parallel):
+        branches, starts = arm_branches(saga_id, first)
+        events += starts
+        record = record.replace(branches=branches)
     return record, events
