@@ -2,7 +2,9 @@
 
 Progress is the saga record's ``branches`` JSON, one entry per branch: its attempts and
 timers while it runs, ``done`` once it succeeded (its state changes merged into the
-saga's state in the same write). Going backward, the entries left are the branches to
+saga's state in the same write). The write that reaches the step records every branch's
+first attempt, and the last branch's success is written with the step's: a step of n
+branches costs n writes. Going backward, the entries left are the branches to
 compensate; each is removed by the write that records its compensation. No JSON at all
 going backward means the group had succeeded and a later step failed: every branch is
 compensated.
