@@ -236,3 +236,50 @@ def test_saga_saves_of_a_group_are_one_write_and_a_stale_one_conflicts(url: str)
             assert await store.history("s1") == []  # a conflicting save wrote no event
 
     asyncio.run(main())
+
+
+def test_on_postgresql_a_saga_started_in_a_unit_costs_two_round_trips(
+        postgres_server: Any) -> None:
+    """On asyncpg a unit's RELEASE goes with the next unit's SAVEPOINT (the COMMIT
+    releases the last), and a new saga and its first history lines are one statement:
+    a saga started inside a unit costs two round trips, not four."""
+    from postgres_server import fresh_database
+    from tidings.saga._store import Direction, SagaRecord, SagaStatus, StepEvent
+    from tidings.sqlalchemy import SqlSagaStore, create_tables
+
+    url = fresh_database(postgres_server)
+
+    async def main() -> None:
+        async with database(url) as engine:
+            await create_tables(engine)
+            store, commits = SqlSagaStore(engine), GroupCommit.of(engine)
+            sent: list[str] = []
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def log_queries(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.driver_connection.add_query_logger(
+                    lambda record: sent.append(record.query))
+
+            @event.listens_for(engine.sync_engine, "before_cursor_execute")
+            def log_statements(*args: Any) -> None:
+                sent.append(args[2])  # what goes through SQLAlchemy
+
+            await engine.dispose()  # reconnect, with the logger of asyncpg's own queries
+
+            def start(n: int) -> Callable[[AsyncConnection], Awaitable[None]]:
+                async def work(conn: AsyncConnection) -> None:
+                    record = SagaRecord(f"s{n}", "s", SagaStatus.RUNNING, Direction.FORWARD,
+                                        "{}")
+                    await store.create(record, [StepEvent(f"s{n}", "", "saga", "RUNNING"),
+                                                StepEvent(f"s{n}", "a", "action", "started")],
+                                       within=conn)
+                return work
+
+            before = commits.commits
+            await asyncio.gather(*(commits.run(start(n)) for n in range(10)))
+            assert commits.commits == before + 1
+            units = [q for q in sent if "tidings_unit" in q or "tidings_sagas" in q]
+            assert len(units) == 20, units  # a SAVEPOINT (+ RELEASE) and an INSERT each
+            assert [e.step for e in await store.history("s9")] == ["", "a"]
+
+    asyncio.run(main())

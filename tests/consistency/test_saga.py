@@ -287,6 +287,62 @@ def test_a_retriable_step_parks_instead_of_compensating() -> None:
     asyncio.run(main())
 
 
+class _SlowRenewal(MemorySagaStore):
+    """A store whose lease renewal waits, once armed, until the test lets it go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.renewing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def renew(self, owner: str, saga_ids: Any, lease: float) -> set[str]:
+        held = await super().renew(owner, saga_ids, lease)
+        if self.hold:
+            self.hold = False
+            self.renewing.set()
+            await self.go.wait()
+        return held
+
+
+def test_a_saga_started_while_leases_are_renewed_keeps_running() -> None:
+    """A saga spawned while the engine renewed the others' leases was not in that
+    renewal: it is not taken for one whose lease was lost (it was cancelled, and only
+    resumed once its lease expired: the shop's 10 s p99)."""
+    class Box(BaseModel):
+        pass
+
+    gates: dict[str, asyncio.Event] = {}
+
+    async def wait_for_gate(box: Box) -> None:
+        await gates[asyncio.current_task().get_name()].wait()  # type: ignore[union-attr]
+
+    saga = Saga("held", Box, [S("a", wait_for_gate)])  # type: ignore[arg-type]
+
+    async def main() -> None:
+        app = App("svc", broker=testing.memory_url())
+        store = _SlowRenewal()
+        engine = SagaEngine(app, store, [saga], lease=30, poll_interval=0.05)
+        async with app:
+            gates["tidings-saga-first"] = asyncio.Event()
+            gates["tidings-saga-second"] = asyncio.Event()
+            await engine.start(saga, Box(), saga_id="first")
+            store.hold = True
+            await asyncio.wait_for(store.renewing.wait(), 10)
+            await engine.start(saga, Box(), saga_id="second")  # while renewing
+            store.go.set()
+            for _ in range(5):  # a few more polls, renewals included
+                await asyncio.sleep(0.05)
+            for gate in gates.values():
+                gate.set()
+            first = await engine.wait("first", 5)
+            second = await engine.wait("second", 5)
+        assert first.status is SagaStatus.COMPLETED
+        assert second.status is SagaStatus.COMPLETED
+
+    asyncio.run(main())
+
+
 def test_a_saga_started_in_a_transaction_exists_iff_it_commits(db_url: str) -> None:
     async def main() -> None:
         async with database(db_url) as engine:

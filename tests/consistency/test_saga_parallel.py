@@ -13,6 +13,8 @@ from pydantic import BaseModel
 
 from tidings import App, RetryPolicy, testing
 from tidings.saga import (
+    Direction,
+    MemorySagaStore,
     Parallel,
     Saga,
     SagaDefinitionError,
@@ -22,6 +24,7 @@ from tidings.saga import (
     Step,
     StepEvent,
 )
+from tidings.saga._parallel import arm_branches
 from tidings.sqlalchemy import SqlSagaStore
 
 from .conftest import database
@@ -183,3 +186,72 @@ def test_a_branch_that_timed_out_is_compensated_too(db_url: str) -> None:
     record = asyncio.run(main())
     assert record.status is SagaStatus.COMPENSATED, record
     assert calls.count("undo-slow") == 1
+
+
+class _CountingStore(MemorySagaStore):
+    """Counts the writes of saga steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves = 0
+
+    async def save(self, record: SagaRecord, events: Any, lease: float, *,
+                   release: bool = False) -> SagaRecord:
+        self.saves += 1
+        return await super().save(record, events, lease, release=release)
+
+
+def test_a_parallel_step_costs_one_write_per_branch() -> None:
+    """The write that reaches a parallel step records the start of every branch's first
+    attempt, and the last branch's success is written with the step's: two branches,
+    two writes (not five: each start, each success, then the step)."""
+    calls: list[str] = []
+    saga = _saga(calls, fail_payment=False)
+    store = _CountingStore()
+
+    async def main() -> tuple[SagaRecord, list[StepEvent]]:
+        app = App("orders", broker=testing.memory_url())
+        sagas = SagaEngine(app, store, [saga], poll_interval=0.05)
+        async with app:
+            record = await sagas.wait(await sagas.start(saga, Order()), 10)
+            return record, await sagas.history(record.id)
+
+    record, history = asyncio.run(main())
+    assert record.status is SagaStatus.COMPLETED, record.error
+    # open's success (and both branches' starts), the first branch's success, the last
+    # branch's with the group's (and confirm's start), confirm's with the end.
+    assert store.saves == 4
+    lines = [(e.step, e.outcome) for e in history if e.phase == "action"]
+    assert lines[:4] == [("open", "started"), ("open", "succeeded"),
+                         ("reserve", "started"), ("pay", "started")]
+    assert sorted(lines[4:6]) == [("pay", "succeeded"), ("reserve", "succeeded")]
+    assert lines[6:] == [("reserve-and-pay", "succeeded"), ("confirm", "started"),
+                         ("confirm", "succeeded")]
+
+
+def test_branches_whose_start_was_written_count_it_after_a_crash() -> None:
+    """A process that died after the write that started the branches: the next owner
+    counts each started attempt as used (pay, allowed one, gives up; reserve runs
+    again), then compensates the group."""
+    calls: list[str] = []
+    saga = _saga(calls, fail_payment=False)
+    store = MemorySagaStore()
+
+    async def main() -> tuple[SagaRecord, list[StepEvent]]:
+        record = SagaRecord("s1", "order", SagaStatus.RUNNING, Direction.FORWARD,
+                            Order().model_dump_json(), step=1, owner="dead",
+                            lease_until=time.time() - 1)
+        branches, events = arm_branches("s1", saga.steps[1])  # type: ignore[arg-type]
+        await store.create(record.replace(branches=branches), events)
+        app = App("orders", broker=testing.memory_url())
+        sagas = SagaEngine(app, store, [saga], poll_interval=0.05)
+        async with app:
+            return await sagas.wait("s1", 10), await sagas.history("s1")
+
+    record, history = asyncio.run(main())
+    assert record.status is SagaStatus.COMPENSATED, record
+    assert "pay" not in calls and calls[0] == "reserve"
+    assert calls[-2:] == ["release", "cancel"]
+    reserve = [(e.attempt, e.outcome) for e in history
+               if e.step == "reserve" and e.phase == "action"]
+    assert reserve == [(1, "started"), (1, "timed_out"), (2, "started"), (2, "succeeded")]

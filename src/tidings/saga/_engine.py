@@ -21,8 +21,9 @@ import pydantic
 
 from .._errors import ConfigurationError, NotRunningError
 from ._attempt import started
-from ._definition import Saga, Step
+from ._definition import Parallel, Saga, Step
 from ._errors import SagaConflictError, SagaDefinitionError, SagaNotFoundError
+from ._parallel import arm_branches
 from ._run import SagaRun, StepInterrupted
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
 
@@ -206,12 +207,16 @@ class SagaEngine:
     async def _renew(self) -> None:
         if not self._tasks:
             return
-        held = await self.store.renew(self.owner, list(self._tasks), self.lease)
-        for saga_id, task in list(self._tasks.items()):
-            run = self._runs.get(saga_id)
-            if saga_id not in held and not (run is not None and run.releasing):
-                task.cancel()
-                await self._lost(saga_id, "lease lost, another instance takes over")
+        asked = dict(self._tasks)
+        held = await self.store.renew(self.owner, list(asked), self.lease)
+        # Only the sagas asked about: one spawned while the renewal ran was not in it.
+        lost = [saga_id for saga_id, task in asked.items()
+                if saga_id not in held and self._tasks.get(saga_id) is task
+                and not ((run := self._runs.get(saga_id)) is not None and run.releasing)]
+        for saga_id in lost:
+            asked[saga_id].cancel()
+        for saga_id in lost:
+            await self._lost(saga_id, "lease lost, another instance takes over")
 
     async def _lost(self, saga_id: str, why: str, level: int = logging.WARNING) -> None:
         """Log why this engine no longer runs a saga: deleted (its timers are dropped)
@@ -272,8 +277,9 @@ class SagaEngine:
 
 def _first_record(saga: Saga[Any], saga_id: str, state: pydantic.BaseModel, owner: str,
                   lease: float) -> tuple[SagaRecord, list[StepEvent]]:
-    """A new saga's record, held by ``owner``, and its first history lines; when its first
-    step is a plain step, its first attempt is recorded as started in the same write."""
+    """A new saga's record, held by ``owner``, and its first history lines; the first
+    attempt of its first step (of each branch of a parallel one) is recorded as started
+    in the same write."""
     now = time.time()
     record = SagaRecord(saga_id, saga.name, SagaStatus.RUNNING, Direction.FORWARD,
                         state.model_dump_json(), owner=owner, lease_until=now + lease)
@@ -282,4 +288,8 @@ def _first_record(saga: Saga[Any], saga_id: str, state: pydantic.BaseModel, owne
     if isinstance(first, Step):
         events.append(StepEvent(saga_id, first.name, "action", "started", 1))
         record = record.replace(**started(first, 1))
+    elif isinstance(first, Parallel):
+        branches, starts = arm_branches(saga_id, first)
+        events += starts
+        record = record.replace(branches=branches)
     return record, events

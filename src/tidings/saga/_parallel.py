@@ -2,7 +2,9 @@
 
 Progress is the saga record's ``branches`` JSON, one entry per branch: its attempts and
 timers while it runs, ``done`` once it succeeded (its state changes merged into the
-saga's state in the same write). Going backward, the entries left are the branches to
+saga's state in the same write). The write that reaches the step records every branch's
+first attempt, and the last branch's success is written with the step's: a step of n
+branches costs n writes. Going backward, the entries left are the branches to
 compensate; each is removed by the write that records its compensation. No JSON at all
 going backward means the group had succeeded and a later step failed: every branch is
 compensated.
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from ._attempt import Outcome
+from ._attempt import Outcome, started
 from ._definition import Parallel, Step
 from ._store import Direction, StepEvent
 
@@ -27,15 +29,24 @@ if TYPE_CHECKING:
 __all__ = ["ParallelRun"]
 
 
+def arm_branches(saga_id: str, group: Parallel[Any]) -> tuple[str, list[StepEvent]]:
+    """The ``branches`` JSON and history lines that record the start of the first
+    attempt of every branch of ``group``, written with the step before it."""
+    progress = {branch.name: started(branch, 1) for branch in group.branches}
+    events = [StepEvent(saga_id, branch.name, "action", "started", 1)
+              for branch in group.branches]
+    return json.dumps(progress), events
+
+
 class _BranchTrack:
     """A branch's attempts and timers: its entry of the ``branches`` JSON."""
 
-    armed = False
     dormant = False  # a branch waits in memory: its siblings hold the saga anyway
 
-    def __init__(self, group: ParallelRun, name: str) -> None:
+    def __init__(self, group: ParallelRun, name: str, armed: bool) -> None:
         self._group = group
         self._entry = group.progress.setdefault(name, {})
+        self.armed = armed
 
     @property
     def attempts(self) -> int:
@@ -50,7 +61,8 @@ class _BranchTrack:
         return self._entry.get("deadline")
 
     def disarm(self) -> None:
-        """Branches are never armed."""
+        """The branch's next attempt is written before it starts."""
+        self.armed = False
 
     async def save(self, events: Sequence[StepEvent], **timers: Any) -> None:
         await self._group.save(events, self._entry, timers)
@@ -69,6 +81,12 @@ class ParallelRun:
         self.group = group
         branches = run.record.branches
         self.progress: dict[str, dict[str, Any]] = json.loads(branches) if branches else {}
+        # The write that reached the step recorded every branch's first attempt.
+        self._armed = run._armed
+        run._armed = False
+        #: The history line of the last branch to succeed, written with the step's
+        #: success rather than alone.
+        self.unsaved: list[StepEvent] = []
         if branches is None and run.record.direction is Direction.BACKWARD:
             # Reached going back from a later step: the whole group had succeeded.
             self.progress = {b.name: {} for b in group.branches}
@@ -119,7 +137,7 @@ class ParallelRun:
     async def _branch(self, branch: Step[Any], action: Any, phase: str) -> Outcome:
         run = self.run
         policy = branch.retry if phase == "action" else branch.compensation_retry
-        track = _BranchTrack(self, branch.name)
+        track = _BranchTrack(self, branch.name, self._armed and phase == "action")
         before = run.state
         assert before is not None
         outcome = await run.attempts(branch, action, policy, phase, track)
@@ -134,6 +152,11 @@ class ParallelRun:
         if phase == "action":
             entry.clear()
             entry["done"] = True
+            if all(e.get("done") for e in self.progress.values()) and \
+                    len(self.progress) == len(self.group.branches):
+                # The last branch: its success is written with the step's.
+                self.unsaved.append(event)
+                return Outcome(True, state=run.state)
         else:
             del self.progress[branch.name]
         await self.save([event], entry, {}, state=run.state.model_dump_json())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -30,7 +31,7 @@ import pydantic
 from .._retry import RetryPolicy
 from ._attempt import Outcome, StepInterrupted, run_attempts, started
 from ._definition import Action, Command, Parallel, Saga, Sleep, Step
-from ._parallel import ParallelRun
+from ._parallel import ParallelRun, arm_branches
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class SagaRun:
         self._armed = armed
         self._lock = asyncio.Lock()
         self.state: pydantic.BaseModel | None = None
+        #: A state and the JSON it was saved as: a copy for a step is parsed from it
+        #: (a fifth of the cost of a deep copy).
+        self._saved: tuple[pydantic.BaseModel, str] | None = None
         self.released = False  #: the last write gave the lease up
         self.releasing = False  #: the write under way gives the lease up
 
@@ -101,6 +105,7 @@ class SagaRun:
         """Advance the saga as far as it goes; return its last saved record."""
         try:
             self.state = self.saga.state.model_validate_json(self.record.state)
+            self._saved = (self.state, self.record.state)
         except pydantic.ValidationError as exc:
             error = f"state does not validate against {self.saga.state.__name__}: {exc}"
             await self._park(SagaStatus.PARKED, error)
@@ -125,16 +130,16 @@ class SagaRun:
             await self._sleep(step)
             await self._advance(step.name, "action", Outcome(True, state=self.state), index + 1)
             return
-        undo = None
+        undo, done = None, []
         if isinstance(step, Parallel):
             group = ParallelRun(self, step)
             outcome = await group.forward()
-            undo = group.undo_list()
+            undo, done = group.undo_list(), group.unsaved
         else:
             outcome = await self.attempts(step, step.action, step.retry, "action",
                                           _RecordTrack(self))
         if outcome.ok:
-            await self._advance(step.name, "action", outcome, index + 1)
+            await self._advance(step.name, "action", outcome, index + 1, done)
         elif step.retriable:
             await self._park(SagaStatus.PARKED, f"step {step.name!r}: {outcome.error}")
         else:
@@ -172,15 +177,18 @@ class SagaRun:
             await self._park(SagaStatus.FAILED_COMPENSATION,
                              f"compensation of step {step.name!r}: {outcome.error}")
 
-    async def _advance(self, name: str, phase: str, outcome: Outcome, to: int) -> None:
-        """Record a step's success, and in the same write the start of the next step's
-        first attempt, or the end of the saga."""
+    async def _advance(self, name: str, phase: str, outcome: Outcome, to: int,
+                       done: Sequence[StepEvent] = ()) -> None:
+        """Record a step's success (after the history lines ``done`` of its last
+        branch), and in the same write the start of the next step's first attempt (of
+        every branch of a parallel step), or the end of the saga."""
         assert outcome.state is not None
         self.state = outcome.state
-        events = [self.event(name, phase, "succeeded", self.record.attempts)]
+        state = outcome.state.model_dump_json()
+        self._saved = (outcome.state, state)
+        events = [*done, self.event(name, phase, "succeeded", self.record.attempts)]
         changes: dict[str, Any] = {"step": to, "attempts": 0, "wake_at": None,
-                                   "deadline": None, "branches": None,
-                                   "state": outcome.state.model_dump_json()}
+                                   "deadline": None, "branches": None, "state": state}
         forward = self.record.direction is Direction.FORWARD
         end = to >= len(self.saga.steps) if forward else to < 0
         if end:
@@ -189,9 +197,14 @@ class SagaRun:
             await self.save(events, release=True, status=status, **changes)
             return
         following = self.saga.steps[to]
+        self._armed = False
         if isinstance(following, Step) and (forward or following.compensation is not None):
             events.append(self.event(following.name, phase, "started", 1))
             changes.update(started(following, 1))
+            self._armed = True
+        elif isinstance(following, Parallel) and forward:
+            changes["branches"], starts = arm_branches(self.record.id, following)
+            events += starts
             self._armed = True
         await self.save(events, **changes)
 
@@ -226,7 +239,10 @@ class SagaRun:
 
     async def _call(self, step: Step[Any], action: Action[Any], phase: str) -> pydantic.BaseModel:
         assert self.state is not None
-        state = self.state.model_copy(deep=True)
+        saved = self._saved
+        # The step gets a copy: a failed attempt must not have changed the saga's state.
+        state = self.saga.state.model_validate_json(saved[1]) \
+            if saved is not None and saved[0] is self.state else self.state.model_copy(deep=True)
         if isinstance(action, Command):
             return await self._command(step, action, state, phase)
         async with asyncio.timeout(step.timeout):

@@ -243,13 +243,25 @@ class GroupCommit:
 class _Savepoints:
     """SAVEPOINT / ROLLBACK TO / RELEASE around each unit: on the sqlite3 connection
     itself when the engine is a :func:`sqlite_engine` (three statements SQLAlchemy need
-    not know about, at a microsecond each), else through SQLAlchemy."""
+    not know about, at a microsecond each), straight on asyncpg for PostgreSQL, else
+    through SQLAlchemy.
 
-    def __init__(self, conn: AsyncConnection, raw: sqlite3.Connection | None,
-                 pg: Any = None) -> None:
+    On asyncpg a round trip costs far more than the statement, so the statements are
+    sent together: a unit's RELEASE waits to go with the next unit's SAVEPOINT (the
+    COMMIT releases the last one), and a rollback is one message too; the first
+    SAVEPOINT goes through SQLAlchemy, which begins the transaction with it.
+    """
+
+    _UNIT = "SAVEPOINT tidings_unit"
+    _RELEASE = "RELEASE SAVEPOINT tidings_unit"
+    _ROLLBACK = "ROLLBACK TO SAVEPOINT tidings_unit"
+
+    def __init__(self, conn: AsyncConnection, raw: sqlite3.Connection | None) -> None:
         self._conn = conn
         self._raw = raw
-        self._pg = pg
+        self._asyncpg = conn.dialect.driver == "asyncpg"
+        self._pg: Any = None  # the asyncpg connection, once the transaction has begun
+        self._released = False  # a RELEASE not sent yet (asyncpg)
 
     @classmethod
     async def open(cls, conn: AsyncConnection) -> _Savepoints:
@@ -259,11 +271,6 @@ class _Savepoints:
             # Take the write lock now: a deferred transaction that upgrades later can
             # fail with SQLITE_BUSY midway through the group.
             await savepoints._execute("BEGIN IMMEDIATE")
-        elif conn.dialect.driver == "asyncpg":
-            # Savepoints straight on asyncpg (a third of SQLAlchemy's cost per round
-            # trip), once SQLAlchemy has begun the transaction they live in.
-            await conn.exec_driver_sql("SELECT 1")
-            savepoints._pg = (await conn.get_raw_connection()).driver_connection
         return savepoints
 
     async def _execute(self, sql: str) -> None:
@@ -275,11 +282,28 @@ class _Savepoints:
             await self._conn.exec_driver_sql(sql)
 
     async def begin(self) -> None:
-        await self._execute("SAVEPOINT tidings_unit")
+        if not self._asyncpg:
+            await self._execute(self._UNIT)
+        elif self._pg is None:
+            # SQLAlchemy begins the transaction with it; asyncpg straight from then on
+            # (a third of SQLAlchemy's cost per round trip).
+            await self._conn.exec_driver_sql(self._UNIT)
+            self._pg = (await self._conn.get_raw_connection()).driver_connection
+        elif self._released:
+            await self._execute(f"{self._RELEASE}; {self._UNIT}")
+        else:
+            await self._execute(self._UNIT)
+        self._released = False
 
     async def rollback(self) -> None:
-        await self._execute("ROLLBACK TO SAVEPOINT tidings_unit")
-        await self._execute("RELEASE SAVEPOINT tidings_unit")
+        if self._asyncpg:
+            await self._execute(f"{self._ROLLBACK}; {self._RELEASE}")
+            return
+        await self._execute(self._ROLLBACK)
+        await self._execute(self._RELEASE)
 
     async def release(self) -> None:
-        await self._execute("RELEASE SAVEPOINT tidings_unit")
+        if self._asyncpg:
+            self._released = True  # sent with the next SAVEPOINT, or by the COMMIT
+            return
+        await self._execute(self._RELEASE)

@@ -92,6 +92,16 @@ _SAVE_MANY_PG = sa.text(
     + " RETURNING t.id"
 )
 
+_EVENT_COLUMNS = [c.name for c in _E.c if c.name != "seq"]
+# PostgreSQL: a new saga and its first history lines in one statement (one round trip).
+_CREATE_PG = sa.text(
+    f"WITH s AS (INSERT INTO {_T.name} ({', '.join(_COLUMNS)}) VALUES ("
+    + ", ".join(f":{name}" for name in _COLUMNS) + ")) "
+    + f"INSERT INTO {_E.name} ({', '.join(_EVENT_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:e_{name} AS {_E.c[name].type.compile(dialect=_PG)}[])"
+                for name in _EVENT_COLUMNS) + ")"
+).bindparams(*(sa.bindparam(name, type_=_T.c[name].type) for name in _COLUMNS))
+
 
 async def _save_many(conn: AsyncConnection,
                      items: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[Any]:
@@ -138,6 +148,12 @@ class SqlSagaStore(SagaStore):
     async def _insert(self, executor: Executor, record: SagaRecord,
                       events: Sequence[StepEvent]) -> None:
         conn = await executor.connection() if isinstance(executor, AsyncSession) else executor
+        if events and conn.dialect.name == "postgresql":
+            rows = _event_values(events)
+            values = _values(record)
+            values.update({f"e_{name}": [row[name] for row in rows] for name in _EVENT_COLUMNS})
+            await conn.execute(_CREATE_PG, values)
+            return
         await execute(conn, _INSERT, _values(record))
         if events:
             await execute(conn, _INSERT_EVENTS, _event_values(events))
