@@ -211,6 +211,35 @@ def test_every_node_dead_at_start_names_the_addresses_tried() -> None:
     assert "hunter2" not in message
 
 
+def test_a_url_whose_first_nodes_are_dead_connects_to_the_live_one(amqp_url: str) -> None:
+    """Issue 18, bad input: a cluster URL with dead nodes among several connects to the
+    live one, and the app publishes and handles through it."""
+    from kafka_broker import free_port
+
+    live = from_url(amqp_url).settings
+    vhost = amqp_url.rsplit("/", 1)[1].split("?")[0]
+    dead = [free_port() for _ in range(2)]
+    url = (f"amqp://guest:guest@127.0.0.1:{dead[0]},127.0.0.1:{dead[1]},"
+           f"{live.host}:{live.port}/{vhost}?connect_timeout=5")
+    topic = f"live-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        app = App("survivor", broker=url)
+        seen: list[int] = []
+
+        @app.subscriber(topic, group="readers")
+        async def handle(n: int) -> None:
+            seen.append(n)
+
+        async with app:
+            for n in range(5):
+                await app.publish(topic, n)
+            await _until(lambda: len(seen) == 5, 30, "five handled")
+        assert seen == list(range(5))
+
+    asyncio.run(main())
+
+
 def test_replicated_needs_the_nodes_of_a_cluster() -> None:
     with pytest.raises(ConfigurationError, match="at least three nodes") as caught:
         from_url("amqp://u:hunter2@rabbit-1:5672/?replicated=true")
