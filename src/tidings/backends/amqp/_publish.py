@@ -81,7 +81,11 @@ class _Call:
         self.left = len(messages)
 
     def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
+        if self.future.done():
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            self.future.cancel()
+        else:
             self.future.set_exception(exc)
 
     def done(self) -> bool:
@@ -182,11 +186,12 @@ class BatchPublisher:
             channel = await self._usable_channel()
             payload = _frames(channel.number, channel.max_content_size, batch)
             drained = channel.create_future()
-            async with channel.lock:
-                await _room(channel)
-                if not _closing(channel):
-                    _enqueue(channel, batch, payload, drained)
-                    break
+            with contextlib.suppress(ChannelInvalidStateError):  # the lock's "closed"
+                async with channel.lock:
+                    await _room(channel)
+                    if not _closing(channel):
+                        _enqueue(channel, batch, payload, drained)
+                        break
             # It closed before anything was sent: nothing is lost by sending again.
             if attempt:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
