@@ -40,6 +40,10 @@ class JsonLog:
         self._on_entry = on_entry
         self._channel: AbstractChannel | None = None
         self._marks: dict[str, asyncio.Future[None]] = {}
+        # Acks are sent by delivery tasks without aiormq's channel lock; close waits for
+        # any ack still waiting for room in the connection's write queue, so that no ack
+        # can follow the channel.close (RabbitMQ would close the whole connection: 504).
+        self._acking = asyncio.Lock()
 
     async def open(self) -> None:
         """Declare the stream and start tailing it from its first entry."""
@@ -59,9 +63,10 @@ class JsonLog:
             future = self._marks.pop(mark, None)
             if future is not None and not future.done():
                 future.set_result(None)
-        if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.basic_ack(message.delivery_tag or 0)
+        async with self._acking:
+            if self._channel is not None:
+                with contextlib.suppress(Exception):
+                    await self._channel.basic_ack(message.delivery_tag or 0, wait=False)
 
     async def append(self, *entries: dict[str, Any]) -> None:
         """Append entries durably (each confirmed by the broker)."""
@@ -86,7 +91,8 @@ class JsonLog:
 
     async def close(self) -> None:
         """Stop tailing."""
-        channel, self._channel = self._channel, None
+        async with self._acking:
+            channel, self._channel = self._channel, None
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()
