@@ -264,6 +264,31 @@ def test_a_channel_the_broker_is_closing_counts_as_closed(amqp_url: str) -> None
     run(main)
 
 
+def test_a_connection_closed_under_publishes_is_an_error_not_a_cancellation(
+        amqp_url: str) -> None:
+    """aiormq fails a closed channel's futures with CancelledError; a caller must get
+    an error, not look cancelled."""
+
+    async def main() -> None:
+        transport = from_url(amqp_url)
+        await transport.start()
+        queue = f"pub-{uuid.uuid4().hex[:8]}"
+        await transport.publish(queue, b"first", PERSISTENT)  # the channel is open
+        publishes = [asyncio.create_task(transport.publish(queue, b"x" * 1000, PERSISTENT))
+                     for _ in range(20_000)]
+        for _ in range(3):
+            await asyncio.sleep(0)  # the first batch is on its way
+        await transport.connection.close()
+        results = await asyncio.gather(*publishes, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, asyncio.CancelledError)]
+        assert all(r is None or isinstance(r, TransportError) for r in results), \
+            {type(r) for r in results}
+        assert any(isinstance(r, TransportError) for r in results)
+        await transport.close()
+
+    run(main)
+
+
 # -- cancellation ---------------------------------------------------------------------
 
 

@@ -174,10 +174,12 @@ class BatchPublisher:
         try:
             await self._write_batch(batch)
         except BaseException as exc:
-            for call in [entry[0] for entry in batch] + later:
-                call.fail(exc)
-            if isinstance(exc, asyncio.CancelledError):
+            if _cancelled_here(exc):  # this task was cancelled: so are the callers
+                for call in [entry[0] for entry in batch] + later:
+                    call.fail(exc)
                 raise
+            for call in [entry[0] for entry in batch] + later:
+                call.fail(_closed(exc))
             return False
         return True
 
@@ -195,8 +197,9 @@ class BatchPublisher:
             # It closed before anything was sent: nothing is lost by sending again.
             if attempt:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
-        with contextlib.suppress(Exception):
-            await drained  # backpressure: the socket took the batch
+        # Backpressure: the socket took the batch (or the channel closed: its callers
+        # learn it from their confirmations); asyncio.wait raises neither way.
+        await asyncio.wait([drained])
 
     async def _usable_channel(self) -> Channel:
         channel = self._channel
@@ -240,7 +243,7 @@ def _watch(channel: Channel, calls: list[_Call]) -> None:
     def channel_closed(future: asyncio.Future[None]) -> None:
         if not future.cancelled() and (exc := future.exception()) is not None:
             for call in calls:
-                call.fail(exc)
+                call.fail(_closed(exc))
 
     closed.add_done_callback(channel_closed)
     for call in calls:
@@ -301,6 +304,21 @@ def _string_table(headers: dict[str, Any]) -> bytes | None:
         v = value.encode()
         parts += (k, _LONG.pack(len(v)), v)
     return b"".join(parts)
+
+
+def _cancelled_here(exc: BaseException) -> bool:
+    """Whether ``exc`` is this task being cancelled (not a future of a closed channel
+    that aiormq failed with ``CancelledError``, as it does on a plain close)."""
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() > 0
+
+
+def _closed(exc: BaseException) -> BaseException:
+    """The error for callers whose channel closed with ``exc``: never a
+    ``CancelledError``, which would look to them as if they were cancelled."""
+    if isinstance(exc, asyncio.CancelledError):
+        return ChannelInvalidStateError("the publishing channel closed")
+    return exc
 
 
 def _closing(channel: Channel) -> bool:

@@ -139,6 +139,9 @@ class AmqpTransport(Transport):
                 await self._publisher.publish(messages)
             except aiormq.exceptions.DeliveryError as exc:
                 raise TransportError(f"{what}: RabbitMQ refused a message ({exc.frame})") from exc
+            except aiormq.exceptions.ChannelInvalidStateError as exc:
+                # The channel (or connection) closed under the publish.
+                raise BrokerUnavailableError(f"{what}: {exc}") from exc
 
     async def _publishing_channel(self) -> AbstractChannel:
         """A new channel in confirm mode (the publisher opens one whenever its last one
