@@ -31,6 +31,7 @@ from ._connection import Link
 from ._delay import BUCKET, EXCHANGE, TARGET, DelayBuckets, DueForwarder, bucket_ms
 from ._log import JsonLog
 from ._members import observe
+from ._publish import BatchPublisher, Message
 from ._settings import AmqpSettings
 from ._streams import declare_stream, offset_of, partition_stream, properties, read_quiet
 from ._streams import to_record as _to_record
@@ -61,8 +62,7 @@ class AmqpTransport(Transport):
         self.settings = settings
         #: The connection, kept open (made again in the background when lost).
         self.link = Link(settings, self._reopen)
-        self._publisher: AbstractChannel | None = None
-        self._publish_lock = asyncio.Lock()
+        self._publisher = BatchPublisher(self._publishing_channel)
         self._partitions: dict[str, int] = {}
         self._declared: set[str] = set()
         self._groups: set[str] = set()
@@ -107,7 +107,6 @@ class AmqpTransport(Transport):
         for old in (self._topics_log, self._groups_log, self._forwarder):
             if old is not None:
                 await old.close()
-        self._publisher = None
         self._topics_log = JsonLog(connection, self.publish, TOPICS_LOG, self._on_topic)
         self._groups_log = JsonLog(connection, self.publish, GROUPS_LOG, self._on_group)
         self._delays = DelayBuckets(connection, self.settings.queue_type)
@@ -119,7 +118,6 @@ class AmqpTransport(Transport):
     async def close(self) -> None:
         """Close the connection (its exclusive queues, hence partition locks, go too)."""
         self._started = False
-        self._publisher = None
         if self._forwarder is not None:
             await self._forwarder.close()
         await self.link.close()
@@ -133,43 +131,33 @@ class AmqpTransport(Transport):
     async def publish(self, routing_key: str, body: bytes, props: Basic.Properties,
                       exchange: str = "") -> None:
         """Publish one message and wait for the broker's confirm; while the broker is
-        unreachable, try again on the next connection for up to ``publish_timeout``."""
-        await self.link.retry(f"publishing to {routing_key!r}",
-                              lambda: self._publish_once(routing_key, body, props, exchange))
+        unreachable, try again on the next connection for up to ``publish_timeout``
+        (concurrent publishes share frame batches: see ``_publish``)."""
+        await self._publish([(exchange, routing_key, body, props)],
+                            f"publishing to {routing_key!r}")
 
-    async def _publish_once(self, routing_key: str, body: bytes, props: Basic.Properties,
-                            exchange: str) -> None:
-        channel = await self._publishing_channel()
-        with driver_errors(f"publishing to {routing_key!r}"):
+    async def _publish(self, messages: Sequence[Message], what: str) -> None:
+        # A batch cut by a lost connection is sent again whole: messages confirmed
+        # before the loss are then duplicated (at-least-once).
+        await self.link.retry(what, lambda: self._publish_once(messages, what))
+
+    async def _publish_once(self, messages: Sequence[Message], what: str) -> None:
+        with driver_errors(what):
             try:
-                confirm = await channel.basic_publish(
-                    body, exchange=exchange, routing_key=routing_key, properties=props)
-            except aiormq.exceptions.ChannelInvalidStateError:
-                # An earlier publish closed the channel (e.g. a message too large);
-                # its error was raised there; this publish gets a new channel.
-                self._publisher = None
-                channel = await self._publishing_channel()
-                try:
-                    confirm = await channel.basic_publish(
-                        body, exchange=exchange, routing_key=routing_key, properties=props)
-                except aiormq.exceptions.ChannelInvalidStateError as exc:
-                    raise BrokerUnavailableError(f"publishing to {routing_key!r}: {exc}"
-                                                 ) from None
-        if not isinstance(confirm, Basic.Ack):
-            raise TransportError(f"RabbitMQ refused a message for {routing_key!r}: {confirm}")
+                await self._publisher.publish(messages)
+            except aiormq.exceptions.DeliveryError as exc:
+                raise TransportError(f"{what}: RabbitMQ refused a message ({exc.frame})") from exc
+            except aiormq.exceptions.ChannelInvalidStateError as exc:
+                # The channel (or connection) closed under the publish.
+                raise BrokerUnavailableError(f"{what}: {exc}") from exc
 
     async def _publishing_channel(self) -> AbstractChannel:
-        channel = self._publisher
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._publish_lock:
-            if self._publisher is None or self._publisher.is_closed:
-                with driver_errors("opening a publishing channel"):
-                    # Not ensure_connected(): publish() waits for the link itself,
-                    # within publish_timeout.
-                    connection = self.link.connection
-                    self._publisher = await connection.channel(publisher_confirms=True)
-            return self._publisher
+        """A new channel in confirm mode (the publisher opens one whenever its last one
+        closed)."""
+        with driver_errors("opening a publishing channel"):
+            # Not ensure_connected(): publish() waits for the link itself, within
+            # publish_timeout.
+            return await self.link.connection.channel(publisher_confirms=True)
 
     # -- topics ------------------------------------------------------------------------
 
@@ -225,13 +213,18 @@ class AmqpTransport(Transport):
     # -- appends ------------------------------------------------------------------------
 
     async def append(self, records: Sequence[OutRecord]) -> list[Position]:
-        """Publish each record to its partition's stream; return once all are confirmed."""
+        """Publish each record to its partition's stream (in order, in frame batches);
+        return once all are confirmed."""
         for topic in {r.topic for r in records}:
             await self.ensure_topic(topic)
         positions = [self._position(r) for r in records]
         now = time.time()
-        await asyncio.gather(*(self._append_one(r, p.partition or 0, now)
-                               for r, p in zip(records, positions, strict=True)))
+        for bucket in {bucket_ms(d) for r in records if (d := (r.deliver_at or 0) - now) > 0.001}:
+            assert self._delays is not None
+            await self._delays.ensure(bucket)
+        await self._publish([self._message(r, p.partition or 0, now)
+                             for r, p in zip(records, positions, strict=True)],
+                            f"appending to {records[0].topic!r}" if records else "appending")
         return positions
 
     def _position(self, record: OutRecord) -> Position:
@@ -246,18 +239,16 @@ class AmqpTransport(Transport):
             partition = zlib.crc32(record.key.encode()) % count
         return Position(record.topic, partition, None)
 
-    async def _append_one(self, record: OutRecord, partition: int, now: float) -> None:
+    def _message(self, record: OutRecord, partition: int, now: float) -> Message:
+        """The message that appends ``record``: to its stream, or (due later) to the
+        delay exchange."""
         stream = partition_stream(record.topic, partition)
         delay = (record.deliver_at or 0) - now
         if delay <= 0.001:
-            await self.publish(stream, record.value, properties(record, now))
-            return
-        assert self._delays is not None
-        bucket = bucket_ms(delay)
-        await self._delays.ensure(bucket)
+            return ("", stream, record.value, properties(record, now))
         props = properties(record, record.deliver_at or now,
-                           {BUCKET: str(bucket), TARGET: stream})
-        await self.publish(stream, record.value, props, exchange=EXCHANGE)
+                           {BUCKET: str(bucket_ms(delay)), TARGET: stream})
+        return (EXCHANGE, stream, record.value, props)
 
     # -- subscriptions -------------------------------------------------------------------
 
