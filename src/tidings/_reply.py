@@ -34,15 +34,19 @@ class ReplyListener:
         self._consumer = Consumer(transport, spec, self._on_reply)
         self._lock = asyncio.Lock()
         self._running = False
+        self._ready = False  # started and its read position pinned
 
     async def ensure_started(self) -> None:
         """Start reading replies (once), and wait until the read position is pinned."""
+        if self._ready:  # every request asks: no lock once started
+            return
         async with self._lock:
             if not self._running:
                 await self._transport.ensure_topic(REPLIES_TOPIC)
                 await self._consumer.start()
                 self._running = True
-                await self._consumer.started.wait()
+            await self._consumer.started.wait()
+            self._ready = True
 
     async def _on_reply(self, record: Record, attempt: int) -> float | None:
         future = self._waiting.get(record.headers.get(Headers.CORRELATION_ID, ""))
@@ -57,7 +61,8 @@ class ReplyListener:
         self._waiting[correlation_id] = future
         try:
             await self._append([record])
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # no task per request, as wait_for made
+                return await future
         except TimeoutError:
             raise RequestTimeoutError(
                 f"no reply to a request on {record.topic!r} within {timeout:g} s"
@@ -70,4 +75,4 @@ class ReplyListener:
         if self._running:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
-            self._running = False
+            self._running = self._ready = False

@@ -274,3 +274,42 @@ def test_published_events_reach_typed_subscribers(tmp_path: Any) -> None:
             assert message.headers[EventHeaders.STREAM_TYPE] == "Order"
 
     asyncio.run(main())
+
+
+def test_on_the_toolkits_sqlite_engine_rows_go_in_directly_with_positions_and_conflicts(
+        tmp_path: Any) -> None:
+    """On :func:`sqlite_engine` the store inserts on the sqlite3 connection itself: the
+    positions still come back in the events' order, a stale writer still gets
+    ConcurrencyConflictError (not sqlite3's IntegrityError) and the outbox row commits."""
+    from tidings.eventsourcing.sqlalchemy import create_tables as create_event_tables
+    from tidings.sqlalchemy import create_tables as create_outbox_tables
+    from tidings.sqlalchemy import sqlite_engine
+
+    async def main() -> None:
+        engine = sqlite_engine(tmp_path / "es.db")
+        try:
+            await create_event_tables(engine)
+            await create_outbox_tables(engine)
+            store = EventStore(engine, events, outbox=Outbox(engine))
+            order = Order.place("o-1", "alice")
+            order.add("a", "1")
+            order.add("b", "2")
+            recorded = await store.save(order)
+            assert [r.version for r in recorded] == [1, 2, 3]
+            assert [r.position for r in recorded] == [r.position for r in await store.read()]
+            assert recorded[0].position < recorded[1].position < recorded[2].position
+            assert len({r.event_id for r in recorded}) == 3
+            first, second = await store.load(Order, "o-1"), await store.load(Order, "o-1")
+            first.add("c", "1")
+            await store.save(first)
+            second.add("d", "1")
+            with pytest.raises(ConcurrencyConflictError, match="loaded at version 3"):
+                await store.save(second)
+            assert (await store.load(Order, "o-1")).items == ["a", "b", "c"]
+            async with engine.connect() as conn:
+                assert await conn.scalar(sa.select(sa.func.count()).select_from(
+                    outbox_table)) == 4
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())

@@ -117,6 +117,28 @@ class SagaRecord:
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SagaRecord))
 
 
+def _fast_replace() -> Any:
+    """``SagaRecord.replace`` as code generated for its fields: a keyword per field and
+    each slot set directly (a third of the cost of a loop over the fields; a saga step
+    makes two or three copies). An unknown field is a TypeError, as before."""
+    keep = object()
+    scope: dict[str, Any] = {"_KEEP": keep, "_new": object.__new__, "_cls": SagaRecord}
+    for name in _RECORD_FIELDS:
+        scope[f"_set_{name}"] = SagaRecord.__dict__[name].__set__
+    source = ("def replace(self, *, " + ", ".join(f"{n}=_KEEP" for n in _RECORD_FIELDS)
+              + "):\n    copy = _new(_cls)\n"
+              + "".join(f"    _set_{n}(copy, self.{n} if {n} is _KEEP else {n})\n"
+                        for n in _RECORD_FIELDS)
+              + "    return copy\n")
+    exec(source, scope)  # our own field names only
+    replace = scope["replace"]
+    replace.__doc__ = SagaRecord.replace.__doc__
+    return replace
+
+
+SagaRecord.replace = _fast_replace()  # type: ignore[method-assign]
+
+
 class SagaStore(abc.ABC):
     """Where saga instances live: the service's database in production."""
 

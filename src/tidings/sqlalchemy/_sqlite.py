@@ -131,6 +131,22 @@ async def execute(conn: AsyncConnection, statement: Any,
     return raw.execute(sql, [values[n] for n in names]).rowcount
 
 
+async def insert_returning(conn: AsyncConnection, statement: Any,
+                           rows: list[dict[str, Any]]) -> list[Any]:
+    """Execute an ``INSERT … RETURNING <one column>`` built once for each of ``rows``;
+    the returned values in the rows' order.
+
+    On a :func:`sqlite_engine` connection each row runs on the sqlite3 connection itself
+    (compiled once, as :func:`execute`); elsewhere it is one ``conn.execute`` of them all,
+    whose RETURNING must then keep the rows' order (``sort_by_parameter_order``).
+    """
+    raw = await driver_sqlite(conn)
+    if raw is None:
+        return list((await conn.execute(statement, rows)).scalars())
+    sql, names = _compiled(statement, conn, tuple(rows[0]))
+    return [raw.execute(sql, [row[n] for n in names]).fetchone()[0] for row in rows]
+
+
 def read_only_db_url(url: str) -> str:
     """A SQLite database ``url`` as SQLite's read-only URI (``mode=ro``: nothing is
     created or written; a missing file is a :class:`~tidings.ConfigurationError`), for

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -29,9 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..._codec import JSON
 from ..._errors import ConfigurationError
+from ..._ids import new_id
 from ..._message import Headers, current_message
 from ...sqlalchemy import GroupCommit, Outbox
 from ...sqlalchemy._sql import Executor, dialect_of, in_transaction
+from ...sqlalchemy._sqlite import insert_returning
 from .._aggregate import Aggregate
 from .._errors import AggregateNotFoundError, ConcurrencyConflictError
 from .._events import EventRegistry, Recorded
@@ -43,6 +45,9 @@ log = logging.getLogger("tidings.eventsourcing")
 
 A = TypeVar("A", bound=Aggregate)
 _LOCK_KEY = 0x7469_6469_6E67  # "tiding": one advisory lock for every event writer
+# Built once: building the statement cost more than running it.
+_APPEND = sa.insert(events_table).returning(events_table.c.position,
+                                            sort_by_parameter_order=True)
 
 
 class EventHeaders:
@@ -100,8 +105,9 @@ class EventStore:
                 recorded = await write(in_transaction(session, self.engine, "EventStore.save"))
             else:
                 recorded = await GroupCommit.of(self.engine).run(write)
-        except sa.exc.IntegrityError as exc:
-            if "version" not in str(exc.orig):
+        except (sa.exc.IntegrityError, sqlite3.IntegrityError) as exc:
+            # sqlite3's own when the row went in on the sqlite3 connection directly
+            if "version" not in str(getattr(exc, "orig", exc)):
                 raise
             raise ConcurrencyConflictError(aggregate.id, loaded) from None
         aggregate._mark_saved()
@@ -112,7 +118,7 @@ class EventStore:
         entry, data = self.events.encode(event)
         return {"stream_id": aggregate.id, "stream_type": aggregate.stream_type(),
                 "version": version, "event_type": entry.name,
-                "schema_version": entry.version, "event_id": uuid.uuid4().hex, "data": data,
+                "schema_version": entry.version, "event_id": new_id(), "data": data,
                 "meta": json.dumps(_metadata()), "recorded_at": time.time()}
 
     async def _append(self, executor: Executor, aggregate: Aggregate,
@@ -121,9 +127,10 @@ class EventStore:
         if dialect_of(executor) == "postgresql":
             await executor.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
                                    {"key": _LOCK_KEY})
-        statement = sa.insert(events_table).returning(events_table.c.position,
-                                                      sort_by_parameter_order=True)
-        positions = list((await executor.execute(statement, rows)).scalars())
+        if isinstance(executor, AsyncConnection):
+            positions = await insert_returning(executor, _APPEND, rows)
+        else:
+            positions = list((await executor.execute(_APPEND, rows)).scalars())
         recorded = [_recorded(row, event, position)
                     for row, event, position in zip(rows, events, positions, strict=True)]
         if self.outbox is not None and aggregate.topic is not None:
