@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from ... import DecodeError, Headers, Message, RetryPolicy
+from ... import App, DecodeError, Headers, Message, RetryPolicy
 from ..._dlq import DeadLetter
 from ...ports import Capability
 from ._backend import Backend
@@ -87,6 +88,34 @@ def test_exhausted_retries_dead_letter_with_the_error_and_consumer_goes_on(
     asyncio.run(main())
 
 
+Handled = list[tuple[str | None, int]]
+
+
+def two_keys_on_one_partition(
+        backend: Backend, topic: str, concurrency: int, retry: RetryPolicy,
+        failures: dict[tuple[str | None, int], int],
+) -> tuple[App, Handled, Callable[[range], Awaitable[None]]]:
+    """An app whose handler fails each ``(key, seq)`` of ``failures`` that many
+    attempts; what it handled, in order; and a ``publish(seqs)`` that sends each seq
+    under key ``slow`` then ``fast``, both to partition 0."""
+    app = backend.app("svc")
+    handled: Handled = []
+
+    @app.subscriber(topic, concurrency=concurrency, retry=retry)
+    async def handle(payload: dict[str, Any], message: Message) -> None:
+        item = (message.key, payload["seq"])
+        if failures.get(item, 0) >= message.attempt:
+            raise ConnectionError("not yet")
+        handled.append(item)
+
+    async def publish(seqs: range) -> None:
+        for seq in seqs:  # one partition: the keys share it
+            await app.publish(topic, {"seq": seq}, key="slow", partition=0)
+            await app.publish(topic, {"seq": seq}, key="fast", partition=0)
+
+    return app, handled, publish
+
+
 @requires(Capability.GROUPS, Capability.ORDER_PER_KEY)
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_retrying_record_holds_back_only_its_own_key_in_order(
@@ -99,22 +128,9 @@ def test_a_retrying_record_holds_back_only_its_own_key_in_order(
     failures: dict[tuple[str | None, int], int] = {("slow", 0): 2, ("slow", 2): 1}
 
     async def main() -> None:
-        app = backend.app("svc")
-        handled: list[tuple[str | None, int]] = []
-
-        @app.subscriber(topic, concurrency=concurrency,
-                        retry=RetryPolicy(max_attempts=5, backoff=0.3, jitter=0))
-        async def handle(payload: dict[str, Any], message: Message) -> None:
-            item = (message.key, payload["seq"])
-            if failures.get(item, 0) >= message.attempt:
-                raise ConnectionError("not yet")
-            handled.append(item)
-
-        async def publish(seqs: range) -> None:
-            for seq in seqs:  # one partition: the keys share it
-                await app.publish(topic, {"seq": seq}, key="slow", partition=0)
-                await app.publish(topic, {"seq": seq}, key="fast", partition=0)
-
+        app, handled, publish = two_keys_on_one_partition(
+            backend, topic, concurrency, RetryPolicy(max_attempts=5, backoff=0.3, jitter=0),
+            failures)
         async with app:
             await publish(range(3))
             await eventually(lambda: ("fast", 2) in handled, what="the other key went on")

@@ -20,6 +20,7 @@ from ..._records import OutRecord
 from ...ports import Capability
 from .. import crash
 from ._backend import Backend
+from ._failures import two_keys_on_one_partition
 from ._requires import requires
 from ._retry_member import build
 from ._util import Names, eventually, wait_letters
@@ -48,21 +49,8 @@ def test_a_non_blocking_retry_lets_the_partition_commit_and_keeps_its_key_in_ord
     failures: dict[tuple[str | None, int], int] = {("slow", 0): 2, ("slow", 2): 1}
 
     async def main() -> None:
-        app = backend.app("svc")
-        handled: list[tuple[str | None, int]] = []
-
-        @app.subscriber(topic, concurrency=concurrency, retry=_policy(2.0))
-        async def handle(payload: dict[str, Any], message: Message) -> None:
-            item = (message.key, payload["seq"])
-            if failures.get(item, 0) >= message.attempt:
-                raise ConnectionError("not yet")
-            handled.append(item)
-
-        async def publish(seqs: range) -> None:
-            for seq in seqs:  # one partition: the keys share it
-                await app.publish(topic, {"seq": seq}, key="slow", partition=0)
-                await app.publish(topic, {"seq": seq}, key="fast", partition=0)
-
+        app, handled, publish = two_keys_on_one_partition(
+            backend, topic, concurrency, _policy(2.0), failures)
         async with app:
             started = time.monotonic()
             await publish(range(3))
