@@ -150,20 +150,31 @@ def _log_of(child: Child) -> str:
     return child.stderr.read()
 
 
+def _flowing(children: list[Child], tmp_path: Path, url: str,
+             prefix: str) -> tuple[Child, Child]:
+    """A publisher and a group member on a new topic, once the member handled 50."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    publisher = _spawn(children, tmp_path, "publish", url, topic)
+    consumer = _spawn(children, tmp_path, "consume", url, topic)
+    _wait_for(lambda: len(consumer.values("got")) >= 50, 40, "the first 50 handled",
+              publisher, consumer)
+    return publisher, consumer
+
+
+def _wait_for_outage(consumer: Child, since: float, publisher: Child) -> None:
+    """Until the member's health, checked after ``since``, reports no connection."""
+    _wait_for(lambda: any(line.get("connected") is False and line["at"] > since
+                          for line in consumer.lines),
+              15, "the consumer's health reporting the outage", publisher, consumer)
+
+
 def test_publisher_and_group_member_recover_from_a_broker_restart(
         children: list[Child], tmp_path: Path) -> None:
     with restartable_tansu(publish_timeout="20") as broker:
-        topic = f"failover-{uuid.uuid4().hex[:8]}"
-        publisher = _spawn(children, tmp_path, "publish", broker.url, topic)
-        consumer = _spawn(children, tmp_path, "consume", broker.url, topic)
-        _wait_for(lambda: len(consumer.values("got")) >= 50, 40, "the first 50 handled",
-                  publisher, consumer)
-
+        publisher, consumer = _flowing(children, tmp_path, broker.url, "failover")
         killed = time.time()
         broker.kill()
-        _wait_for(lambda: any(h is False and line["at"] > killed for line in consumer.lines
-                              for h in [line.get("connected")]),
-                  15, "the consumer's health reporting the outage", publisher, consumer)
+        _wait_for_outage(consumer, killed, publisher)
         time.sleep(max(0.0, killed + 3 - time.time()))  # down for 3 s at least
         broker.start()
         restarted = time.time()
@@ -223,16 +234,10 @@ def test_nothing_acknowledged_is_lost_while_the_broker_is_frozen(
     record whose publish returned, before, during and after, is handled; the member,
     whose session expired meanwhile, resumes from its group's committed offsets."""
     with restartable_tansu(publish_timeout="20") as broker:
-        topic = f"frozen-{uuid.uuid4().hex[:8]}"
-        publisher = _spawn(children, tmp_path, "publish", broker.url, topic)
-        consumer = _spawn(children, tmp_path, "consume", broker.url, topic)
-        _wait_for(lambda: len(consumer.values("got")) >= 50, 40, "the first 50 handled",
-                  publisher, consumer)
+        publisher, consumer = _flowing(children, tmp_path, broker.url, "frozen")
         frozen = time.time()
         broker.freeze()
-        _wait_for(lambda: any(line.get("connected") is False and line["at"] > frozen
-                              for line in consumer.lines),
-                  15, "the consumer's health reporting the outage", publisher, consumer)
+        _wait_for_outage(consumer, frozen, publisher)
         time.sleep(max(0.0, frozen + 6 - time.time()))  # past the member's session
         broker.thaw()
         thawed = time.time()
