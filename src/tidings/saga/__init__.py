@@ -29,7 +29,13 @@ from __future__ import annotations
 
 from ._definition import Action, Command, Parallel, Saga, Sleep, Step
 from ._engine import SagaEngine
-from ._errors import SagaConflictError, SagaDefinitionError, SagaError, SagaNotFoundError
+from ._errors import (
+    SagaConflictError,
+    SagaDefinitionError,
+    SagaError,
+    SagaNotFoundError,
+    StepFailedError,
+)
 from ._run import SAGA_ID_HEADER, SAGA_STEP_HEADER
 from ._store import (
     ACTIVE,
@@ -64,4 +70,5 @@ __all__ = [
     "Sleep",
     "Step",
     "StepEvent",
+    "StepFailedError",
 ]

@@ -21,6 +21,7 @@ import pydantic
 from .._errors import NotRunningError
 from .._retry import Retry, RetryPolicy
 from ._definition import Action, Command, Step
+from ._errors import StepFailedError
 from ._store import StepEvent
 
 __all__ = ["Outcome", "StepInterrupted", "Track", "run_attempts"]
@@ -31,6 +32,8 @@ class Outcome:
     """How an action ended: its new state, or why it failed for good."""
 
     ok: bool
+    #: The new state; on a failure, the state a :class:`StepFailedError` carried (None:
+    #: unchanged).
     state: pydantic.BaseModel | None = None
     error: str | None = None
     timed_out: bool = False
@@ -116,14 +119,18 @@ async def _failed(run: Runner, track: Track, step: Step[Any], policy: RetryPolic
     timed_out = isinstance(exc, TimeoutError)
     error = _describe(exc) if not timed_out or str(exc) else \
         f"timed out after {step.timeout:g} s"
-    decision = policy.decide(attempt, exc)
+    failed = exc if isinstance(exc, StepFailedError) else None
+    if failed is not None:  # for good, whatever the policy says
+        error = failed.reason or error
+    decision = None if failed is not None else policy.decide(attempt, exc)
     now = time.time()
     wake_at = now + decision.delay if isinstance(decision, Retry) else now
     await track.save([run.event(step.name, phase, "timed_out" if timed_out else "failed",
                                 attempt, error)], wake_at=wake_at, deadline=None)
     if isinstance(decision, Retry):
         return None
-    return Outcome(False, error=error, timed_out=timed_out)
+    return Outcome(False, state=None if failed is None else failed.state, error=error,
+                   timed_out=timed_out)
 
 
 async def _cut_short(run: Runner, track: Track, step: Step[Any], action: Action[Any],

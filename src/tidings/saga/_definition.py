@@ -65,7 +65,10 @@ class Step(Generic[S]):
     """One step of a saga.
 
     ``action`` runs in the forward direction, ``compensation`` undoes it when a later
-    step fails. Each attempt is limited to ``timeout`` seconds (None: no limit) and
+    step fails. A step without an action only holds a compensation (marking the
+    business object failed, say): reaching it costs no write of its own (it is recorded
+    with the next step's), and when a later step fails its compensation runs like any
+    other. Each attempt is limited to ``timeout`` seconds (None: no limit) and
     failed attempts are retried by ``retry`` (a :class:`~tidings.RetryPolicy`; its
     ``give_up_on`` errors fail the step at once). ``compensation_retry`` does the same
     for the compensation; a compensation that exhausts it parks the saga in
@@ -75,7 +78,7 @@ class Step(Generic[S]):
     """
 
     name: str
-    action: Action[S]
+    action: Action[S] | None = None
     compensation: Action[S] | None = None
     timeout: float | None = 30.0
     retry: RetryPolicy = field(default=_DEFAULT_RETRY)
@@ -87,7 +90,12 @@ class Step(Generic[S]):
             raise SagaDefinitionError(
                 f"invalid step name {self.name!r}: use 1-200 letters, digits, '.', '_' or '-'"
             )
-        _check_action(self.name, "action", self.action)
+        if self.action is not None:
+            _check_action(self.name, "action", self.action)
+        elif self.compensation is None or self.retriable:
+            raise SagaDefinitionError(
+                f"step {self.name!r} has no action: it must hold a compensation and not "
+                "be retriable")
         if self.compensation is not None:
             _check_action(self.name, "compensation", self.compensation)
         if self.timeout is not None and not self.timeout > 0:
@@ -154,6 +162,8 @@ class Parallel(Generic[S]):
         object.__setattr__(self, "branches", tuple(self.branches))
         if len(self.branches) < 2 or not all(isinstance(b, Step) for b in self.branches):
             raise SagaDefinitionError(f"Parallel {self.name!r} takes two or more Steps")
+        if any(b.action is None for b in self.branches):
+            raise SagaDefinitionError(f"Parallel {self.name!r}: every branch needs an action")
         if len({b.retriable for b in self.branches}) > 1:
             raise SagaDefinitionError(f"Parallel {self.name!r}: its branches are all "
                                       "retriable or none is")
@@ -201,7 +211,7 @@ class Saga(Generic[S]):
 
 def _can_fail(step: StepLike[Any]) -> bool:
     """Whether a step can fail for good and so undo the steps before it."""
-    if isinstance(step, Sleep):
+    if isinstance(step, Sleep) or (isinstance(step, Step) and step.action is None):
         return False
     return not step.retriable
 

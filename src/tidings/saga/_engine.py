@@ -24,7 +24,7 @@ from ._attempt import started
 from ._definition import Parallel, Saga, Step
 from ._errors import SagaConflictError, SagaDefinitionError, SagaNotFoundError
 from ._parallel import arm_branches
-from ._run import SagaRun, StepInterrupted
+from ._run import SagaRun, StepInterrupted, skip_markers
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
 
 if TYPE_CHECKING:
@@ -284,7 +284,12 @@ def _first_record(saga: Saga[Any], saga_id: str, state: pydantic.BaseModel, owne
     record = SagaRecord(saga_id, saga.name, SagaStatus.RUNNING, Direction.FORWARD,
                         state.model_dump_json(), owner=owner, lease_until=now + lease)
     events = [StepEvent(saga_id, "", "saga", str(SagaStatus.RUNNING))]
-    first = saga.steps[0]
+    index = skip_markers(saga.steps, 0)  # steps without an action cost no write
+    if index == len(saga.steps):
+        return record.replace(step=index), events
+    if index:
+        record = record.replace(step=index)
+    first = saga.steps[index]
     if isinstance(first, Step):
         events.append(StepEvent(saga_id, first.name, "action", "started", 1))
         record = record.replace(**started(first, 1))

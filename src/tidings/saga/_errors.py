@@ -7,14 +7,18 @@
     │   └── SagaDefinitionError   a saga definition is invalid (raised when it is built)
     └── SagaError                 a saga instance cannot be found, retried or saved
         ├── SagaNotFoundError     no saga instance has this id
-        └── SagaConflictError     another instance of the service owns the saga now
+        ├── SagaConflictError     another instance of the service owns the saga now
+        └── StepFailedError       raised by a step to fail for good at once
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._errors import ConfigurationError, TidingsError
 
-__all__ = ["SagaConflictError", "SagaDefinitionError", "SagaError", "SagaNotFoundError"]
+__all__ = ["SagaConflictError", "SagaDefinitionError", "SagaError", "SagaNotFoundError",
+           "StepFailedError"]
 
 
 class SagaDefinitionError(ConfigurationError):
@@ -31,3 +35,24 @@ class SagaNotFoundError(SagaError, LookupError):
 
 class SagaConflictError(SagaError):
     """The saga's lease moved to another instance (or its version changed) meanwhile."""
+
+
+class StepFailedError(SagaError):
+    """Raised by a step's action, or by a :class:`~tidings.saga.Command`'s ``on_reply``,
+    to fail the step for good at once, whatever its retry policy says: the saga
+    compensates the steps before it (past its point of no return, it parks).
+
+    ``state``, if given (the saga's state model), is saved with the failure, so the
+    compensations see it: the reason an order is cancelled, say::
+
+        def on_reply(order: Order, reply: dict) -> Order:
+            if reply["type"] == "STOCK_REJECTED":
+                order.failure = reply["reason"]
+                raise StepFailedError(reply["reason"], state=order)
+            return order
+    """
+
+    def __init__(self, reason: str, *, state: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.state = state

@@ -117,8 +117,10 @@ class ParallelRun:
         except BaseExceptionGroup as errors:  # the app stopped, or the lease was lost
             raise errors.exceptions[0] from None
         failed = [r.result() for r in running if not r.result().ok]
-        if failed:
-            return Outcome(False, error=failed[0].error)
+        if failed:  # with the state a branch's StepFailedError changed, if one did
+            carried = any(f.state is not None for f in failed)
+            return Outcome(False, error=failed[0].error,
+                           state=self.run.state if carried else None)
         return Outcome(True, state=self.run.state)
 
     async def backward(self) -> Outcome:
@@ -144,6 +146,11 @@ class ParallelRun:
         entry = self.progress[branch.name]
         if not outcome.ok:
             entry["maybe"] = outcome.timed_out
+            if outcome.state is not None:  # a StepFailedError's: merged like a success's
+                assert run.state is not None
+                run.state = run.state.model_copy(update=_changes(before, outcome.state))
+                return Outcome(False, state=run.state, error=outcome.error,
+                               timed_out=outcome.timed_out)
             return outcome
         assert outcome.state is not None
         assert run.state is not None

@@ -30,19 +30,32 @@ import pydantic
 
 from .._retry import RetryPolicy
 from ._attempt import Outcome, StepInterrupted, run_attempts, started
-from ._definition import Action, Command, Parallel, Saga, Sleep, Step
+from ._definition import Action, Command, Parallel, Saga, Sleep, Step, StepLike
+from ._errors import StepFailedError
 from ._parallel import ParallelRun, arm_branches
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
 
 if TYPE_CHECKING:
     from .._app import App
 
-__all__ = ["SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Dormant", "SagaRun", "StepInterrupted"]
+__all__ = ["SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Dormant", "SagaRun", "StepInterrupted",
+           "skip_markers"]
 
 log = logging.getLogger("tidings.saga")
 
 SAGA_ID_HEADER = "tidings-saga-id"
 SAGA_STEP_HEADER = "tidings-saga-step"
+
+
+def skip_markers(steps: Sequence[StepLike[Any]], index: int) -> int:
+    """The first step from ``index`` on with an action: a step without one (it only
+    holds a compensation) is passed going forward without a write of its own."""
+    while index < len(steps):
+        step = steps[index]
+        if not isinstance(step, Step) or step.action is not None:
+            break
+        index += 1
+    return index
 
 
 class Dormant(Exception):
@@ -131,17 +144,23 @@ class SagaRun:
             await self._advance(step.name, "action", Outcome(True, state=self.state), index + 1)
             return
         undo, done = None, []
+        if isinstance(step, Step) and step.action is None:  # only holds a compensation
+            self.record = self.record.replace(step=index + 1, attempts=0)
+            self._armed = False  # the next step's first attempt is not recorded yet
+            return
         if isinstance(step, Parallel):
             group = ParallelRun(self, step)
             outcome = await group.forward()
             undo, done = group.undo_list(), group.unsaved
         else:
+            assert step.action is not None
             outcome = await self.attempts(step, step.action, step.retry, "action",
                                           _RecordTrack(self))
         if outcome.ok:
             await self._advance(step.name, "action", outcome, index + 1, done)
         elif step.retriable:
-            await self._park(SagaStatus.PARKED, f"step {step.name!r}: {outcome.error}")
+            await self._park(SagaStatus.PARKED, f"step {step.name!r}: {outcome.error}",
+                             outcome.state)
         else:
             await self._compensate_from(index, step, outcome, undo)
 
@@ -154,7 +173,7 @@ class SagaRun:
             [self.event("", "saga", SagaStatus.COMPENSATING, error=outcome.error)],
             status=SagaStatus.COMPENSATING, direction=Direction.BACKWARD, step=start,
             attempts=0, error=f"step {step.name!r}: {outcome.error}", branches=undo,
-            wake_at=None, deadline=None,
+            wake_at=None, deadline=None, **self._keep(outcome.state),
         )
 
     async def _backward(self) -> None:
@@ -175,7 +194,8 @@ class SagaRun:
             await self._advance(step.name, "compensation", outcome, index - 1)
         else:
             await self._park(SagaStatus.FAILED_COMPENSATION,
-                             f"compensation of step {step.name!r}: {outcome.error}")
+                             f"compensation of step {step.name!r}: {outcome.error}",
+                             outcome.state)
 
     async def _advance(self, name: str, phase: str, outcome: Outcome, to: int,
                        done: Sequence[StepEvent] = ()) -> None:
@@ -190,6 +210,8 @@ class SagaRun:
         changes: dict[str, Any] = {"step": to, "attempts": 0, "wake_at": None,
                                    "deadline": None, "branches": None, "state": state}
         forward = self.record.direction is Direction.FORWARD
+        if forward:
+            to = changes["step"] = skip_markers(self.saga.steps, to)
         end = to >= len(self.saga.steps) if forward else to < 0
         if end:
             status = SagaStatus.COMPLETED if forward else SagaStatus.COMPENSATED
@@ -243,10 +265,15 @@ class SagaRun:
         # The step gets a copy: a failed attempt must not have changed the saga's state.
         state = self.saga.state.model_validate_json(saved[1]) \
             if saved is not None and saved[0] is self.state else self.state.model_copy(deep=True)
-        if isinstance(action, Command):
-            return await self._command(step, action, state, phase)
-        async with asyncio.timeout(step.timeout):
-            result = await action(state)
+        try:
+            if isinstance(action, Command):
+                return await self._command(step, action, state, phase)
+            async with asyncio.timeout(step.timeout):
+                result = await action(state)
+        except StepFailedError as exc:
+            if exc.state is not None:
+                self._checked(exc.state, state, step)  # a TypeError if it is no state
+            raise
         return self._checked(result, state, step)
 
     async def _command(self, step: Step[Any], command: Command[Any],
@@ -277,10 +304,21 @@ class SagaRun:
     async def _finish(self, status: SagaStatus) -> None:
         await self.save([self.event("", "saga", status)], release=True, status=status)
 
-    async def _park(self, status: SagaStatus, error: str) -> None:
+    async def _park(self, status: SagaStatus, error: str,
+                    state: pydantic.BaseModel | None = None) -> None:
         log.error("saga %s (%s) parked as %s: %s", self.record.id, self.saga.name, status, error)
         await self.save([self.event("", "saga", status, error=error)], status=status,
-                        error=error)
+                        error=error, **self._keep(state))
+
+    def _keep(self, state: pydantic.BaseModel | None) -> dict[str, Any]:
+        """The record change that saves ``state`` (a failed step's, from
+        :class:`StepFailedError`) as the saga's; none if there is none."""
+        if state is None or (self._saved is not None and state is self._saved[0]):
+            return {}
+        self.state = state
+        dumped = state.model_dump_json()
+        self._saved = (state, dumped)
+        return {"state": dumped}
 
     def event(self, step: str, phase: str, outcome: str, attempt: int = 0,
               error: str | None = None) -> StepEvent:
