@@ -16,10 +16,12 @@ def test_exported_members() -> None:
         "Parallel", "SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Saga", "SagaConflictError",
         "SagaDefinitionError", "SagaEngine", "SagaError", "SagaNotFoundError", "SagaRecord",
         "SagaStatus", "SagaStore", "Sleep", "Step", "StepEvent",
+        "StepFailedError",
     ]
     assert sorted(tidings.sqlalchemy.__all__) == [
         "DeadRow", "GroupCommit", "Inbox", "Lease", "Outbox", "OutboxDeadLetters",
         "OutboxRelay", "OutsideTransactionError", "SqlSagaStore", "create_tables",
+        "execute_dml",
         "inbox_table", "leases_table", "metadata", "outbox_dead_table", "outbox_table",
         "saga_events_table", "sagas_table", "sqlite_engine",
     ]

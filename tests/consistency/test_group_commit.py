@@ -13,11 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, select
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ConfigurationError
-from tidings.sqlalchemy import GroupCommit, sqlite_engine
+from tidings.sqlalchemy import GroupCommit, execute_dml, sqlite_engine
 
 from .services import make_engine
 
@@ -281,5 +293,37 @@ def test_on_postgresql_a_saga_started_in_a_unit_costs_two_round_trips(
             units = [q for q in sent if "tidings_unit" in q or "tidings_sagas" in q]
             assert len(units) == 20, units  # a SAVEPOINT (+ RELEASE) and an INSERT each
             assert [e.step for e in await store.history("s9")] == ["", "a"]
+
+    asyncio.run(main())
+
+
+def test_execute_dml_runs_statements_built_once_in_the_units_transaction(url: str) -> None:
+    """execute_dml: rows changed, values the statement fixed itself (``n == 1``), many rows
+    at once, and a savepoint that rolls back takes its statements with it."""
+    add = sql_insert(items)
+    bump = update(items).where(items.c.id == bindparam("key"), items.c.n == 1
+                               ).values(n=bindparam("to"))
+
+    async def main() -> None:
+        async with database(url) as engine:
+            commits = GroupCommit.of(engine)
+
+            async def first(conn: AsyncConnection) -> tuple[int, int, int]:
+                added = await execute_dml(conn, add, [{"id": "a", "n": 1}, {"id": "b", "n": 2}])
+                return (added, await execute_dml(conn, bump, {"key": "a", "to": 5}),
+                        await execute_dml(conn, bump, {"key": "b", "to": 5}))  # n is 2: none
+
+            async def failing(conn: AsyncConnection) -> None:
+                await execute_dml(conn, add, {"id": "c", "n": 1})
+                raise Boom("c")
+
+            results = await asyncio.gather(commits.run(first), commits.run(failing),
+                                           return_exceptions=True)
+            many = -1 if engine.dialect.driver == "asyncpg" else 2  # asyncpg: not counted
+            assert results[0] == (many, 1, 0) and isinstance(results[1], Boom)
+            async with engine.connect() as conn:
+                rows = (await conn.execute(select(items.c.id, items.c.n).order_by(items.c.id))
+                        ).all()
+            assert [tuple(r) for r in rows] == [("a", 5), ("b", 2)]
 
     asyncio.run(main())

@@ -46,7 +46,7 @@ from ._schema import (
     sagas_table,
 )
 from ._sql import OutsideTransactionError
-from ._sqlite import sqlite_engine
+from ._sqlite import execute_dml, sqlite_engine
 
 __all__ = [
     "DeadRow",
@@ -59,6 +59,7 @@ __all__ = [
     "OutsideTransactionError",
     "SqlSagaStore",
     "create_tables",
+    "execute_dml",
     "inbox_table",
     "leases_table",
     "metadata",

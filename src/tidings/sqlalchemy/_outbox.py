@@ -26,7 +26,7 @@ from .._records import OutRecord, check_record_bytes
 from ._outbox_dead import OutboxDeadLetters
 from ._schema import outbox_table
 from ._sql import Executor, in_transaction
-from ._sqlite import execute
+from ._sqlite import execute_dml
 
 if TYPE_CHECKING:
     from .._app import App
@@ -100,7 +100,7 @@ class Outbox:
         row = _row(record)
         connection = await executor.connection() if isinstance(executor, AsyncSession) \
             else executor
-        await execute(connection, _INSERT, row)  # on sqlite_engine: the sqlite3 connection
+        await execute_dml(connection, _INSERT, row)  # on sqlite_engine: the sqlite3 connection
         if connection.sync_connection is not None:
             connection.sync_connection.info[self._flag] = True
         return str(row["message_id"])

@@ -29,7 +29,7 @@ from ..saga._store import (
 from ._group import GroupCommit
 from ._schema import saga_events_table, sagas_table
 from ._sql import Executor, after_commit, in_transaction
-from ._sqlite import execute
+from ._sqlite import execute_dml
 
 __all__ = ["SqlSagaStore"]
 
@@ -114,10 +114,10 @@ async def _save_many(conn: AsyncConnection,
         matched = {row[0] for row in await conn.execute(_SAVE_MANY_PG, columns)}
         ok = [values["w_id"] in matched for values, _ in items]
     else:
-        ok = [await execute(conn, _SAVE, values) == 1 for values, _ in items]
+        ok = [await execute_dml(conn, _SAVE, values) == 1 for values, _ in items]
     rows = [row for (_, events), good in zip(items, ok, strict=True) if good for row in events]
     if rows:
-        await execute(conn, _INSERT_EVENTS, rows)
+        await execute_dml(conn, _INSERT_EVENTS, rows)
     return [None if good else SagaConflictError(
         f"saga {values['w_id']} changed hands or versions meanwhile")
         for (values, _), good in zip(items, ok, strict=True)]
@@ -154,9 +154,9 @@ class SqlSagaStore(SagaStore):
             values.update({f"e_{name}": [row[name] for row in rows] for name in _EVENT_COLUMNS})
             await conn.execute(_CREATE_PG, values)
             return
-        await execute(conn, _INSERT, _values(record))
+        await execute_dml(conn, _INSERT, _values(record))
         if events:
-            await execute(conn, _INSERT_EVENTS, _event_values(events))
+            await execute_dml(conn, _INSERT_EVENTS, _event_values(events))
 
     async def get(self, saga_id: str) -> SagaRecord | None:
         """The saga with this id, or None."""

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .._errors import ConfigurationError
 from .._private import private_file
 
-__all__ = ["driver_sqlite", "read_only_db_url", "sqlite_engine"]
+__all__ = ["driver_sqlite", "execute_dml", "read_only_db_url", "sqlite_engine"]
 
 
 class _InlineConnection(aiosqlite.Connection):
@@ -97,37 +97,65 @@ async def driver_sqlite(conn: AsyncConnection) -> sqlite3.Connection | None:
     return driver._connection
 
 
-#: Statements compiled once for SQLite: (sql, the bind names in order).
-_COMPILED: dict[Any, tuple[str, tuple[str, ...]]] = {}
+#: Statements compiled once for SQLite: (sql, the bind names in order, the values of
+#: the binds the statement fixed itself: ``status == "PENDING"``, say).
+_COMPILED: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+#: More than this many means statements are built per call: start the cache afresh
+#: rather than let it grow (they still run, compiled each time).
+_MAX_COMPILED = 1000
 
 
 def _compiled(statement: Any, conn: AsyncConnection,
-              keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+              keys: tuple[str, ...]) -> tuple[str, tuple[str, ...], dict[str, Any]]:
     found = _COMPILED.get((statement, keys))
     if found is None:
+        if len(_COMPILED) >= _MAX_COMPILED:
+            _COMPILED.clear()
         # An INSERT names the columns it is given; an UPDATE has its bind parameters.
         columns = list(keys) if statement.is_insert else None
         compiled = statement.compile(dialect=conn.dialect, column_keys=columns)
-        found = _COMPILED[statement, keys] = (str(compiled), tuple(compiled.positiontup or ()))
+        names = tuple(compiled.positiontup or ())
+        binds = compiled.binds
+        fixed = {name: binds[name].effective_value for name in names
+                 if name not in keys and name in binds and not binds[name].required}
+        found = _COMPILED[statement, keys] = (str(compiled), names, fixed)
     return found
 
 
-async def execute(conn: AsyncConnection, statement: Any,
-                  values: dict[str, Any] | list[dict[str, Any]]) -> int:
-    """Execute a DML ``statement`` built once (no expanding parameters) with ``values``
-    (a list: executemany); return the rows it changed.
+async def execute_dml(conn: AsyncConnection, statement: Any,
+                      values: dict[str, Any] | list[dict[str, Any]]) -> int:
+    """Execute an INSERT, UPDATE or DELETE ``statement`` with ``values`` (a list: one
+    execution per row); return the number of rows it changed (for a list, -1 where the
+    driver does not count them: asyncpg).
+
+    For a service's hot paths: build the statement once, at import or in ``__init__``
+    (its bind parameters named with :func:`~sqlalchemy.bindparam`, none expanding), and
+    run it with new values each time::
+
+        _finish = update(orders).where(orders.c.id == bindparam("oid"),
+                                       orders.c.status == "PENDING"
+                                       ).values(status=bindparam("new_status"))
+
+        async def finish(conn: AsyncConnection, order_id: str) -> bool:
+            return await execute_dml(conn, _finish, {"oid": order_id,
+                                                     "new_status": "DONE"}) == 1
 
     On a :func:`sqlite_engine` connection it runs on the sqlite3 connection itself, the
-    statement compiled once: SQLAlchemy's execution machinery costs ten times the
-    statement here. Elsewhere it is an ordinary ``conn.execute``.
+    statement compiled once per set of value names: SQLAlchemy's execution machinery
+    costs several times the statement there. On any other connection it is an ordinary
+    ``conn.execute(statement, values)``. It joins the transaction of ``conn`` either way
+    (a :class:`GroupCommit` unit's, say).
     """
     raw = await driver_sqlite(conn)
     if raw is None:
         return int((await conn.execute(statement, values)).rowcount)
-    sql, names = _compiled(statement, conn, tuple(values[0] if isinstance(values, list)
-                                                  else values))
+    sql, names, fixed = _compiled(statement, conn, tuple(values[0] if isinstance(values, list)
+                                                         else values))
     if isinstance(values, list):
-        return raw.executemany(sql, [[row[n] for n in names] for row in values]).rowcount
+        rows = values if not fixed else [{**fixed, **row} for row in values]
+        return raw.executemany(sql, [[row[n] for n in names] for row in rows]).rowcount
+    if fixed:
+        values = {**fixed, **values}
     return raw.execute(sql, [values[n] for n in names]).rowcount
 
 
@@ -137,13 +165,15 @@ async def insert_returning(conn: AsyncConnection, statement: Any,
     the returned values in the rows' order.
 
     On a :func:`sqlite_engine` connection each row runs on the sqlite3 connection itself
-    (compiled once, as :func:`execute`); elsewhere it is one ``conn.execute`` of them all,
+    (compiled once, as :func:`execute_dml`); elsewhere it is one ``conn.execute`` of them all,
     whose RETURNING must then keep the rows' order (``sort_by_parameter_order``).
     """
     raw = await driver_sqlite(conn)
     if raw is None:
         return list((await conn.execute(statement, rows)).scalars())
-    sql, names = _compiled(statement, conn, tuple(rows[0]))
+    sql, names, fixed = _compiled(statement, conn, tuple(rows[0]))
+    if fixed:
+        rows = [{**fixed, **row} for row in rows]
     return [raw.execute(sql, [row[n] for n in names]).fetchone()[0] for row in rows]
 
 
