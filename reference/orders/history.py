@@ -15,11 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.eventsourcing import Aggregate, EventRegistry
-from tidings.eventsourcing.sqlalchemy import EventStore, events_table
+from tidings.eventsourcing.sqlalchemy import EventStore
 
 from ..common.events import OrderCancelled, OrderConfirmed, OrderCreated
 from ..common.messaging import Tx
@@ -55,8 +54,6 @@ class History:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.store = EventStore(engine, EVENTS, snapshot_every=50)
-        self._version = select(func.max(events_table.c.version)).where(
-            events_table.c.stream_id == bindparam("stream"))
 
     async def opened(self, tx: Tx, event: OrderCreated,
                      cancelled: OrderCancelled | None = None) -> None:
@@ -70,17 +67,15 @@ class History:
     async def closed(self, tx: Tx, event: OrderConfirmed | OrderCancelled) -> None:
         """Add the order's outcome to its history.
 
-        The ``orders`` row has just moved from PENDING (once), so the history needs no
-        replaying to decide anything: only its version, read in this transaction.
-        (``store.load`` would read on a second connection, and waiting for one in the
-        middle of a write transaction lets another writer of this process block on
-        SQLite's lock.) A stale version raises
+        The ``orders`` row has just moved from PENDING, once, in this transaction, and a
+        PENDING order's history holds its creation only (an order cancelled when it was
+        created never is PENDING): the outcome is version 2, with nothing to read or
+        replay. Were the history anything else, the event store's version check raises
         :class:`~tidings.eventsourcing.ConcurrencyConflictError`, which rolls the whole
-        transaction back; the bus handler's (or saga step's) retry runs it again.
+        transaction back.
         """
-        version = await tx.conn.scalar(self._version, {"stream": event.order_id})
         history = OrderHistory(event.order_id)
-        history.status, history.version = "PENDING", version or 0
+        history.status, history.version = "PENDING", 1
         history.record(event)
         await self.store.save(history, session=tx.conn)
 

@@ -7,17 +7,18 @@ starts in the same transaction that inserts the order.
 
 Steps, and what undoes them when a later step fails::
 
-    open-order          -                   | cancel the order (with the reason)
+    open-order          (no action)         | cancel the order (with the reason)
     reserve-stock       ReserveStock        | ReleaseStock
-    check-stock         fail if rejected    | -
     charge-payment      ChargePayment       | RefundPayment
-    check-payment       fail if declined    |
     commit-and-confirm  (at once, joined; retried, never undone: past the point of no return)
       commit-stock      CommitStock
       confirm-order     order CONFIRMED
 
-A rejection or a decline is recorded in the saga's state by the reply, then the check
-step after it fails, so the compensations run and the cancellation knows its reason.
+``open-order`` only holds the cancellation: reaching it costs no write. A rejection or a
+decline fails its step for good at once (:class:`~tidings.saga.StepFailedError`, whatever
+the retry policy), with the reason recorded in the saga's state, so the compensations
+run and the cancellation knows why. A step that fails that way took no effect, so it is
+not compensated itself: a rejected reservation reserved nothing.
 The card is charged only once the stock is reserved (an order that cannot be delivered
 never touches the card), so reserving and charging cannot run at once; committing the
 stock and confirming the order can (a :class:`~tidings.saga.Parallel` step).
@@ -30,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tidings import RetryPolicy
-from tidings.saga import Command, Parallel, Saga, SagaEngine, Step
+from tidings.saga import Command, Parallel, Saga, SagaEngine, Step, StepFailedError
 from tidings.sqlalchemy import SqlSagaStore
 
 from ..common.events import (
@@ -49,7 +50,7 @@ from ..common.service import Service
 from .api import Starter
 from .store import CANCELLED, CONFIRMED, OrderStore
 
-__all__ = ["OrderFailedError", "OrderState", "orchestrate"]
+__all__ = ["OrderState", "orchestrate"]
 
 #: Participants may be restarting (a crash, a deploy): keep asking for a while.
 REQUEST_RETRY = RetryPolicy(max_attempts=12, backoff=0.5, max_backoff=5.0)
@@ -67,28 +68,11 @@ class OrderState(BaseModel):
     failure: str | None = None
 
 
-class OrderFailedError(Exception):
-    """Stock was rejected or the card declined: the order is cancelled."""
-
-
-#: A check fails for good on a rejection, but an attempt cut short by a crash (the engine
-#: counts it as used) is simply made again.
-CHECK_RETRY = RetryPolicy(max_attempts=5, backoff=0.05, give_up_on=(OrderFailedError,))
-
-
-def _note_failure(state: OrderState, reply: Any) -> OrderState:
+def _fail_on_refusal(state: OrderState, reply: Any) -> OrderState:
+    """A rejection or a decline fails the step for good, with its reason kept."""
     if isinstance(reply, dict) and reply.get("type") in ("STOCK_REJECTED", "PAYMENT_DECLINED"):
         state.failure = str(reply.get("reason", "failed"))
-    return state
-
-
-async def _check(state: OrderState) -> OrderState:
-    if state.failure is not None:
-        raise OrderFailedError(state.failure)
-    return state
-
-
-async def _nothing(state: OrderState) -> OrderState:
+        raise StepFailedError(state.failure, state=state)
     return state
 
 
@@ -113,20 +97,17 @@ def order_saga(service: Service, store: OrderStore) -> Saga[OrderState]:
         return state.order_id
 
     return Saga("place-order", OrderState, [
-        Step("open-order", _nothing, compensation=cancel, retry=CHECK_RETRY,
-             compensation_retry=REQUEST_RETRY),
+        Step("open-order", compensation=cancel, compensation_retry=REQUEST_RETRY),
         Step("reserve-stock", _command(INVENTORY_COMMANDS, lambda s: ReserveStock(
-                 order_id=oid(s), items=tuple(s.items)), _note_failure),
+                 order_id=oid(s), items=tuple(s.items)), _fail_on_refusal),
              compensation=_command(INVENTORY_COMMANDS, lambda s: ReleaseStock(order_id=oid(s))),
              timeout=10, retry=REQUEST_RETRY, compensation_retry=REQUEST_RETRY),
-        Step("check-stock", _check, compensation=_nothing, retry=CHECK_RETRY),
         Step("charge-payment", _command(PAYMENTS_COMMANDS, lambda s: ChargePayment(
                  order_id=oid(s), user_id=s.user_id, amount_cents=s.total_cents,
                  card_token=s.card_token),
-                 _note_failure),
+                 _fail_on_refusal),
              compensation=_command(PAYMENTS_COMMANDS, lambda s: RefundPayment(order_id=oid(s))),
              timeout=10, retry=REQUEST_RETRY, compensation_retry=REQUEST_RETRY),
-        Step("check-payment", _check, retry=CHECK_RETRY),
         Parallel("commit-and-confirm", (
             Step("commit-stock", _command(INVENTORY_COMMANDS, lambda s: CommitStock(
                 order_id=oid(s))), timeout=10, retry=REQUEST_RETRY, retriable=True),

@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings.sqlalchemy import execute_dml
+
 from ..common.events import OrderCancelled, OrderConfirmed, OrderCreated, Topics
 from ..common.messaging import Tx
 from .history import History
@@ -70,7 +72,8 @@ class OrderStore:
         self.known_users: dict[int, float] = {}
         self.known_prices: dict[str, int] = {}
         o = self.orders.c
-        # Built once, reused with new parameters (SQLAlchemy caches their compiled form).
+        # Built once, run with new values by execute_dml (on the sqlite3 connection
+        # itself on the service's SQLite: SQLAlchemy's machinery costs more than they do).
         self._insert = insert(self.orders)
         self._finish = update(self.orders).where(
             o.order_id == bindparam("oid"), o.status == PENDING,
@@ -88,7 +91,7 @@ class OrderStore:
     async def insert(self, tx: Tx, order: OrderCreated, cancel: str | None = None) -> None:
         """A new PENDING order, or one CANCELLED at once for ``cancel`` (announced)."""
         now = time.time()
-        await tx.conn.execute(self._insert, {
+        await execute_dml(tx.conn, self._insert, {
             "order_id": order.order_id, "user_id": order.user_id,
             "status": PENDING if cancel is None else CANCELLED,
             "total_cents": order.total_cents, "reason": cancel,
@@ -105,9 +108,9 @@ class OrderStore:
     async def finish(self, tx: Tx, order_id: str, status: str, reason: str | None = None
                      ) -> bool:
         """Move a PENDING order to ``status`` and announce it; False if it was final."""
-        result = await tx.conn.execute(self._finish, {
+        changed = await execute_dml(tx.conn, self._finish, {
             "oid": order_id, "new_status": status, "new_reason": reason, "at": time.time()})
-        if result.rowcount == 0:
+        if changed == 0:
             return False
         event: OrderConfirmed | OrderCancelled
         if status == CONFIRMED:
