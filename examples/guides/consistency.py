@@ -161,6 +161,47 @@ async def place(order_id: str, amount: int) -> str:
                                  within=session)
 
 
+@app.responder("payments.authorize")
+async def authorize(body: dict) -> dict:
+    if body["amount"] > 1000:
+        return {"approved": False, "reason": "over the card's limit"}
+    return {"approved": True}
+
+
+from tidings.saga import StepFailedError
+
+class Checkout(BaseModel):
+    order_id: str
+    amount: int
+    failure: str | None = None
+
+def refused(checkout: Checkout, reply: dict) -> Checkout:
+    if not reply["approved"]:
+        checkout.failure = reply["reason"]
+        raise StepFailedError(reply["reason"], state=checkout)
+    return checkout
+
+async def cancel(checkout: Checkout) -> None:        # sees checkout.failure
+    async with sessions() as session, session.begin():
+        row = await session.get(OrderRow, checkout.order_id)
+        row.status = f"CANCELLED: {checkout.failure}"
+
+checkout = Saga("checkout", Checkout, [
+    Step("open-order", compensation=cancel),         # no action: costs no write
+    Step("authorize", Command("payments.authorize",
+                              lambda c: {"order": c.order_id, "amount": c.amount},
+                              on_reply=refused), timeout=5),
+    Step("confirm", confirm, retriable=True),
+])
+
+
+async def check_out(order_id: str, amount: int) -> str:
+    async with sessions() as session, session.begin():
+        session.add(OrderRow(id=order_id, status="PENDING"))
+        return await sagas.start(checkout, Checkout(order_id=order_id, amount=amount),
+                                 within=session)
+
+
 from datetime import datetime
 
 @app.cron("*/5 * * * *", catch_up="latest")   # or: tidings.cron(app, "*/5 * * * *")
@@ -180,6 +221,11 @@ async def main() -> None:
         assert str(record.status) == "COMPLETED", record
         assert payments.charged == {"o-1": 30}
         assert reserved_orders == {"o-1"}
+        record = await sagas.wait(await check_out("o-2", 5000))
+        assert str(record.status) == "COMPENSATED", record
+        async with sessions() as session:
+            row = await session.get(OrderRow, "o-2")
+            assert row is not None and row.status == "CANCELLED: over the card's limit", row
     await engine.dispose()
     print("consistency guide: all ran")
 

@@ -15,7 +15,9 @@ Each attempt is counted in the store *before* it starts, so a process that dies 
 an attempt has used it up: a compensation that kills its process every time still ends
 in ``FAILED_COMPENSATION`` rather than looping. One write per step: the write that
 records a step's success also records the start of the next one, and the last one
-completes the saga and gives its lease up.
+completes the saga and gives its lease up. A step without an action (it only holds a
+compensation) costs none going forward: that write skips it. A step that raises
+:class:`StepFailedError` fails for good at once, with the state it carries.
 """
 
 from __future__ import annotations
