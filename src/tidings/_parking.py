@@ -18,7 +18,8 @@ a warning in the second case, by a check every :data:`CHECK_INTERVAL` seconds.
 The park log (:mod:`tidings._parklog`) is an ordinary topic on the bus, so this works
 on every backend that can read a log back (``replay``) and survives crashes. A member
 reads it when it gets partitions (from where it last read), before any of their
-records runs. Only a partition's owner writes events for it, and it writes them before
+records runs, and every :data:`CATCH_UP_INTERVAL` seconds besides, which lets it
+forget the entries it finished. Only a partition's owner writes events for it, and it writes them before
 it commits or gives the partition up, so a new owner knows every parked key. Each owner
 writes a parked message's whole state again once a day, so the log's retention (a
 week by default) never forgets one.
@@ -53,6 +54,9 @@ DEAD = -1.0
 CHECK_INTERVAL = 5.0
 #: Seconds a dead head waits for its re-driven copy before it is released.
 REDRIVE_GRACE = 120.0
+#: Seconds between reads of the park log to its end by a member whose partitions do not
+#: change (it reads it when they do): what it forgets of finished entries depends on it.
+CATCH_UP_INTERVAL = 60.0
 #: A parked message's whole state is written again once it is this old (a day), at
 #: most every REFRESH_INTERVAL seconds, so retention of the park log keeps it.
 REFRESH_AGE = 86400.0
@@ -71,6 +75,7 @@ class Parking:
         self.park_dead = park_dead
         self._index = ParkIndex()
         self._read_to: int | None = None
+        self._reading = asyncio.Lock()
         # Per partition object (a re-assigned partition gets a new one) and lane.
         self._running: dict[tuple[Partition, str], asyncio.Task[None]] = {}
         self._checker: asyncio.Task[None] | None = None
@@ -89,8 +94,7 @@ class Parking:
         it), so a read that fails is tried again until it succeeds or the consumer stops."""
         while True:
             try:
-                self._read_to = await read_log(self._transport, self._topic, self._read_to,
-                                               self._index.apply)
+                await self.catch_up()
                 break
             except TransportError as exc:
                 log.warning("could not read the park log %s: %s; retrying", self._topic, exc)
@@ -100,6 +104,15 @@ class Parking:
             part.parked = self._index.of(part.tp)
             for lane in list(part.parked):
                 self._wake(part, lane)
+
+    async def catch_up(self) -> None:
+        """Read the park log from where this member left off to its end, then forget
+        the finished entries that read has put behind it."""
+        async with self._reading:  # one at a time: the read position only goes forward
+            generation = self._index.begin_read()
+            self._read_to = await read_log(self._transport, self._topic, self._read_to,
+                                           self._index.apply)
+            self._index.read_done(generation)
 
     async def close(self, timeout: float) -> None:
         """Stop the lanes (a running handler gets ``timeout`` seconds to finish)."""
@@ -279,12 +292,16 @@ class Parking:
                 if lane and lane[0].dead]
 
     async def _check_loop(self) -> None:
-        refreshed = time.monotonic()
+        refreshed = caught_up = time.monotonic()
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             try:
                 if self.park_dead:
                     await self.check_dead()
+                if self._read_to is not None and \
+                        time.monotonic() - caught_up >= CATCH_UP_INTERVAL:
+                    caught_up = time.monotonic()
+                    await self.catch_up()
                 if time.monotonic() - refreshed >= REFRESH_INTERVAL:
                     refreshed = time.monotonic()
                     await self.refresh()

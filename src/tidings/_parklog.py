@@ -72,7 +72,12 @@ class ParkIndex:
     def __init__(self) -> None:
         self.lanes: dict[TopicPartition, dict[str, deque[Parked]]] = {}
         self.entries: dict[str, Parked] = {}
-        self.finished: set[str] = set()
+        #: The entries finished, so that their older events read later do not bring
+        #: them back, each with the read generation it was finished in: once a read
+        #: that began after that has reached the log's end, those events are behind
+        #: every later read, and the id is forgotten (see :meth:`begin_read`).
+        self.finished: dict[str, int] = {}
+        self._generation = 0
 
     def of(self, tp: TopicPartition) -> dict[str, deque[Parked]]:
         """The lanes of ``tp`` (the same dict each time: a partition shares it)."""
@@ -97,9 +102,20 @@ class ParkIndex:
         lane.insert(at, entry)
         return True
 
+    def begin_read(self) -> int:
+        """A read of the log to its end begins: its generation, for :meth:`read_done`."""
+        self._generation += 1
+        return self._generation
+
+    def read_done(self, generation: int) -> None:
+        """The read of ``generation`` reached the log's end: every event of an entry
+        finished before it began was read (its "done" event was appended first), and
+        the next read starts after them all, so those entries are forgotten."""
+        self.finished = {eid: gen for eid, gen in self.finished.items() if gen >= generation}
+
     def finish(self, entry_id: str) -> Parked | None:
         """Take the entry out of its lane (a lane left empty goes)."""
-        self.finished.add(entry_id)
+        self.finished[entry_id] = self._generation
         entry = self.entries.pop(entry_id, None)
         if entry is None:
             return None

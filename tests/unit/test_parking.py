@@ -125,3 +125,57 @@ async def _read_until(app: App, start: int, count: int) -> tuple[ParkIndex, int]
             return index, end
         await asyncio.sleep(0.05)
     raise AssertionError(f"the park log never told {count} entries")
+
+
+def test_finished_entries_are_forgotten_once_a_later_read_reached_the_logs_end() -> None:
+    """An entry finished before a read of the park log began has all its events before
+    that read's end: once the read is done, nothing behind it can bring the entry back."""
+    index = ParkIndex()
+    a, b = Parked("t/0/1", _record(1), 1, 0.0), Parked("t/0/2", _record(2), 1, 0.0)
+    index.add(a)
+    index.add(b)
+    index.finish(a.id)  # before the read began
+    generation = index.begin_read()
+    index.finish(b.id)  # during it: its "done" may lie past the read's end
+    index.read_done(generation)
+    assert set(index.finished) == {"t/0/2"}
+    index.apply(_as_read(_event("g", "park", b, full=True), 7))  # still refused
+    assert "t/0/2" not in index.entries
+    index.read_done(index.begin_read())
+    assert index.finished == {}
+
+
+def test_a_member_forgets_the_entries_it_finished_and_runs_none_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-running member whose partitions never change reads the park log now and
+    then: its finished entries are forgotten (memory stays bounded), and no message
+    runs again."""
+    monkeypatch.setattr("tidings._parking.CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr("tidings._parking.CATCH_UP_INTERVAL", 0.0)
+
+    async def main() -> None:
+        app = App("svc", broker=memory_url())
+        runs: dict[int, int] = {}
+
+        @app.subscriber("t", retry=RetryPolicy(backoff=0.01, blocking=False))
+        async def handle(payload: dict[str, int], message: Message) -> None:
+            runs[payload["n"]] = runs.get(payload["n"], 0) + 1
+            if runs[payload["n"]] == 1:
+                raise ConnectionError("down")  # parked, then retried once
+
+        async with app:
+            for n in range(30):
+                await app.publish("t", {"n": n}, key=f"k{n % 3}")
+            [consumer] = app._consumers
+            parking = consumer.parking
+            assert parking is not None
+            async with asyncio.timeout(20):
+                while len(runs) < 30 or min(runs.values()) < 2 or parking._index.entries:
+                    await asyncio.sleep(0.05)
+                while parking._index.finished:  # the periodic read forgets them
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # more periodic reads: nothing comes back
+            assert parking._index.entries == {} and parking._index.finished == {}
+        assert runs == dict.fromkeys(range(30), 2)
+
+    asyncio.run(main())
