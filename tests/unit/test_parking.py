@@ -169,11 +169,14 @@ def test_a_member_forgets_the_entries_it_finished_and_runs_none_twice(
             [consumer] = app._consumers
             parking = consumer.parking
             assert parking is not None
-            async with asyncio.timeout(20):
-                while len(runs) < 30 or min(runs.values()) < 2 or parking._index.entries:
-                    await asyncio.sleep(0.05)
-                while parking._index.finished:  # the periodic read forgets them
-                    await asyncio.sleep(0.05)
+            for _ in range(400):
+                if len(runs) == 30 and min(runs.values()) == 2 and not parking._index.entries:
+                    break
+                await asyncio.sleep(0.05)
+            for _ in range(400):  # the periodic read forgets them
+                if not parking._index.finished:
+                    break
+                await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # more periodic reads: nothing comes back
             assert parking._index.entries == {} and parking._index.finished == {}
         assert runs == dict.fromkeys(range(30), 2)
