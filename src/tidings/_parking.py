@@ -21,9 +21,8 @@ reads it when it gets partitions (from where it last read), before any of their
 records runs, and every :data:`CATCH_UP_INTERVAL` seconds besides, which lets it
 forget the entries it finished. Only a partition's owner writes events for it, and it
 writes them before it commits or gives the partition up, so a new owner knows every
-parked key. Each owner
-writes a parked message's whole state again once a day, so the log's retention (a
-week by default) never forgets one.
+parked key. Each owner writes a parked message's whole state again once a day, so the
+log's retention (a week by default) never forgets one.
 """
 
 from __future__ import annotations
