@@ -23,8 +23,7 @@ from ._message import Headers
 from ._records import OutRecord, Position, Record
 from .ports import Capability, Transport
 
-__all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dead_letter_status", "dlq_topic",
-           "parse_marks"]
+__all__ = ["DeadLetter", "DeadLetters", "dead_letter_record", "dlq_topic", "parse_marks"]
 
 _RESOLVES = Headers.DLQ_RESOLVES  # a resolution record: "partition:offset,..."
 #: How a resolution record resolved its entries: "redrive" or "purge" (older: purge).
@@ -243,38 +242,6 @@ def parse_marks(marks: str) -> set[tuple[int, int]]:
         partition, _, offset = mark.partition(":")
         out.add((int(partition), int(offset)))
     return out
-
-
-async def dead_letter_status(transport: Transport, topic: str) -> dict[tuple[str, int, int], str]:
-    """Per ``(group, original partition, original offset)`` of the dead letters of
-    ``topic``: ``pending``, ``redriven`` or ``purged`` (one still pending wins, then a
-    re-drive). A dead letter missing here was never written or was deleted by hand."""
-    try:
-        records = await _dlq_records(transport, topic, dlq_topic(topic))
-    except UnknownTopicError:
-        return {}
-    origins: dict[tuple[int, int], tuple[str, int, int]] = {}
-    how: dict[tuple[int, int], str] = {}
-    for record in records:
-        h = record.headers
-        marks = h.get(_RESOLVES)
-        if marks is not None:
-            kind = "redriven" if h.get(_RESOLUTION) == "redrive" else "purged"
-            how.update(dict.fromkeys(parse_marks(marks), kind))
-            continue
-        try:
-            origins[(record.partition, record.offset)] = (
-                h.get(Headers.DLQ_GROUP, ""), int(h[Headers.DLQ_PARTITION]),
-                int(h[Headers.DLQ_OFFSET]))
-        except (KeyError, ValueError):
-            continue  # malformed: its origin is unknown
-    rank = {"pending": 2, "redriven": 1, "purged": 0}
-    status: dict[tuple[str, int, int], str] = {}
-    for position, origin in origins.items():
-        state = how.get(position, "pending")
-        if origin not in status or rank[state] > rank[status[origin]]:
-            status[origin] = state
-    return status
 
 
 def _redriven(entry: DeadLetter) -> OutRecord:

@@ -33,7 +33,8 @@ import time
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
-from ._dlq import REDRIVE_OF, dead_letter_status
+from ._dlq import REDRIVE_OF
+from ._dlqscan import DeadLetterScan
 from ._errors import TransportError
 from ._parklog import Parked, ParkIndex, entry_id, park_topic, read_log
 from ._parklog import event_record as _event
@@ -80,6 +81,7 @@ class Parking:
         self._running: dict[tuple[Partition, str], asyncio.Task[None]] = {}
         self._checker: asyncio.Task[None] | None = None
         self._redriven_since: dict[str, float] = {}
+        self._scans: dict[str, DeadLetterScan] = {}  # per topic with dead heads
         self._closing = asyncio.Event()
         self._sleeping: set[asyncio.Task[None]] = set()
 
@@ -333,7 +335,10 @@ class Parking:
         heads = self.dead_heads(self._consumer.partitions())
         topics = {head.record.topic for _, head in heads}
         for topic in topics:
-            status = await dead_letter_status(self._transport, topic)
+            scan = self._scans.get(topic)
+            if scan is None:
+                scan = self._scans[topic] = DeadLetterScan(topic)
+            status = await scan.status(self._transport)
             for part, head in heads:
                 if head.record.topic != topic or not part.accepting:
                     continue
