@@ -274,3 +274,37 @@ def test_step_failed_error_with_a_state_of_another_kind_is_a_plain_failure(
         assert record.error is not None and "TypeError" in record.error
 
     asyncio.run(main())
+
+
+def test_step_failed_error_in_a_compensation_parks_the_saga_at_once(db_url: str) -> None:
+    """A compensation that cannot undo, for good (the refund was refused), parks the
+    saga in FAILED_COMPENSATION at once, its state kept, for a person to look at."""
+    tries: list[int] = []
+
+    async def charge(state: Order) -> Order:
+        state.charged = True
+        return state
+
+    async def refund(state: Order) -> None:
+        tries.append(1)
+        state.failure = "refund refused: account closed"
+        raise StepFailedError("refund refused", state=state)
+
+    async def ship(state: Order) -> None:
+        raise StepFailedError("nothing to ship")
+
+    saga = Saga("order", Order, [
+        S("charge", charge, compensation=refund, compensation_retry=PATIENT),
+        S("ship", ship),
+    ])
+
+    async def main() -> None:
+        async with database(db_url) as engine:
+            record, _, _ = await _run(engine, saga, Order(order="o-5"))
+        assert record.status is SagaStatus.FAILED_COMPENSATION
+        assert len(tries) == 1
+        assert record.error == "compensation of step 'charge': refund refused"
+        assert Order.model_validate_json(record.state).failure == \
+            "refund refused: account closed"
+
+    asyncio.run(main())

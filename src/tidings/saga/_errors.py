@@ -40,7 +40,8 @@ class SagaConflictError(SagaError):
 class StepFailedError(SagaError):
     """Raised by a step's action, or by a :class:`~tidings.saga.Command`'s ``on_reply``,
     to fail the step for good at once, whatever its retry policy says: the saga
-    compensates the steps before it (past its point of no return, it parks).
+    compensates the steps before it (past its point of no return, it parks). Raised by
+    a compensation, it parks the saga in ``FAILED_COMPENSATION`` at once.
 
     ``state``, if given (the saga's state model), is saved with the failure, so the
     compensations see it: the reason an order is cancelled, say::
