@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING
 from ._dlq import REDRIVE_OF
 from ._dlqscan import DeadLetterScan
 from ._errors import TransportError
-from ._parklog import Parked, ParkIndex, entry_id, park_topic, read_log
+from ._parklog import Parked, ParkIndex, entry_id, event_partition, park_topic, read_log
 from ._parklog import event_record as _event
-from ._records import Record
+from ._records import Record, TopicPartition
 from ._waiting import wait_event
 from .ports import Transport
 
@@ -94,9 +94,11 @@ class Parking:
         """Newly owned partitions: read the park log to its end, then run their lanes.
         Nothing of theirs runs before (else a parked key's later message could overtake
         it), so a read that fails is tried again until it succeeds or the consumer stops."""
+        new = {part.tp for part in parts}
         while True:
             try:
-                await self.catch_up()
+                await self.catch_up(
+                    {p.tp for p in self._consumer.partitions() if p.tp not in new})
                 break
             except TransportError as exc:
                 log.warning("could not read the park log %s: %s; retrying", self._topic, exc)
@@ -107,13 +109,20 @@ class Parking:
             for lane in list(part.parked):
                 self._wake(part, lane)
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, owned: Collection[TopicPartition]) -> None:
         """Read the park log from where this member left off to its end, then forget
-        the finished entries that read has put behind it."""
+        the finished entries that read has put behind it.
+
+        Events about the partitions in ``owned`` are passed over: their owner (this
+        member) wrote them, and its lanes, running meanwhile, know better (an old event
+        applied between two pages of the read could undo a later one for a moment)."""
+        def apply(event: Record) -> None:
+            if event_partition(event) not in owned:
+                self._index.apply(event)
+
         async with self._reading:  # one at a time: the read position only goes forward
             generation = self._index.begin_read()
-            self._read_to = await read_log(self._transport, self._topic, self._read_to,
-                                           self._index.apply)
+            self._read_to = await read_log(self._transport, self._topic, self._read_to, apply)
             self._index.read_done(generation)
 
     async def close(self, timeout: float) -> None:
@@ -303,7 +312,7 @@ class Parking:
                 if self._read_to is not None and \
                         time.monotonic() - caught_up >= CATCH_UP_INTERVAL:
                     caught_up = time.monotonic()
-                    await self.catch_up()
+                    await self.catch_up({p.tp for p in self._consumer.partitions()})
                 if time.monotonic() - refreshed >= REFRESH_INTERVAL:
                     refreshed = time.monotonic()
                     await self.refresh()

@@ -21,7 +21,8 @@ from datetime import datetime
 from ._records import OutRecord, Record, TopicPartition
 from .ports import Transport
 
-__all__ = ["ParkIndex", "Parked", "ParkedKey", "entry_id", "event_record", "park_topic",
+__all__ = ["ParkIndex", "Parked", "ParkedKey", "entry_id", "event_partition", "event_record",
+           "park_topic",
            "parked_keys", "read_log", "read_parked"]
 
 log = logging.getLogger("tidings.consumer")
@@ -148,6 +149,16 @@ class ParkIndex:
             entry.dead = True
         elif kind == "revive":
             entry.record, entry.attempt, entry.due, entry.dead = _record_of(event), 1, 0.0, False
+
+
+def event_partition(event: Record) -> TopicPartition | None:
+    """The partition of the message a park-log event is about (None if malformed)."""
+    head = event.headers.get(_ID, "").rpartition("/")[0]  # without the offset
+    topic, _, partition = head.rpartition("/")
+    try:
+        return TopicPartition(topic, int(partition))
+    except ValueError:
+        return None
 
 
 def _offset_of(eid: str) -> int:

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from tidings import App, ConfigurationError, Message, RetryPolicy
-from tidings._parklog import Parked, ParkIndex, park_topic, read_log
+from tidings._parklog import Parked, ParkIndex, event_partition, park_topic, read_log
 from tidings._parklog import event_record as _event
 from tidings._records import Record, TopicPartition
 from tidings.testing import memory_url
@@ -182,3 +182,11 @@ def test_a_member_forgets_the_entries_it_finished_and_runs_none_twice(
         assert runs == dict.fromkeys(range(30), 2)
 
     asyncio.run(main())
+
+
+def test_an_event_tells_the_partition_of_its_message() -> None:
+    entry = Parked("orders.v2/3/17", Record("orders.v2", 3, 17, "k", b"{}", {}, 1.0), 1, 0.0)
+    for kind in ("park", "attempt", "dead", "done"):
+        event = _as_read(_event("g", kind, entry, full=kind == "park"), 0)
+        assert event_partition(event) == TopicPartition("orders.v2", 3)
+    assert event_partition(Record("p", 0, 0, None, b"", {}, 1.0)) is None
