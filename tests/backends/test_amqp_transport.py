@@ -330,3 +330,50 @@ async def _until(check, timeout: float = 10) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+def test_the_delay_forwarder_starts_again_when_the_broker_cancels_it(
+        amqp_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Someone deletes tidings' due queue: the broker cancels the forwarder's consumer
+    while the connection lives on. The forwarder notices, declares the queue again and
+    consumes from it, so delayed records are delivered again (and aiormq still drops a
+    cancelled consumer from ``channel.consumers``, which the check relies on)."""
+    monkeypatch.setattr("tidings.backends.amqp._delay.WATCH_EVERY", 0.2)
+    topic = f"later-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        url = await _vhost(amqp_url, f"delay-{uuid.uuid4().hex[:8]}")
+        transport = from_url(url)
+        await transport.start()
+        try:
+            forwarder = transport._forwarder
+            assert forwarder is not None and forwarder.consuming
+            admin = await aiormq.connect(url)
+            channel = await admin.channel()
+            await channel.queue_delete("tidings.delay.due")
+            await admin.close()
+            for _ in range(50):
+                if not forwarder.consuming:
+                    break
+                await asyncio.sleep(0.02)
+            assert not forwarder.consuming  # cancelled by the broker
+            for _ in range(100):
+                if forwarder.consuming:
+                    break
+                await asyncio.sleep(0.05)
+            assert forwarder.consuming
+            await transport.ensure_topic(topic, 1)
+            await transport.append([OutRecord(topic, b"due", deliver_at=time.time() + 0.3)])
+            for _ in range(100):
+                records = await transport.read(topic, 0, 0, 10)
+                if records:
+                    break
+                await asyncio.sleep(0.05)
+            assert [r.value for r in records] == [b"due"]
+        finally:
+            await transport.close()
+
+    with caplog.at_level(logging.WARNING, "tidings.amqp"):
+        asyncio.run(main())
+    assert any("starting it again" in r.getMessage() for r in caplog.records)

@@ -9,11 +9,15 @@ transport forwards due messages into their streams: publish, await the confirm, 
 ack, so a crash repeats a forward rather than losing it. Every message of a bucket has
 the same TTL, so a queue expires in order and a long delay never holds a shorter one
 back (they wait in different queues). Rounding up means a record is never early, and at
-most ~10% (and 10 ms) late, plus the forward.
+most ~10% (and 10 ms) late, plus the forward. A forwarder whose consumer the broker
+cancels (its queue deleted, say) or whose channel it closes, while the connection
+lives on, starts again within :data:`WATCH_EVERY` seconds (a new connection makes a new
+forwarder anyway).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -26,7 +30,8 @@ from pamqp.common import FieldValue
 
 from ._translate import driver_errors
 
-__all__ = ["BUCKET", "DUE", "EXCHANGE", "TARGET", "DelayBuckets", "DueForwarder", "bucket_ms"]
+__all__ = ["BUCKET", "DUE", "EXCHANGE", "TARGET", "WATCH_EVERY", "DelayBuckets", "DueForwarder",
+           "bucket_ms"]
 
 EXCHANGE = "tidings.delay"
 # Not x-...: a headers exchange ignores binding arguments that start with "x-".
@@ -34,6 +39,8 @@ BUCKET = "tidings-amqp-delay"
 TARGET = "tidings-amqp-target"
 DUE = f"{EXCHANGE}.due"
 _REDECLARE = 600.0
+#: Seconds between checks that the forwarder still consumes.
+WATCH_EVERY = 5.0
 
 log = logging.getLogger("tidings.amqp")
 
@@ -99,9 +106,15 @@ class DueForwarder:
         self._queue_type = queue_type
         self._publish = publish
         self._channel: AbstractChannel | None = None
+        self._tag: str | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        """Declare the due queue and start forwarding."""
+        """Declare the due queue and start forwarding (and watching that it goes on)."""
+        await self._consume()
+        self._watch = asyncio.create_task(self._watch_loop(), name="tidings-amqp-delay-watch")
+
+    async def _consume(self) -> None:
         args: dict[str, FieldValue] = {}
         if self._queue_type == "quorum":
             args["x-queue-type"] = "quorum"
@@ -109,7 +122,35 @@ class DueForwarder:
             self._channel = channel = await self._connection.channel()
             await channel.queue_declare(DUE, durable=True, arguments=args)
             await channel.basic_qos(prefetch_count=100)
-            await channel.basic_consume(DUE, self._forward, no_ack=False)
+            ok = await channel.basic_consume(DUE, self._forward, no_ack=False)
+            self._tag = ok.consumer_tag
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the broker still delivers due messages to this forwarder."""
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            return False
+        # aiormq drops a consumer the broker cancelled from ``consumers`` (pinned: see
+        # tests/backends/test_amqp_publish.py); without it, an open channel must do.
+        consumers = getattr(channel, "consumers", None)
+        return consumers is None or self._tag in consumers
+
+    async def _watch_loop(self) -> None:
+        while not self._connection.is_closed:  # a new connection has its own forwarder
+            await asyncio.sleep(WATCH_EVERY)
+            if self.consuming or self._connection.is_closed:
+                continue
+            log.warning("the broker stopped the forwarding of delayed messages from %r "
+                        "(consumer cancelled or channel closed): starting it again", DUE)
+            old, self._channel = self._channel, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()
+            try:
+                await self._consume()
+            except Exception as exc:  # tried again at the next check
+                log.warning("could not start forwarding delayed messages again: %s", exc)
 
     async def _forward(self, message: DeliveredMessage) -> None:
         props = message.header.properties
@@ -133,6 +174,11 @@ class DueForwarder:
 
     async def close(self) -> None:
         """Stop forwarding (unacked messages go back to the queue)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         channel, self._channel = self._channel, None
         if channel is not None:
             with contextlib.suppress(Exception):
