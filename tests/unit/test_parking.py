@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from tidings import App, ConfigurationError, Message, RetryPolicy
+from tidings._dlqscan import DeadLetterScan
 from tidings._parklog import Parked, ParkIndex, event_partition, park_topic, read_log
 from tidings._parklog import event_record as _event
 from tidings._records import Record, TopicPartition
@@ -190,3 +191,21 @@ def test_an_event_tells_the_partition_of_its_message() -> None:
         event = _as_read(_event("g", kind, entry, full=kind == "park"), 0)
         assert event_partition(event) == TopicPartition("orders.v2", 3)
     assert event_partition(Record("p", 0, 0, None, b"", {}, 1.0)) is None
+
+
+def test_the_dead_letter_check_forgets_what_no_longer_waits() -> None:
+    """What the check keeps per dead head (since when its re-drive is awaited) and per
+    topic (what it read of the dead-letter topic) goes once no head waits there."""
+    async def main() -> None:
+        app = App("svc", broker=memory_url())
+        app.subscriber("t", dead_letter="park-key")(_noop)
+        async with app:
+            [consumer] = app._consumers
+            parking = consumer.parking
+            assert parking is not None
+            parking._redriven_since["t/0/1"] = 1.0  # a head released since
+            parking._scans["t"] = DeadLetterScan("t")
+            await parking.check_dead()
+            assert parking._redriven_since == {} and parking._scans == {}
+
+    asyncio.run(main())
