@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiormq
 import pytest
@@ -45,6 +46,16 @@ async def _vhost(amqp_url: str, name: str) -> str:
         await asyncio.to_thread(subprocess.run, [ctl, *args], env=env, check=True,
                                 capture_output=True, timeout=60)
     return _with(amqp_url, vhost=name)
+
+
+async def _delivered(transport: AmqpTransport, topic: str) -> list[Any]:
+    """The records of ``topic`` partition 0 once there are any (within 5 s)."""
+    for _ in range(100):
+        records = await transport.read(topic, 0, 0, 10)
+        if records:
+            return list(records)
+        await asyncio.sleep(0.05)
+    return []
 
 
 def test_settings_from_the_url() -> None:
@@ -147,11 +158,7 @@ def test_a_long_delay_does_not_hold_a_shorter_one_back(amqp_url: str, queue_type
             now = time.time()
             await transport.append([OutRecord(topic, b"long", deliver_at=now + 30)])
             await transport.append([OutRecord(topic, b"short", deliver_at=now + 0.3)])
-            for _ in range(100):
-                records = await transport.read(topic, 0, 0, 10)
-                if records:
-                    break
-                await asyncio.sleep(0.05)
+            records = await _delivered(transport, topic)
             assert [r.value for r in records] == [b"short"]
             assert time.time() - now >= 0.3
             assert records[0].timestamp >= now + 0.3
@@ -365,11 +372,7 @@ def test_the_delay_forwarder_starts_again_when_the_broker_cancels_it(
             assert forwarder.consuming
             await transport.ensure_topic(topic, 1)
             await transport.append([OutRecord(topic, b"due", deliver_at=time.time() + 0.3)])
-            for _ in range(100):
-                records = await transport.read(topic, 0, 0, 10)
-                if records:
-                    break
-                await asyncio.sleep(0.05)
+            records = await _delivered(transport, topic)
             assert [r.value for r in records] == [b"due"]
         finally:
             await transport.close()
