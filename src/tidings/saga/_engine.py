@@ -20,11 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic
 
 from .._errors import ConfigurationError, NotRunningError
-from ._attempt import started
-from ._definition import Parallel, Saga, Step
+from ._definition import Saga
 from ._errors import SagaConflictError, SagaDefinitionError, SagaNotFoundError
-from ._parallel import arm_branches
-from ._run import SagaRun, StepInterrupted, skip_markers
+from ._run import SagaRun, StepInterrupted, arm, skip_markers
 from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEvent
 
 if TYPE_CHECKING:
@@ -285,16 +283,10 @@ def _first_record(saga: Saga[Any], saga_id: str, state: pydantic.BaseModel, owne
                         state.model_dump_json(), owner=owner, lease_until=now + lease)
     events = [StepEvent(saga_id, "", "saga", str(SagaStatus.RUNNING))]
     index = skip_markers(saga.steps, 0)  # steps without an action cost no write
-    if index == len(saga.steps):
-        return record.replace(step=index), events
     if index:
         record = record.replace(step=index)
-    first = saga.steps[index]
-    if isinstance(first, Step):
-        events.append(StepEvent(saga_id, first.name, "action", "started", 1))
-        record = record.replace(**started(first, 1))
-    elif isinstance(first, Parallel):
-        branches, starts = arm_branches(saga_id, first)
-        events += starts
-        record = record.replace(branches=branches)
+    armed = arm(saga_id, saga.steps[index], "action") if index < len(saga.steps) else None
+    if armed is not None:
+        record = record.replace(**armed[0])
+        events += armed[1]
     return record, events

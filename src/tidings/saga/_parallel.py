@@ -144,17 +144,16 @@ class ParallelRun:
         assert before is not None
         outcome = await run.attempts(branch, action, policy, phase, track)
         entry = self.progress[branch.name]
+        if outcome.state is not None:  # a success's, or a StepFailedError's: merged
+            assert run.state is not None
+            run.state = run.state.model_copy(update=_changes(before, outcome.state))
         if not outcome.ok:
             entry["maybe"] = outcome.timed_out
-            if outcome.state is not None:  # a StepFailedError's: merged like a success's
-                assert run.state is not None
-                run.state = run.state.model_copy(update=_changes(before, outcome.state))
-                return Outcome(False, state=run.state, error=outcome.error,
-                               timed_out=outcome.timed_out)
-            return outcome
-        assert outcome.state is not None
+            if outcome.state is None:
+                return outcome
+            return Outcome(False, state=run.state, error=outcome.error,
+                           timed_out=outcome.timed_out)
         assert run.state is not None
-        run.state = run.state.model_copy(update=_changes(before, outcome.state))
         event = run.event(branch.name, phase, "succeeded", track.attempts)
         if phase == "action":
             entry.clear()

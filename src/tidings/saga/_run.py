@@ -40,7 +40,7 @@ from ._store import ACTIVE, Direction, SagaRecord, SagaStatus, SagaStore, StepEv
 if TYPE_CHECKING:
     from .._app import App
 
-__all__ = ["SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Dormant", "SagaRun", "StepInterrupted",
+__all__ = ["SAGA_ID_HEADER", "SAGA_STEP_HEADER", "Dormant", "SagaRun", "StepInterrupted", "arm",
            "skip_markers"]
 
 log = logging.getLogger("tidings.saga")
@@ -58,6 +58,20 @@ def skip_markers(steps: Sequence[StepLike[Any]], index: int) -> int:
             break
         index += 1
     return index
+
+
+def arm(saga_id: str, step: StepLike[Any], phase: str,
+        ) -> tuple[dict[str, Any], list[StepEvent]] | None:
+    """The record changes and history lines that record the start of the first attempt
+    of ``step`` going ``phase`` (``action`` or ``compensation``; of every branch of a
+    parallel step going forward), written by the write that reaches it; None if nothing
+    of it starts then (a sleep, a step without a compensation going back)."""
+    if isinstance(step, Step) and (phase == "action" or step.compensation is not None):
+        return started(step, 1), [StepEvent(saga_id, step.name, phase, "started", 1)]
+    if isinstance(step, Parallel) and phase == "action":
+        branches, events = arm_branches(saga_id, step)
+        return {"branches": branches}, events
+    return None
 
 
 class Dormant(Exception):
@@ -220,16 +234,11 @@ class SagaRun:
             events.append(self.event("", "saga", status))
             await self.save(events, release=True, status=status, **changes)
             return
-        following = self.saga.steps[to]
-        self._armed = False
-        if isinstance(following, Step) and (forward or following.compensation is not None):
-            events.append(self.event(following.name, phase, "started", 1))
-            changes.update(started(following, 1))
-            self._armed = True
-        elif isinstance(following, Parallel) and forward:
-            changes["branches"], starts = arm_branches(self.record.id, following)
-            events += starts
-            self._armed = True
+        armed = arm(self.record.id, self.saga.steps[to], phase)
+        self._armed = armed is not None
+        if armed is not None:
+            changes.update(armed[0])
+            events += armed[1]
         await self.save(events, **changes)
 
     async def _sleep(self, step: Sleep[Any]) -> None:
