@@ -152,11 +152,16 @@ async def execute_dml(conn: AsyncConnection, statement: Any,
     sql, names, fixed = _compiled(statement, conn, tuple(values[0] if isinstance(values, list)
                                                          else values))
     if isinstance(values, list):
-        rows = values if not fixed else [{**fixed, **row} for row in values]
-        return raw.executemany(sql, [[row[n] for n in names] for row in rows]).rowcount
+        return raw.executemany(sql, [_params(names, fixed, row) for row in values]).rowcount
+    return raw.execute(sql, _params(names, fixed, values)).rowcount
+
+
+def _params(names: tuple[str, ...], fixed: dict[str, Any], row: dict[str, Any]) -> list[Any]:
+    """The positional parameters of a compiled statement for ``row`` (and the values the
+    statement fixed itself)."""
     if fixed:
-        values = {**fixed, **values}
-    return raw.execute(sql, [values[n] for n in names]).rowcount
+        row = {**fixed, **row}
+    return [row[n] for n in names]
 
 
 async def insert_returning(conn: AsyncConnection, statement: Any,
@@ -172,9 +177,7 @@ async def insert_returning(conn: AsyncConnection, statement: Any,
     if raw is None:
         return list((await conn.execute(statement, rows)).scalars())
     sql, names, fixed = _compiled(statement, conn, tuple(rows[0]))
-    if fixed:
-        rows = [{**fixed, **row} for row in rows]
-    return [raw.execute(sql, [row[n] for n in names]).fetchone()[0] for row in rows]
+    return [raw.execute(sql, _params(names, fixed, row)).fetchone()[0] for row in rows]
 
 
 def read_only_db_url(url: str) -> str:
