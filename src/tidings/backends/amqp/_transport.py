@@ -50,6 +50,12 @@ def offsets_log(group: str) -> str:
     return f"tidings.offsets.{group}"
 
 
+def _bucket(record: OutRecord, now: float) -> int | None:
+    """The delay bucket of ``record`` if it is due later than now (else None)."""
+    delay = (record.deliver_at or 0) - now
+    return bucket_ms(delay) if delay > 0.001 else None
+
+
 class AmqpTransport(Transport):
     """One connection to one RabbitMQ virtual host."""
 
@@ -219,7 +225,7 @@ class AmqpTransport(Transport):
             await self.ensure_topic(topic)
         positions = [self._position(r) for r in records]
         now = time.time()
-        for bucket in {bucket_ms(d) for r in records if (d := (r.deliver_at or 0) - now) > 0.001}:
+        for bucket in {b for r in records if (b := _bucket(r, now)) is not None}:
             assert self._delays is not None
             await self._delays.ensure(bucket)
         await self._publish([self._message(r, p.partition or 0, now)
@@ -243,11 +249,11 @@ class AmqpTransport(Transport):
         """The message that appends ``record``: to its stream, or (due later) to the
         delay exchange."""
         stream = partition_stream(record.topic, partition)
-        delay = (record.deliver_at or 0) - now
-        if delay <= 0.001:
+        bucket = _bucket(record, now)
+        if bucket is None:
             return ("", stream, record.value, properties(record, now))
         props = properties(record, record.deliver_at or now,
-                           {BUCKET: str(bucket_ms(delay)), TARGET: stream})
+                           {BUCKET: str(bucket), TARGET: stream})
         return (EXCHANGE, stream, record.value, props)
 
     # -- subscriptions -------------------------------------------------------------------
