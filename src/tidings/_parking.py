@@ -342,11 +342,10 @@ class Parking:
         """Release each dead head whose dead letter is no longer pending and was not
         re-driven (its re-driven copy is on its way otherwise)."""
         heads = self.dead_heads(self._consumer.partitions())
+        topics = {head.record.topic for _, head in heads}
         waiting = {head.id for _, head in heads}  # what no longer waits is forgotten
         self._redriven_since = {k: v for k, v in self._redriven_since.items() if k in waiting}
-        self._scans = {t: scan for t, scan in self._scans.items()
-                       if any(head.record.topic == t for _, head in heads)}
-        topics = {head.record.topic for _, head in heads}
+        self._scans = {t: scan for t, scan in self._scans.items() if t in topics}
         for topic in topics:
             scan = self._scans.get(topic)
             if scan is None:

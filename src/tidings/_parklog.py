@@ -22,8 +22,7 @@ from ._records import OutRecord, Record, TopicPartition
 from .ports import Transport
 
 __all__ = ["ParkIndex", "Parked", "ParkedKey", "entry_id", "event_partition", "event_record",
-           "park_topic",
-           "parked_keys", "read_log", "read_parked"]
+           "park_topic", "parked_keys", "read_log", "read_parked"]
 
 log = logging.getLogger("tidings.consumer")
 
