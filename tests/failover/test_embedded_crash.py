@@ -7,7 +7,7 @@ the call returned. The reader (``... read URL TOPIC``) reads the partition to it
 over and over and says each batch it sees, or ``torn`` if it ever sees part of one. A
 batch is one SQLite transaction, so a reader sees all of it or none, and a returned
 append survives the kill. (A power cut is another matter: with ``synchronous=NORMAL``
-the last commits may be lost; see docs/operations.md.)
+the last commits may be lost; see docs/broker-outages.md.)
 """
 
 from __future__ import annotations
