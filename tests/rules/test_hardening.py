@@ -58,7 +58,7 @@ def test_yaml_aliases_are_refused_and_files_are_capped(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(RuleFileError, match="aliases") as caught:
         RuleEngine(files=[bomb])
-    assert time.monotonic() - started < 1.0 and caught.value.line == 2
+    assert time.monotonic() - started < 3.0 and caught.value.line == 2  # expanded: hours
     big = tmp_path / "big.json"
     big.write_text('{"rules": []}' + " " * (2 << 20))  # over the 1 MiB cap
     with pytest.raises(RuleFileError, match="larger than"):
@@ -73,7 +73,7 @@ def test_a_backtracking_regex_on_event_data_runs_in_linear_time() -> None:
     event = payment(status="a" * 28 + "c")
     started = time.monotonic()
     decision = asyncio.run(engine.evaluate(event, envelope(event)))
-    assert not decision and time.monotonic() - started < 0.5
+    assert not decision and time.monotonic() - started < 3.0  # backtracking: ~16 s
     matching = payment(status="aaab")
     assert asyncio.run(engine.evaluate(matching, envelope(matching))).tags == {"x"}
     with pytest.raises(RuleError, match="invalid regular expression"):
