@@ -10,11 +10,15 @@ were already durable, so they come twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +98,61 @@ def test_each_invoice_once_after_a_sigkill_between_publish_and_commit(
         assert not twice, f"seen more than once: {twice}"
     else:  # at-least-once: the killed handler's invoices were durable before its commit
         assert {(KILL_AT, 0), (KILL_AT, 1)} <= set(twice)
+
+
+def test_a_transaction_stuck_in_librdkafka_is_given_up_and_its_producer_fenced(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """librdkafka's ``send_offsets_to_transaction`` can block for ever, past its timeout,
+    once the group coordinator went away (confluentinc/librdkafka#5456, open in 2.16).
+    Reproducing it takes a broker restart on which tansu's memory storage also crashes
+    librdkafka (a segfault, another bug), so the hang is injected here: the member's
+    first transaction never returns. The member must give it up after
+    ``2 × request_timeout + 5`` s, start a producer that fences the stuck one, and go on:
+    every output once, and the consumer's other work (its polls) never held."""
+    from tidings.backends.kafka import _transactional
+
+    real, hung, release = _transactional._transaction, [], threading.Event()
+
+    def first_hangs(producer: Any, *args: Any) -> None:
+        if not hung:
+            hung.append(producer)
+            release.wait(60)  # the call librdkafka never returns from
+            raise RuntimeError("released at the end of the test")
+        real(producer, *args)
+
+    monkeypatch.setattr(_transactional, "_transaction", first_hangs)
+    source, sink = unique("stuck-in"), unique("stuck-out")
+    url = f"{kafka_url}&request_timeout=1"  # given up after 7 s
+
+    async def main() -> tuple[Counter[int], float]:
+        app = App("stuck", broker=url)
+        seen: Counter[int] = Counter()
+
+        @app.subscriber(source, exactly_once=True)
+        async def transform(event: dict[str, int]) -> None:
+            await app.publish(sink, event, key=str(event["n"]))
+
+        @app.subscriber(sink)
+        async def audit(event: dict[str, int]) -> None:
+            seen[event["n"]] += 1
+
+        async with app:
+            began = time.monotonic()
+            await app.publish_many(source, [{"n": n} for n in range(20)])
+            while len(seen) < 20:
+                assert time.monotonic() - began < 40, f"{len(seen)} of 20 transformed"
+                await asyncio.sleep(0.1)
+            took = time.monotonic() - began
+            await asyncio.sleep(1.0)  # duplicates, if any, come now
+        return seen, took
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="tidings.kafka"):
+            seen, took = asyncio.run(main())
+    finally:
+        release.set()
+    assert len(hung) == 1
+    assert seen == Counter(range(20)), seen
+    assert took > 7, took  # not before the producer was given up
+    assert any("stuck in librdkafka" in r.getMessage() for r in caplog.records)

@@ -76,6 +76,22 @@ async def _consume(url: str, topic: str) -> None:
             await asyncio.sleep(0.5)
 
 
+async def _transform(url: str, topic: str) -> None:
+    """An exactly-once member: each ``{"n": n}`` of ``topic`` becomes one on
+    ``<topic>-out``, appended in the transaction that commits its offset."""
+    app = App(f"eos-{uuid.uuid4().hex[:6]}", broker=url)
+
+    @app.subscriber(topic, group=f"{topic}-eos", exactly_once=True)
+    async def transform(event: dict[str, int]) -> None:
+        await app.publish(f"{topic}-out", event, key=str(event["n"] % 8))
+
+    async with app:
+        while True:
+            health = await app.health(timeout=1.0)
+            _say(health=health.ready, connected=health.connected, at=time.time())
+            await asyncio.sleep(0.5)
+
+
 # -- the test side -----------------------------------------------------------------------
 
 
@@ -228,6 +244,47 @@ def test_publisher_and_group_member_recover_from_a_broker_restart(
         assert len(warnings) <= 8, "\n".join(warnings)
 
 
+def test_an_exactly_once_member_transforms_again_after_the_broker_hung(
+        children: list[Child], tmp_path: Path) -> None:
+    """The broker hangs (SIGSTOP) past the sessions: the exactly-once member's commits
+    fail meanwhile, and it must go on transforming once the broker answers again; every
+    acknowledged record, before, during and after, comes out of the transform."""
+    with restartable_tansu(publish_timeout="20") as broker:
+        topic = f"eos-{uuid.uuid4().hex[:8]}"
+        publisher = _spawn(children, tmp_path, "publish", broker.url, topic)
+        member = _spawn(children, tmp_path, "transform", broker.url, topic)
+        reader = _spawn(children, tmp_path, "consume", broker.url, f"{topic}-out")
+        everyone = (publisher, member, reader)
+        _wait_for(lambda: len(reader.values("got")) >= 50, 60, "the first 50 transformed",
+                  *everyone)
+        frozen = time.time()
+        broker.freeze()
+        _wait_for_outage(reader, frozen, publisher)
+        time.sleep(max(0.0, frozen + 6 - time.time()))  # past the sessions
+        broker.thaw()
+        thawed = time.time()
+
+        def caught_up() -> bool:  # the transform holds records up to a commit (100 ms)
+            settled = time.time() - 2
+            acked = [line["ok"] for line in publisher.lines
+                     if "ok" in line and line["at"] < settled]
+            after = [line for line in publisher.lines
+                     if "ok" in line and thawed < line["at"] < settled]
+            return len(after) >= 200 and set(acked) <= set(reader.values("got"))
+
+        _wait_for(caught_up, 60, "every acknowledged record transformed, 200 after the thaw",
+                  *everyone)
+        for child in everyone:
+            child.process.kill()
+            child.process.wait()
+    log = _log_of(member)
+    got = reader.values("got")
+    print(f"\nexactly-once member, broker frozen {thawed - frozen:.1f} s: transformed "
+          f"{len(set(got))}, duplicates {len(got) - len(set(got))} (tansu shows aborted "
+          f"transactions)")
+    assert "Traceback" not in log, log[-3000:]
+
+
 def test_nothing_acknowledged_is_lost_while_the_broker_is_frozen(
         children: list[Child], tmp_path: Path) -> None:
     """SIGSTOP (a hung broker, a network partition) keeps the broker's data: every
@@ -336,4 +393,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     role, url, topic = sys.argv[1:4]
-    asyncio.run({"publish": _publish, "consume": _consume}[role](url, topic))
+    asyncio.run({"publish": _publish, "consume": _consume, "transform": _transform}[role](
+        url, topic))

@@ -12,19 +12,30 @@ The ``transactional.id`` is ``<prefix>.<group>.<topics>``: the prefix is the URL
 ``transactional_id`` (stable across restarts of one instance, so a restarted instance
 aborts its predecessor's open transaction at once), else random per transport (an open
 transaction of a crashed instance then holds readers back until ``transaction_timeout``).
+
+Every call to the producer runs on a thread of its own (:class:`_ProducerThread`), which
+the driver thread waits for at most ``2 × request_timeout + 5`` s. librdkafka's
+``send_offsets_to_transaction`` can block for ever, past its timeout, once the group
+coordinator it cached went away (a broker restart: confluentinc/librdkafka#5456 and
+#5511, open in 2.16): such a call must not hold the consumer. A producer stuck that
+long is left to its thread, and the next commit starts a new one with the same
+``transactional.id``, whose ``init_transactions`` fences it and aborts its transaction.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
 
-from ..._errors import FencedError, TransportError
+from ..._errors import BrokerUnavailableError, FencedError, TransportError
 from ..._records import OutRecord, TopicPartition
 from ...ports import TransactionalSubscription
 from ._producer import produce_args
@@ -34,6 +45,8 @@ from ._translate import driver_errors, translate
 __all__ = ["TransactionalKafkaSubscription"]
 
 log = logging.getLogger("tidings.kafka")
+
+T = TypeVar("T")
 
 #: Routes delayed records to their tier and creates missing topics (the transport's).
 Prepare = Callable[[Sequence[OutRecord]], Awaitable[list[OutRecord]]]
@@ -46,8 +59,9 @@ class TransactionalKafkaSubscription(KafkaSubscription, TransactionalSubscriptio
                  on_error: ErrorCallback | None = None) -> None:
         self._transactional_id = transactional_id
         self._prepare = prepare
-        self._producer: Producer | None = None
+        self._producer: _ProducerThread | None = None
         super().__init__(*args, on_error=on_error)
+        self._limit = 2 * self._settings.request_timeout + 5
 
     async def _open(self) -> None:
         await super()._open()
@@ -56,10 +70,15 @@ class TransactionalKafkaSubscription(KafkaSubscription, TransactionalSubscriptio
     def _new_producer(self, consumer: Consumer) -> None:
         """Driver thread: a producer whose first act fences (and aborts the open
         transaction of) any earlier producer with the same transactional id."""
+        self._drop()
         config = self._settings.transactional_config(self._transactional_id)
-        producer = Producer(config)
-        producer.init_transactions(self._settings.request_timeout)
-        self._producer = producer
+        self._producer = _ProducerThread(Producer(config))
+        timeout = self._settings.request_timeout
+        try:
+            self._on_producer(lambda p: p.init_transactions(timeout))
+        except KafkaException:
+            self._drop()  # the next commit tries a new one
+            raise
 
     async def commit_appending(
         self, offsets: Mapping[TopicPartition, int], records: Sequence[OutRecord]
@@ -79,34 +98,52 @@ class TransactionalKafkaSubscription(KafkaSubscription, TransactionalSubscriptio
         self, consumer: Consumer, offsets: list[KafkaPartition], records: list[OutRecord]
     ) -> None:
         """Driver thread: one transaction, committed, or aborted and raised."""
-        if self._producer is None:  # the last one failed fatally: start over
+        if self._producer is None:  # the last one failed for good: start over
             self._new_producer(consumer)
-        producer = self._producer
-        assert producer is not None
+        metadata = consumer.consumer_group_metadata()
         timeout = self._settings.request_timeout
-        producer.begin_transaction()
         try:
-            for record in records:
-                _produce(producer, record)
-            producer.send_offsets_to_transaction(
-                offsets, consumer.consumer_group_metadata(), timeout
-            )
-            _commit(producer, timeout)
+            self._on_producer(lambda p: _transaction(p, offsets, metadata, records, timeout))
         except (KafkaException, TransportError) as exc:
-            self._abort(producer, exc)
+            if self._producer is not None and not self._aborted(exc):
+                self._drop()
             raise
 
-    def _abort(self, producer: Producer, exc: Exception) -> None:
+    def _aborted(self, exc: Exception) -> bool:
+        """Abort the failed transaction; whether the producer can go on."""
         error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
         if isinstance(error, KafkaError) and error.fatal():
             log.warning("transactional producer %r failed for good (%s); a new one "
                         "fences it", self._transactional_id, error.str())
-            self._producer = None
-            return
+            return False
+        timeout = self._settings.request_timeout
         try:
-            producer.abort_transaction(self._settings.request_timeout)
-        except KafkaException as again:
+            self._on_producer(lambda p: p.abort_transaction(timeout))
+        except (KafkaException, BrokerUnavailableError) as again:
             log.warning("aborting a failed transaction failed too (%s); starting over", again)
+            return False
+        return True
+
+    def _on_producer(self, call: Callable[[Producer], T]) -> T:
+        """Driver thread: ``call(producer)`` on the producer's thread, for at most
+        ``self._limit`` s; a producer stuck longer is dropped."""
+        producer = self._producer
+        assert producer is not None
+        try:
+            return producer.call(call, self._limit)
+        except concurrent.futures.TimeoutError:
+            log.warning("transactional producer %r stuck in librdkafka for %.0f s (a lost "
+                        "group coordinator); a new one fences it", self._transactional_id,
+                        self._limit)
+            self._drop()
+            raise BrokerUnavailableError(
+                f"a transaction of {self._transactional_id!r} did not finish within "
+                f"{self._limit:.0f} s") from None
+
+    def _drop(self) -> None:
+        """Let go of the producer: its thread ends once its call in progress returns."""
+        if self._producer is not None:
+            self._producer.stop()
             self._producer = None
 
     async def close(self) -> None:
@@ -114,7 +151,53 @@ class TransactionalKafkaSubscription(KafkaSubscription, TransactionalSubscriptio
         try:
             await super().close()
         finally:
-            self._producer = None
+            self._drop()
+
+
+class _ProducerThread:
+    """A transactional producer and the daemon thread that makes every call to it, so a
+    call that blocks past its timeout holds only this thread (and the producer, which
+    is dropped on this thread once it is stopped and its last call returned)."""
+
+    def __init__(self, producer: Producer) -> None:
+        self._producer: Producer | None = producer
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[Producer], Any], concurrent.futures.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="tidings-kafka-transactions",
+                                        daemon=True)
+        self._thread.start()
+
+    def call(self, call: Callable[[Producer], T], timeout: float) -> T:
+        """``call(producer)`` on the thread; ``concurrent.futures.TimeoutError`` if it
+        has not returned within ``timeout`` s (it may still return later)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._calls.put((call, future))
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        """End the thread after the calls already queued."""
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            assert self._producer is not None
+            try:
+                future.set_result(call(self._producer))
+            except BaseException as exc:  # the caller raises it
+                future.set_exception(exc)
+        self._producer = None  # destroyed here, not on the thread that dropped it
+
+
+def _transaction(producer: Producer, offsets: list[KafkaPartition], metadata: Any,
+                 records: list[OutRecord], timeout: float) -> None:
+    """The producer's thread: begin, append, add the offsets, commit (not abort)."""
+    producer.begin_transaction()
+    for record in records:
+        _produce(producer, record)
+    producer.send_offsets_to_transaction(offsets, metadata, timeout)
+    _commit(producer, timeout)
 
 
 def _produce(producer: Producer, record: OutRecord) -> None:
