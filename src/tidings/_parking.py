@@ -19,7 +19,9 @@ The park log (:mod:`tidings._parklog`) is an ordinary topic on the bus, so this 
 on every backend that can read a log back (``replay``) and survives crashes. A member
 reads it when it gets partitions (from where it last read), before any of their
 records runs, and every :data:`CATCH_UP_INTERVAL` seconds besides, which lets it
-forget the entries it finished. Only a partition's owner writes events for it, and it
+forget the entries it finished. It keeps the values and headers of the parked messages
+of its own partitions only; the others stay in the log, read back (by their offset
+there) when it gets their partition. Only a partition's owner writes events for it, and it
 writes them before it commits or gives the partition up, so a new owner knows every
 parked key. Each owner writes a parked message's whole state again once a day, so the
 log's retention (a week by default) never forgets one.
@@ -36,7 +38,15 @@ from typing import TYPE_CHECKING
 from ._dlq import REDRIVE_OF
 from ._dlqscan import DeadLetterScan
 from ._errors import TransportError
-from ._parklog import Parked, ParkIndex, entry_id, event_partition, park_topic, read_log
+from ._parklog import (
+    Parked,
+    ParkIndex,
+    entry_id,
+    event_partition,
+    fill,
+    park_topic,
+    read_log,
+)
 from ._parklog import event_record as _event
 from ._records import Record, TopicPartition
 from ._waiting import wait_event
@@ -98,7 +108,10 @@ class Parking:
         while True:
             try:
                 await self.catch_up(
-                    {p.tp for p in self._consumer.partitions() if p.tp not in new})
+                    {p.tp for p in self._consumer.partitions() if p.tp not in new}, new)
+                hollow = [entry for tp in new for entry in self._index.hollow(tp)]
+                if hollow:  # their records were left in the log while others owned them
+                    await fill(self._transport, self._topic, hollow)
                 break
             except TransportError as exc:
                 log.warning("could not read the park log %s: %s; retrying", self._topic, exc)
@@ -109,9 +122,12 @@ class Parking:
             for lane in list(part.parked):
                 self._wake(part, lane)
 
-    async def catch_up(self, owned: Collection[TopicPartition]) -> None:
+    async def catch_up(self, owned: Collection[TopicPartition],
+                       new: Collection[TopicPartition] = ()) -> None:
         """Read the park log from where this member left off to its end, then forget
-        the finished entries that read has put behind it.
+        the finished entries that read has put behind it, and the values of the parked
+        messages of partitions neither ``owned`` nor ``new`` (left in the log: memory
+        holds the group's parked messages by count, not by size).
 
         Events about the partitions in ``owned`` are passed over: their owner (this
         member) wrote them, and its lanes, running meanwhile, know better (an old event
@@ -119,11 +135,14 @@ class Parking:
         def apply(event: Record) -> None:
             if event_partition(event) not in owned:
                 self._index.apply(event)
+            else:
+                self._index.note_read(event)
 
         async with self._reading:  # one at a time: the read position only goes forward
             generation = self._index.begin_read()
             self._read_to = await read_log(self._transport, self._topic, self._read_to, apply)
             self._index.read_done(generation)
+            self._index.hollow_out({*owned, *new})
 
     async def close(self, timeout: float) -> None:
         """Stop the lanes (a running handler gets ``timeout`` seconds to finish)."""

@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ._records import OutRecord, Record, TopicPartition
 from .ports import Transport
 
 __all__ = ["ParkIndex", "Parked", "ParkedKey", "entry_id", "event_partition", "event_record",
-           "park_topic", "parked_keys", "read_log", "read_parked"]
+           "fill", "park_topic", "parked_keys", "read_log", "read_parked"]
 
 log = logging.getLogger("tidings.consumer")
 
@@ -54,6 +54,11 @@ class Parked:
     due: float
     dead: bool = False
     written: float = 0.0  # when the park log last got its whole state (see refresh)
+    #: Where in the park log its whole state was last read (-1: not read back yet).
+    at: int = -1
+    #: Its record's value and headers are left in the park log (at ``at``): a member
+    #: keeps them only for the partitions it owns (see :meth:`ParkIndex.hollow_out`).
+    hollow: bool = False
 
     @property
     def lane(self) -> str:
@@ -135,9 +140,10 @@ class ParkIndex:
         if kind == "park":
             _offset_of(eid)  # a malformed id fails here, not when it is sorted
             self.add(Parked(eid, _record_of(event), int(h[_ATTEMPT]), float(h[_DUE]),
-                            written=event.timestamp))
+                            written=event.timestamp, at=event.offset))
             if (entry := self.entries.get(eid)) is not None:
                 entry.written = max(entry.written, event.timestamp)
+                entry.at = max(entry.at, event.offset)
         elif kind == "done":
             self.finish(eid)
         elif (entry := self.entries.get(eid)) is None:
@@ -148,6 +154,35 @@ class ParkIndex:
             entry.dead = True
         elif kind == "revive":
             entry.record, entry.attempt, entry.due, entry.dead = _record_of(event), 1, 0.0, False
+            entry.at, entry.hollow = max(entry.at, event.offset), False
+
+    def note_read(self, event: Record) -> None:
+        """An event not applied (its partition's owner knows better) still tells where
+        its entry's whole state is in the log."""
+        if event.headers.get(_EVENT) in ("park", "revive"):
+            entry = self.entries.get(event.headers.get(_ID, ""))
+            if entry is not None:
+                entry.at = max(entry.at, event.offset)
+
+    def hollow_out(self, keep: Collection[TopicPartition]) -> int:
+        """Leave in the park log the values and headers of the entries of partitions
+        not in ``keep`` (this member does not run them); return how many it let go.
+        An entry not read back from the log yet keeps them until it is."""
+        count = 0
+        for tp, lanes in self.lanes.items():
+            if tp in keep:
+                continue
+            for lane in lanes.values():
+                for entry in lane:
+                    if not entry.hollow and entry.at >= 0:
+                        entry.record = replace(entry.record, value=b"", headers={})
+                        entry.hollow = True
+                        count += 1
+        return count
+
+    def hollow(self, tp: TopicPartition) -> list[Parked]:
+        """The entries of ``tp`` whose record is left in the log."""
+        return [e for lane in self.lanes.get(tp, {}).values() for e in lane if e.hollow]
 
 
 def event_partition(event: Record) -> TopicPartition | None:
@@ -208,6 +243,29 @@ async def read_log(transport: Transport, topic: str, start: int | None,
                 log.warning("skipped a malformed event in %s@%d: %r", topic, record.offset, exc)
         offset = page[-1].offset + 1
     return offset
+
+
+async def fill(transport: Transport, topic: str, entries: Collection[Parked]) -> None:
+    """Read back from the park log ``topic`` the records of hollow ``entries``."""
+    wanted = sorted({entry.at for entry in entries})
+    found: dict[int, Record] = {}
+    for offset in wanted:
+        if offset in found:
+            continue
+        page = await transport.read(topic, 0, offset, min(_PAGE, wanted[-1] - offset + 1))
+        found.update((event.offset, event) for event in page if event.offset in wanted)
+    for entry in entries:
+        event = found.get(entry.at)
+        if event is None or event.headers.get(_ID) != entry.id:
+            log.warning("the park log %s no longer holds the message %s (at %d): it "
+                        "runs with an empty value", topic, entry.id, entry.at)
+            continue
+        try:
+            entry.record = _record_of(event)
+        except (KeyError, ValueError) as exc:
+            log.warning("skipped a malformed event in %s@%d: %r", topic, entry.at, exc)
+            continue
+        entry.hollow = False
 
 
 async def read_parked(transport: Transport, group: str) -> list[Parked]:

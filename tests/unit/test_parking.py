@@ -209,3 +209,72 @@ def test_the_dead_letter_check_forgets_what_no_longer_waits() -> None:
             assert parking._redriven_since == {} and parking._scans == {}
 
     asyncio.run(main())
+
+
+def test_members_keep_the_values_of_parked_messages_only_for_their_own_partitions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every member reads the whole park log, but holds the values (and headers) of the
+    parked messages of the partitions it owns only; the others stay in the log, by
+    their offset there. A member that gets a partition reads them back before its
+    lanes run, and each message then runs with its own payload."""
+    monkeypatch.setattr("tidings._parking.CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr("tidings._parking.CATCH_UP_INTERVAL", 0.0)
+    pad = "x" * 5000
+
+    async def main() -> None:
+        url = memory_url()
+        failing = True
+        handled: dict[int, dict[str, object]] = {}
+        members = []
+        for _ in range(2):
+            app = App("svc", broker=url)
+
+            @app.subscriber("t", partitions=4,
+                            retry=RetryPolicy(max_attempts=1000, backoff=0.2, blocking=False))
+            async def handle(payload: dict[str, object], message: Message) -> None:
+                if failing:
+                    raise ConnectionError("down")  # parked, retried every 0.2 s
+                handled[int(payload["n"])] = {**payload, "header": message.headers["h"]}  # type: ignore[call-overload]
+
+            members.append(app)
+        first, second = members
+        async with first, second:
+            for _ in range(200):
+                if all(app._consumers[0].partitions() for app in members):
+                    break
+                await asyncio.sleep(0.05)
+            for n in range(40):
+                await first.publish("t", {"n": n, "pad": pad}, key=f"k{n}",
+                                    headers={"h": f"v{n}"})
+
+            def index(app: App) -> ParkIndex:
+                parking = app._consumers[0].parking
+                assert parking is not None
+                return parking._index
+
+            for _ in range(400):
+                if all(len(index(app).entries) == 40 and
+                       not any(e.at < 0 for e in index(app).entries.values())
+                       for app in members):
+                    break
+                await asyncio.sleep(0.05)
+            for app in members:
+                owned = {p.tp for p in app._consumers[0].partitions()}
+                entries = list(index(app).entries.values())
+                assert len(entries) == 40
+                mine = [e for e in entries
+                        if TopicPartition(e.record.topic, e.record.partition) in owned]
+                others = [e for e in entries if e not in mine]
+                assert mine and others
+                assert all(not e.hollow and len(e.record.value) > 5000 for e in mine)
+                assert all(e.hollow and e.record.value == b"" and not e.record.headers
+                           for e in others)
+            await first.stop()  # its partitions, and their parked messages, go over
+            failing = False
+            for _ in range(400):
+                if len(handled) == 40:
+                    break
+                await asyncio.sleep(0.05)
+        assert handled == {n: {"n": n, "pad": pad, "header": f"v{n}"} for n in range(40)}
+
+    asyncio.run(main())

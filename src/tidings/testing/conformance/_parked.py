@@ -274,13 +274,19 @@ def test_a_parked_key_whose_dead_letter_is_gone_is_released_with_a_warning(
 
 @requires(Capability.GROUPS, Capability.REPLAY)
 def test_a_parked_retry_moves_with_its_partition_to_another_member(
-        backend: Backend, names: Names) -> None:
+        backend: Backend, names: Names, monkeypatch: pytest.MonkeyPatch) -> None:
     """A member that leaves while a message waits for its retry hands its partitions
     over; the member that gets them runs the message once, at the stored attempt and
-    time (not at once, not from attempt 1). Both members join before the message is
-    published, so the backoff is not spent waiting for a rebalance."""
+    time (not at once, not from attempt 1), with its payload: the other member read the
+    park log meanwhile and left the value there, so it reads it back (``transport.read``
+    at the event's offset). Both members join before the message is published, so the
+    backoff is not spent waiting for a rebalance."""
+    monkeypatch.setattr("tidings._parking.CHECK_INTERVAL", 0.2)
+    monkeypatch.setattr("tidings._parking.CATCH_UP_INTERVAL", 0.0)
     topic = names("handover")
     backoff = 5.0
+
+    payloads: list[dict[str, Any]] = []
 
     async def main() -> None:
         attempts: list[tuple[str, int, float]] = []
@@ -291,6 +297,7 @@ def test_a_parked_retry_moves_with_its_partition_to_another_member(
             @app.subscriber(topic, retry=_policy(backoff), partitions=1)
             async def handle(payload: dict[str, Any], message: Message) -> None:
                 attempts.append((name, message.attempt, time.time()))
+                payloads.append(payload)
                 if message.attempt == 1:
                     raise ConnectionError("first attempt fails")
 
@@ -298,15 +305,18 @@ def test_a_parked_retry_moves_with_its_partition_to_another_member(
 
         members = {"first": member("first"), "second": member("second")}
         async with members["first"], members["second"]:
-            await members["first"].publish(topic, {"n": 1}, key="k")
+            await members["first"].publish(topic, {"n": 1, "pad": "x" * 2000}, key="k")
             await eventually(lambda: len(attempts) == 1, 20, "attempt 1")
             owner = members[attempts[0][0]]
             await eventually_async(lambda: _parked_count(owner, owner.name), 15)
+            await asyncio.sleep(1.0)  # the other member reads the park log meanwhile
             await owner.stop()  # leaves: its partition goes to the other member
             await eventually(lambda: len(attempts) == 2, 30, "attempt 2")
             await asyncio.sleep(0.5)
         assert [attempt for _, attempt, _ in attempts] == [1, 2], attempts
         assert attempts[0][0] != attempts[1][0], attempts
         assert attempts[1][2] - attempts[0][2] >= backoff * 0.95
+        # The other member left the message's value in the park log; it read it back.
+        assert payloads == [{"n": 1, "pad": "x" * 2000}] * 2
 
     asyncio.run(main())
