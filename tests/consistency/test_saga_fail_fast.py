@@ -41,13 +41,19 @@ class Order(BaseModel):
 
 
 class CountingStore(SqlSagaStore):
-    """The SQL saga store, counting its writes of a running saga."""
+    """The SQL saga store, counting its writes of a running saga (and keeping what each
+    wrote: the status and the history lines)."""
 
     saves = 0
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.writes: list[tuple[SagaStatus, list[tuple[str, str]]]] = []
 
     async def save(self, record: SagaRecord, events: Sequence[StepEvent], lease: float, *,
                    release: bool = False) -> SagaRecord:
         self.saves += 1
+        self.writes.append((record.status, [(e.step, e.outcome) for e in events]))
         return await super().save(record, events, lease, release=release)
 
 
@@ -306,5 +312,49 @@ def test_step_failed_error_in_a_compensation_parks_the_saga_at_once(db_url: str)
         assert record.error == "compensation of step 'charge': refund refused"
         assert Order.model_validate_json(record.state).failure == \
             "refund refused: account closed"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["step-failed", "retries-exhausted", "retriable-parks"])
+def test_a_final_failure_is_written_with_what_follows_it(db_url: str, how: str) -> None:
+    """One write records a step's final failure and the saga turning back (or parking):
+    a crash between two writes would have left the failure recorded and the saga still
+    going forward, and the step would have run again on resume."""
+    async def reserve(state: Order) -> Order:
+        state.reserved = True
+        return state
+
+    async def release(state: Order) -> None: ...
+
+    async def charge(state: Order) -> Order:
+        if how == "step-failed":
+            raise StepFailedError("declined")
+        raise ConnectionError("bank down")
+
+    saga = Saga("order", Order, [
+        S("reserve", reserve, compensation=release),
+        S("charge", charge, retry=RetryPolicy(max_attempts=2, backoff=0.01),
+          retriable=how == "retriable-parks"),
+    ])
+
+    async def main() -> None:
+        async with database(db_url) as engine:
+            app = App("shop", broker=testing.memory_url())
+            store = CountingStore(engine)
+            sagas = SagaEngine(app, store, [saga], poll_interval=0.05)
+            async with app:
+                saga_id = await sagas.start(saga, Order(order="o-9"))
+                record = await sagas.wait(saga_id, 20)
+        expected = SagaStatus.PARKED if how == "retriable-parks" else SagaStatus.COMPENSATED
+        assert record.status is expected
+        turned = SagaStatus.PARKED if how == "retriable-parks" else SagaStatus.COMPENSATING
+        [write] = [w for w in store.writes if ("charge", "failed") in w[1]
+                   and w[0] is turned]
+        assert write[1][-2:] == [("charge", "failed"), ("", str(turned))]
+        failures = [w for w in store.writes if ("charge", "failed") in w[1]]
+        # The last attempt's failure is not written alone (an earlier one that is
+        # retried is, with its next attempt's time).
+        assert len(failures) == (1 if how == "step-failed" else 2), store.writes
 
     asyncio.run(main())

@@ -37,6 +37,9 @@ class Outcome:
     state: pydantic.BaseModel | None = None
     error: str | None = None
     timed_out: bool = False
+    #: The history line of a final failure not written yet: the write that records
+    #: what follows (compensating, parked) carries it, so one write records both.
+    events: tuple[StepEvent, ...] = ()
 
 
 class StepInterrupted(Exception):
@@ -56,6 +59,11 @@ class Track(Protocol):
     def armed(self) -> bool: ...
     @property
     def dormant(self) -> bool: ...
+    @property
+    def defers_final(self) -> bool:
+        """A final failure is written by the caller's next write (in the saga record's
+        own columns, that write resets the timers too), not by a write of its own."""
+        ...
 
     def disarm(self) -> None: ...
 
@@ -125,9 +133,13 @@ async def _failed(run: Runner, track: Track, step: Step[Any], policy: RetryPolic
     decision = None if failed is not None else policy.decide(attempt, exc)
     now = time.time()
     wake_at = now + decision.delay if isinstance(decision, Retry) else now
-    await track.save([run.event(step.name, phase, "timed_out" if timed_out else "failed",
-                                attempt, error)], wake_at=wake_at, deadline=None)
-    if isinstance(decision, Retry):
+    line = run.event(step.name, phase, "timed_out" if timed_out else "failed", attempt, error)
+    final = not isinstance(decision, Retry)
+    if final and track.defers_final:
+        return Outcome(False, state=None if failed is None else failed.state, error=error,
+                       timed_out=timed_out, events=(line,))
+    await track.save([line], wake_at=wake_at, deadline=None)
+    if not final:
         return None
     return Outcome(False, state=None if failed is None else failed.state, error=error,
                    timed_out=timed_out)
@@ -146,10 +158,12 @@ async def _cut_short(run: Runner, track: Track, step: Step[Any], action: Action[
     decision = policy.decide(attempt, exc)
     ends = max(deadline, now) if deadline is not None and isinstance(action, Command) else now
     wake_at = ends + decision.delay if isinstance(decision, Retry) else now
-    outcome = "timed_out" if deadline is not None else "failed"
-    await track.save([run.event(step.name, phase, outcome, attempt, _describe(exc))],
-                     wake_at=wake_at, deadline=None)
+    line = run.event(step.name, phase, "timed_out" if deadline is not None else "failed",
+                     attempt, _describe(exc))
+    error = f"gave up after {attempt} attempts (the last one did not finish)"
+    if not isinstance(decision, Retry) and track.defers_final:
+        return Outcome(False, error=error, timed_out=deadline is not None, events=(line,))
+    await track.save([line], wake_at=wake_at, deadline=None)
     if isinstance(decision, Retry):
         return None
-    return Outcome(False, error=f"gave up after {attempt} attempts (the last one did not "
-                   "finish)", timed_out=deadline is not None)
+    return Outcome(False, error=error, timed_out=deadline is not None)

@@ -42,6 +42,7 @@ class _BranchTrack:
     """A branch's attempts and timers: its entry of the ``branches`` JSON."""
 
     dormant = False  # a branch waits in memory: its siblings hold the saga anyway
+    defers_final = False  # its siblings go on: its failure is written at once
 
     def __init__(self, group: ParallelRun, name: str, armed: bool) -> None:
         self._group = group

@@ -17,7 +17,10 @@ in ``FAILED_COMPENSATION`` rather than looping. One write per step: the write th
 records a step's success also records the start of the next one, and the last one
 completes the saga and gives its lease up. A step without an action (it only holds a
 compensation) costs none going forward: that write skips it. A step that raises
-:class:`StepFailedError` fails for good at once, with the state it carries.
+:class:`StepFailedError` fails for good at once, with the state it carries. A step's
+final failure is written with what follows it (compensating, or parked), in one write:
+a crash cannot leave a failure recorded and the saga not yet turned back (which would
+run the step again on resume).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class _RecordTrack:
     """A step's attempts and timers: the saga record's own columns."""
 
     dormant = True  # a long wait gives the saga up until it is due
+    defers_final = True  # compensating or parking is the next write: it records both
 
     def __init__(self, run: SagaRun) -> None:
         self._run = run
@@ -176,7 +180,7 @@ class SagaRun:
             await self._advance(step.name, "action", outcome, index + 1, done)
         elif step.retriable:
             await self._park(SagaStatus.PARKED, f"step {step.name!r}: {outcome.error}",
-                             outcome.state)
+                             outcome)
         else:
             await self._compensate_from(index, step, outcome, undo)
 
@@ -186,7 +190,8 @@ class SagaRun:
         # step compensates the branches that succeeded or timed out (``undo``).
         start = index if outcome.timed_out or undo else index - 1
         await self.save(
-            [self.event("", "saga", SagaStatus.COMPENSATING, error=outcome.error)],
+            [*outcome.events,
+             self.event("", "saga", SagaStatus.COMPENSATING, error=outcome.error)],
             status=SagaStatus.COMPENSATING, direction=Direction.BACKWARD, step=start,
             attempts=0, error=f"step {step.name!r}: {outcome.error}", branches=undo,
             wake_at=None, deadline=None, **self._keep(outcome.state),
@@ -211,7 +216,7 @@ class SagaRun:
         else:
             await self._park(SagaStatus.FAILED_COMPENSATION,
                              f"compensation of step {step.name!r}: {outcome.error}",
-                             outcome.state)
+                             outcome)
 
     async def _advance(self, name: str, phase: str, outcome: Outcome, to: int,
                        done: Sequence[StepEvent] = ()) -> None:
@@ -315,11 +320,16 @@ class SagaRun:
     async def _finish(self, status: SagaStatus) -> None:
         await self.save([self.event("", "saga", status)], release=True, status=status)
 
-    async def _park(self, status: SagaStatus, error: str,
-                    state: pydantic.BaseModel | None = None) -> None:
+    async def _park(self, status: SagaStatus, error: str, outcome: Outcome | None = None,
+                    ) -> None:
+        """Park the saga as ``status``, in the write that records ``outcome``'s final
+        failure (its history line, its state) if there is one."""
         log.error("saga %s (%s) parked as %s: %s", self.record.id, self.saga.name, status, error)
-        await self.save([self.event("", "saga", status, error=error)], status=status,
-                        error=error, **self._keep(state))
+        events = [*outcome.events] if outcome is not None else []
+        timers: dict[str, Any] = {"wake_at": None, "deadline": None} if events else {}
+        await self.save([*events, self.event("", "saga", status, error=error)], status=status,
+                        error=error, **timers,
+                        **self._keep(outcome.state if outcome is not None else None))
 
     def _keep(self, state: pydantic.BaseModel | None) -> dict[str, Any]:
         """The record change that saves ``state`` (a failed step's, from
