@@ -35,7 +35,7 @@ from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
 from ..._assignment import desired_assignment
-from ..._errors import FencedError
+from ..._errors import FencedError, TransportError
 from ..._records import Record, Start, TopicPartition
 from ..._waiting import wait_event
 from ...ports import RebalanceListener, Subscription
@@ -214,9 +214,18 @@ class AmqpSubscription(Subscription):
                 out.append(to_record(tp.topic, tp.partition, message))
         if self._seen > self._acked and self._channel is not None:
             # A stream ack only grants credit; one ack covers everything taken so far.
-            with driver_errors("acknowledging"):
-                await self._channel.basic_ack(self._seen, multiple=True)
-            self._acked = self._seen
+            try:
+                with driver_errors("acknowledging"):
+                    await self._channel.basic_ack(self._seen, multiple=True)
+            except TransportError:
+                if self._transport.link.up and not self._channel.is_closed:
+                    raise
+                # The connection went (a node restart) between the link check and the
+                # ack: the records taken are valid, the credit goes with the channel,
+                # and the next fetch waits for the link and opens a new one.
+                self._broken = True
+            else:
+                self._acked = self._seen
         return out
 
     # -- the group ---------------------------------------------------------------------
