@@ -6,7 +6,8 @@ and the time it is due, to the group's park log ``tidings.parked.<group>``), its
 is committed, and the partition goes on. Later messages of the same key are parked
 behind it (and committed), so the key keeps its order; other keys never wait. Each
 parked key is a lane that runs its messages one at a time, in order, off the
-partition's workers: the head at its due time and attempt, then the others.
+partition's workers: the head at its due time and attempt, then the others. The lanes
+of a subscriber run at most ``concurrency`` handlers at once between them.
 
 With ``dead_letter="park-key"``, a dead-lettered message stays at the head of its key's
 lane, *dead*: the key's later messages park behind it until the dead letter is
@@ -94,6 +95,9 @@ class Parking:
         self._scans: dict[str, DeadLetterScan] = {}  # per topic with dead heads
         self._closing = asyncio.Event()
         self._sleeping: set[asyncio.Task[None]] = set()
+        #: Handlers of parked messages running at once, across every lane: at most
+        #: the subscriber's ``concurrency`` (beside its partitions' own workers).
+        self._slots = asyncio.Semaphore(consumer.spec.concurrency)
 
     async def start(self) -> None:
         """Make sure the park log exists (one partition: one order for every event)."""
@@ -288,19 +292,27 @@ class Parking:
                     self._sleeping.discard(task)
                 slept = (head, head.due)
                 continue  # the state may have changed (revoked, revived)
-            part.active += 1  # a revoke waits for the handler and for what it wrote
+            await self._slots.acquire()
             try:
+                if not part.accepting or part.parked.get(lane_name) is not lane \
+                        or not lane or lane[0] is not head or head.dead:
+                    continue  # it changed while it waited for a slot (revoked, revived)
+                part.active += 1  # a revoke waits for the handler and for what it wrote
                 try:
-                    outcome = await consumer.process(head.record, head.attempt)
-                except Exception:
-                    log.exception("tidings failed to process parked %s; retrying", head.id)
-                    outcome = 1.0
-                if not part.tracked:
-                    return  # lost: the new owner runs it again
-                await self._settle(head, outcome)
+                    try:
+                        outcome = await consumer.process(head.record, head.attempt)
+                    except Exception:
+                        log.exception("tidings failed to process parked %s; retrying",
+                                      head.id)
+                        outcome = 1.0
+                    if not part.tracked:
+                        return  # lost: the new owner runs it again
+                    await self._settle(head, outcome)
+                finally:
+                    part.active -= 1
+                    consumer.progress.set()
             finally:
-                part.active -= 1
-                consumer.progress.set()
+                self._slots.release()
 
     async def _settle(self, head: Parked, outcome: float | None) -> None:
         """Write what happened to the head: done, failed again, or dead."""

@@ -278,3 +278,37 @@ def test_members_keep_the_values_of_parked_messages_only_for_their_own_partition
         assert handled == {n: {"n": n, "pad": pad, "header": f"v{n}"} for n in range(40)}
 
     asyncio.run(main())
+
+
+def test_parked_lanes_run_at_most_concurrency_handlers_at_once() -> None:
+    """Eight keys parked at once are due together: their lanes take turns for the
+    subscriber's ``concurrency`` slots rather than running eight handlers at once."""
+    async def main() -> None:
+        app = App("svc", broker=memory_url())
+        running = peak = 0
+        retried: list[int] = []
+
+        @app.subscriber("t", concurrency=2,
+                        retry=RetryPolicy(max_attempts=3, backoff=0.05, blocking=False))
+        async def handle(payload: dict[str, int], message: Message) -> None:
+            nonlocal running, peak
+            if message.attempt == 1:
+                raise ConnectionError("down")  # parked; due 0.05 s later, all together
+            running += 1
+            peak = max(peak, running)
+            try:
+                await asyncio.sleep(0.1)
+            finally:
+                running -= 1
+            retried.append(payload["n"])
+
+        async with app:
+            await app.publish_many("t", [{"n": n} for n in range(8)], key=lambda p: f"k{p['n']}")
+            for _ in range(200):
+                if len(retried) == 8:
+                    break
+                await asyncio.sleep(0.05)
+        assert sorted(retried) == list(range(8))
+        assert peak == 2, peak
+
+    asyncio.run(main())
