@@ -36,6 +36,11 @@ from .services import make_engine
 metadata = MetaData()
 items = Table("gc_items", metadata, Column("id", String(20), primary_key=True),
               Column("n", Integer, nullable=False))
+_made = iter(range(1, 1_000_000))
+defaulted = Table("gc_defaulted", metadata, Column("id", String(20), primary_key=True),
+                  Column("kind", String(10), nullable=False, default="plain"),
+                  Column("made", Integer, nullable=False, default=lambda: next(_made)),
+                  Column("touched", Integer, default=0, onupdate=1))
 
 
 class Boom(Exception):
@@ -325,5 +330,34 @@ def test_execute_dml_runs_statements_built_once_in_the_units_transaction(url: st
                 rows = (await conn.execute(select(items.c.id, items.c.n).order_by(items.c.id))
                         ).all()
             assert [tuple(r) for r in rows] == [("a", 5), ("b", 2)]
+
+    asyncio.run(main())
+
+
+def test_execute_dml_computes_python_side_defaults_like_sqlalchemy(url: str) -> None:
+    """Columns the values leave out get their Python-side ``default`` (an INSERT) or
+    ``onupdate`` (an UPDATE), scalar or callable, on every path: inline SQLite used to
+    write NULL for them (or fail on NOT NULL), unlike ``conn.execute``."""
+    add = sql_insert(defaulted)
+    rename = update(defaulted).where(defaulted.c.id == bindparam("key")
+                                     ).values(kind=bindparam("new_kind"))
+
+    async def main() -> None:
+        async with database(url) as engine:
+            commits = GroupCommit.of(engine)
+
+            async def write(conn: AsyncConnection) -> None:
+                await execute_dml(conn, add, {"id": "a", "kind": "given"})
+                await execute_dml(conn, add, [{"id": "b"}, {"id": "c"}])
+                await execute_dml(conn, rename, {"key": "c", "new_kind": "renamed"})
+
+            await commits.run(write)
+            async with engine.connect() as conn:
+                rows = [tuple(r) for r in (await conn.execute(
+                    select(defaulted).order_by(defaulted.c.id))).all()]
+        assert [(i, kind, touched) for i, kind, _, touched in rows] == [
+            ("a", "given", 0), ("b", "plain", 0), ("c", "renamed", 1)]
+        made = [m for _, _, m, _ in rows]
+        assert len(set(made)) == 3 and all(isinstance(m, int) for m in made)
 
     asyncio.run(main())

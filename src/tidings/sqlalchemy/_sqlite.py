@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,28 +98,74 @@ async def driver_sqlite(conn: AsyncConnection) -> sqlite3.Connection | None:
     return driver._connection
 
 
-#: Statements compiled once for SQLite: (sql, the bind names in order, the values of
-#: the binds the statement fixed itself: ``status == "PENDING"``, say).
-_COMPILED: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A statement compiled once for SQLite."""
+
+    sql: str
+    names: tuple[str, ...]  #: the bind names, in order
+    #: The values of the binds the statement fixed itself (``status == "PENDING"``).
+    fixed: dict[str, Any]
+    #: The Python-side ``default`` (INSERT) or ``onupdate`` (UPDATE) of each column the
+    #: values leave out, computed per row as SQLAlchemy does.
+    defaults: tuple[tuple[str, Any], ...]
+
+    def params(self, row: dict[str, Any]) -> list[Any]:
+        """The positional parameters for ``row``."""
+        if self.fixed:
+            row = {**self.fixed, **row}
+        if self.defaults:
+            row = dict(row)
+            for name, default in self.defaults:
+                if name not in row:
+                    row[name] = default.arg if default.is_scalar else \
+                        default.arg(_DefaultContext(row))
+        return [row[n] for n in self.names]
+
+
+class _DefaultContext:
+    """What a context-sensitive default function gets here: the row's parameters."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.current_parameters = row
+
+    def get_current_parameters(self, isolate_multiinsert_groups: bool = True) -> dict[str, Any]:
+        return self.current_parameters
+
+
+#: Statements compiled once for SQLite (None: one with a default computed in SQL before
+#: it runs, left to ``conn.execute``).
+_COMPILED: dict[Any, _Compiled | None] = {}
 #: More than this many means statements are built per call: start the cache afresh
 #: rather than let it grow (they still run, compiled each time).
 _MAX_COMPILED = 1000
 
 
-def _compiled(statement: Any, conn: AsyncConnection,
-              keys: tuple[str, ...]) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    found = _COMPILED.get((statement, keys))
-    if found is None:
-        if len(_COMPILED) >= _MAX_COMPILED:
-            _COMPILED.clear()
-        # An INSERT names the columns it is given; an UPDATE has its bind parameters.
-        columns = list(keys) if statement.is_insert else None
-        compiled = statement.compile(dialect=conn.dialect, column_keys=columns)
-        names = tuple(compiled.positiontup or ())
+def _compiled(statement: Any, conn: AsyncConnection, keys: tuple[str, ...]) -> _Compiled | None:
+    key = (statement, keys)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    if len(_COMPILED) >= _MAX_COMPILED:
+        _COMPILED.clear()
+    # An INSERT names the columns it is given; an UPDATE has its bind parameters.
+    columns = list(keys) if statement.is_insert else None
+    compiled = statement.compile(dialect=conn.dialect, column_keys=columns)
+    names = tuple(compiled.positiontup or ())
+    defaults: list[tuple[str, Any]] = []
+    found: _Compiled | None = None
+    for column in [*compiled.insert_prefetch, *compiled.update_prefetch]:
+        default = column.default if statement.is_insert else column.onupdate
+        if default is None or not (default.is_scalar or default.is_callable):
+            break  # a SQL expression or a sequence to run first: SQLAlchemy's path
+        defaults.append((column.key, default))
+    else:
         binds = compiled.binds
+        computed = {name for name, _ in defaults}
         fixed = {name: binds[name].effective_value for name in names
-                 if name not in keys and name in binds and not binds[name].required}
-        found = _COMPILED[statement, keys] = (str(compiled), names, fixed)
+                 if name not in keys and name not in computed and name in binds
+                 and not binds[name].required}
+        found = _Compiled(str(compiled), names, fixed, tuple(defaults))
+    _COMPILED[key] = found
     return found
 
 
@@ -144,24 +191,18 @@ async def execute_dml(conn: AsyncConnection, statement: Any,
     statement compiled once per set of value names: SQLAlchemy's execution machinery
     costs several times the statement there. On any other connection it is an ordinary
     ``conn.execute(statement, values)``. It joins the transaction of ``conn`` either way
-    (a :class:`GroupCommit` unit's, say).
+    (a :class:`GroupCommit` unit's, say). Python-side ``default``/``onupdate`` values of
+    the columns ``values`` leave out are computed per row on both paths; a statement
+    with a default SQL computes before it runs goes through ``conn.execute``.
     """
     raw = await driver_sqlite(conn)
-    if raw is None:
+    compiled = None if raw is None else _compiled(
+        statement, conn, tuple(values[0] if isinstance(values, list) else values))
+    if raw is None or compiled is None:
         return int((await conn.execute(statement, values)).rowcount)
-    sql, names, fixed = _compiled(statement, conn, tuple(values[0] if isinstance(values, list)
-                                                         else values))
     if isinstance(values, list):
-        return raw.executemany(sql, [_params(names, fixed, row) for row in values]).rowcount
-    return raw.execute(sql, _params(names, fixed, values)).rowcount
-
-
-def _params(names: tuple[str, ...], fixed: dict[str, Any], row: dict[str, Any]) -> list[Any]:
-    """The positional parameters of a compiled statement for ``row`` (and the values the
-    statement fixed itself)."""
-    if fixed:
-        row = {**fixed, **row}
-    return [row[n] for n in names]
+        return raw.executemany(compiled.sql, [compiled.params(row) for row in values]).rowcount
+    return raw.execute(compiled.sql, compiled.params(values)).rowcount
 
 
 async def insert_returning(conn: AsyncConnection, statement: Any,
@@ -174,10 +215,10 @@ async def insert_returning(conn: AsyncConnection, statement: Any,
     whose RETURNING must then keep the rows' order (``sort_by_parameter_order``).
     """
     raw = await driver_sqlite(conn)
-    if raw is None:
+    compiled = None if raw is None else _compiled(statement, conn, tuple(rows[0]))
+    if raw is None or compiled is None:
         return list((await conn.execute(statement, rows)).scalars())
-    sql, names, fixed = _compiled(statement, conn, tuple(rows[0]))
-    return [raw.execute(sql, _params(names, fixed, row)).fetchone()[0] for row in rows]
+    return [raw.execute(compiled.sql, compiled.params(row)).fetchone()[0] for row in rows]
 
 
 def read_only_db_url(url: str) -> str:
