@@ -164,11 +164,10 @@ class ParkIndex:
             if entry is not None:
                 entry.at = max(entry.at, event.offset)
 
-    def hollow_out(self, keep: Collection[TopicPartition]) -> int:
+    def hollow_out(self, keep: Collection[TopicPartition]) -> None:
         """Leave in the park log the values and headers of the entries of partitions
-        not in ``keep`` (this member does not run them); return how many it let go.
-        An entry not read back from the log yet keeps them until it is."""
-        count = 0
+        not in ``keep`` (this member does not run them). An entry not read back from
+        the log yet keeps them until it is."""
         for tp, lanes in self.lanes.items():
             if tp in keep:
                 continue
@@ -177,8 +176,6 @@ class ParkIndex:
                     if not entry.hollow and entry.at >= 0:
                         entry.record = replace(entry.record, value=b"", headers={})
                         entry.hollow = True
-                        count += 1
-        return count
 
     def hollow(self, tp: TopicPartition) -> list[Parked]:
         """The entries of ``tp`` whose record is left in the log."""

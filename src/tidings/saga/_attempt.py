@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import pydantic
@@ -134,15 +134,10 @@ async def _failed(run: Runner, track: Track, step: Step[Any], policy: RetryPolic
     now = time.time()
     wake_at = now + decision.delay if isinstance(decision, Retry) else now
     line = run.event(step.name, phase, "timed_out" if timed_out else "failed", attempt, error)
-    final = not isinstance(decision, Retry)
-    if final and track.defers_final:
-        return Outcome(False, state=None if failed is None else failed.state, error=error,
-                       timed_out=timed_out, events=(line,))
-    await track.save([line], wake_at=wake_at, deadline=None)
-    if not final:
-        return None
-    return Outcome(False, state=None if failed is None else failed.state, error=error,
-                   timed_out=timed_out)
+    final = None if isinstance(decision, Retry) else Outcome(
+        False, state=None if failed is None else failed.state, error=error,
+        timed_out=timed_out)
+    return await _record_failure(track, line, wake_at, final)
 
 
 async def _cut_short(run: Runner, track: Track, step: Step[Any], action: Action[Any],
@@ -160,10 +155,19 @@ async def _cut_short(run: Runner, track: Track, step: Step[Any], action: Action[
     wake_at = ends + decision.delay if isinstance(decision, Retry) else now
     line = run.event(step.name, phase, "timed_out" if deadline is not None else "failed",
                      attempt, _describe(exc))
-    error = f"gave up after {attempt} attempts (the last one did not finish)"
-    if not isinstance(decision, Retry) and track.defers_final:
-        return Outcome(False, error=error, timed_out=deadline is not None, events=(line,))
+    final = None if isinstance(decision, Retry) else Outcome(
+        False, error=f"gave up after {attempt} attempts (the last one did not finish)",
+        timed_out=deadline is not None)
+    return await _record_failure(track, line, wake_at, final)
+
+
+async def _record_failure(track: Track, line: StepEvent, wake_at: float,
+                          final: Outcome | None) -> Outcome | None:
+    """Write a failed attempt's history ``line`` and when the next attempt may start,
+    and return ``final`` (None: there is a next attempt). A final failure on a track
+    that defers it is not written here: its line goes with the outcome, to the write
+    that records what follows."""
+    if final is not None and track.defers_final:
+        return replace(final, events=(line,))
     await track.save([line], wake_at=wake_at, deadline=None)
-    if isinstance(decision, Retry):
-        return None
-    return Outcome(False, error=error, timed_out=deadline is not None)
+    return final

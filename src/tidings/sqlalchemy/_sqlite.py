@@ -112,10 +112,8 @@ class _Compiled:
 
     def params(self, row: dict[str, Any]) -> list[Any]:
         """The positional parameters for ``row``."""
-        if self.fixed:
-            row = {**self.fixed, **row}
-        if self.defaults:
-            row = dict(row)
+        if self.fixed or self.defaults:
+            row = {**self.fixed, **row}  # a copy: the caller's row stays as it is
             for name, default in self.defaults:
                 if name not in row:
                     row[name] = default.arg if default.is_scalar else \
