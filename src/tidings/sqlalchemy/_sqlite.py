@@ -134,6 +134,7 @@ class _DefaultContext:
 #: Statements compiled once for SQLite (None: one with a default computed in SQL before
 #: it runs, left to ``conn.execute``).
 _COMPILED: dict[Any, _Compiled | None] = {}
+_UNCOMPILED = object()  # not in _COMPILED (None is a value there)
 #: More than this many means statements are built per call: start the cache afresh
 #: rather than let it grow (they still run, compiled each time).
 _MAX_COMPILED = 1000
@@ -141,8 +142,9 @@ _MAX_COMPILED = 1000
 
 def _compiled(statement: Any, conn: AsyncConnection, keys: tuple[str, ...]) -> _Compiled | None:
     key = (statement, keys)
-    if key in _COMPILED:
-        return _COMPILED[key]
+    cached = _COMPILED.get(key, _UNCOMPILED)
+    if cached is not _UNCOMPILED:
+        return cached  # type: ignore[return-value]
     if len(_COMPILED) >= _MAX_COMPILED:
         _COMPILED.clear()
     # An INSERT names the columns it is given; an UPDATE has its bind parameters.
