@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,31 +90,78 @@ def _epmd_pids(epmd: int) -> list[int]:
     return out
 
 
+def _log_tail(base: Path, limit: int = 3000) -> str:
+    """The end of a node's logs (its stdout and its log directory), for a start failure."""
+    parts = []
+    for log in [base / "stdout.log", *sorted((base / "log").glob("*.log"))]:
+        with contextlib.suppress(OSError):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-limit:]}")
+    return "\n".join(parts)
+
+
+class _Node:
+    """One started ``rabbitmq-server`` (its process group, epmd and data directory)."""
+
+    def __init__(self, binaries: Path) -> None:
+        self.port, dist, self.epmd = free_port(), free_port(), free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="tidings-rabbitmq-"))
+        self.env = _environment(self.base, self.port, dist, self.epmd, f"tidings{self.port}")
+        with open(self.base / "stdout.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [str(binaries / "rabbitmq-server")], env=self.env, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_up(self, binaries: Path) -> str | None:
+        """None once the node runs; else why it did not start (its logs' tail)."""
+        done = subprocess.run([str(binaries / "rabbitmqctl"), "--timeout", "60", "wait",
+                               str(self.base / "node.pid")],
+                              env=self.env, capture_output=True, timeout=90)
+        if done.returncode == 0:
+            return None
+        return (f"rabbitmqctl wait exited {done.returncode}: "
+                f"{done.stdout.decode(errors='replace')}{done.stderr.decode(errors='replace')}"
+                f"\n{_log_tail(self.base)}")
+
+    def stop(self, keep: bool = False) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        for pid in _epmd_pids(self.epmd):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+#: A node that fails to start is tried again on new ports this many times in all: a port
+#: taken from the ephemeral range can be taken by another process's connection meanwhile.
+_ATTEMPTS = 3
+
+
 @contextlib.contextmanager
 def running_rabbitmq() -> Iterator[str]:
     """Start a private RabbitMQ node on free loopback ports; yield its ``amqp://`` URL
-    (guest/guest, vhost ``/``). The node, its epmd and its data go when the block exits."""
+    (guest/guest, vhost ``/``). The node, its epmd and its data go when the block exits.
+    A node that does not come up is started again on new ports (at most 3 tries); then
+    RuntimeError with each try's logs."""
     binaries = rabbitmq_binaries()
-    port, dist, epmd = free_port(), free_port(), free_port()
-    base = Path(tempfile.mkdtemp(prefix="tidings-rabbitmq-"))
-    env = _environment(base, port, dist, epmd, f"tidings{port}")
-    with open(base / "stdout.log", "wb") as log:
-        node = subprocess.Popen([str(binaries / "rabbitmq-server")], env=env, stdout=log,
-                                stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    failures = []
+    for _ in range(_ATTEMPTS):
+        node = _Node(binaries)
+        try:
+            why = node.wait_up(binaries)
+        except BaseException:
+            node.stop()
+            raise
+        if why is None:
+            break
+        failures.append(why)
+        node.stop()
+    else:
+        raise RuntimeError("RabbitMQ did not start:\n" + "\n\n".join(failures))
+    _NODES[node.port] = node.env
     try:
-        subprocess.run([str(binaries / "rabbitmqctl"), "--timeout", "60", "wait",
-                        str(base / "node.pid")],
-                       env=env, check=True, capture_output=True, timeout=90)
-        _NODES[port] = env
-        yield f"amqp://guest:guest@127.0.0.1:{port}/"
+        yield f"amqp://guest:guest@127.0.0.1:{node.port}/"
     finally:
-        _NODES.pop(port, None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.pid, signal.SIGKILL)
-        node.wait()
-        for pid in _epmd_pids(epmd):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0)
-        if not os.environ.get("TIDINGS_KEEP_RABBITMQ"):
-            shutil.rmtree(base, ignore_errors=True)
+        _NODES.pop(node.port, None)
+        node.stop(keep=bool(os.environ.get("TIDINGS_KEEP_RABBITMQ")))
