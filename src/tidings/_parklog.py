@@ -253,16 +253,33 @@ async def fill(transport: Transport, topic: str, entries: Collection[Parked]) ->
         found.update((event.offset, event) for event in page if event.offset in wanted)
     for entry in entries:
         event = found.get(entry.at)
-        if event is None or event.headers.get(_ID) != entry.id:
-            log.warning("the park log %s no longer holds the message %s (at %d): it "
-                        "runs with an empty value", topic, entry.id, entry.at)
-            continue
-        try:
-            entry.record = _record_of(event)
-        except (KeyError, ValueError) as exc:
-            log.warning("skipped a malformed event in %s@%d: %r", topic, entry.at, exc)
-            continue
-        entry.hollow = False
+        if event is not None and event.headers.get(_ID) == entry.id:
+            try:
+                entry.record = _record_of(event)
+            except (KeyError, ValueError) as exc:
+                log.warning("skipped a malformed event in %s@%d: %r", topic, entry.at, exc)
+            else:
+                entry.hollow = False
+                continue
+        await _fill_from_source(transport, topic, entry)
+
+
+async def _fill_from_source(transport: Transport, topic: str, entry: Parked) -> None:
+    """The park log lost ``entry``'s record (a retention shorter than its refresh):
+    take it from the topic it was read from, if that still holds it."""
+    where = entry.record
+    page = await transport.read(where.topic, where.partition, where.offset, 1)
+    source = next((record for record in page if record.offset == where.offset), None)
+    if source is None:
+        log.error("neither the park log %s nor %s[%d] holds the parked message %s any "
+                  "more (both retentions passed): it runs with an empty value",
+                  topic, where.topic, where.partition, entry.id)
+        return
+    log.warning("the park log %s no longer holds the parked message %s: it runs as "
+                "read again from %s[%d]@%d", topic, entry.id, where.topic,
+                where.partition, where.offset)
+    entry.record = source
+    entry.hollow = False
 
 
 async def read_parked(transport: Transport, group: str) -> list[Parked]:

@@ -10,9 +10,9 @@ import pytest
 
 from tidings import App, ConfigurationError, Message, RetryPolicy
 from tidings._dlqscan import DeadLetterScan
-from tidings._parklog import Parked, ParkIndex, event_partition, park_topic, read_log
+from tidings._parklog import Parked, ParkIndex, entry_id, event_partition, park_topic, read_log
 from tidings._parklog import event_record as _event
-from tidings._records import Record, TopicPartition
+from tidings._records import OutRecord, Record, TopicPartition
 from tidings.testing import memory_url
 
 
@@ -310,5 +310,35 @@ def test_parked_lanes_run_at_most_concurrency_handlers_at_once() -> None:
                 await asyncio.sleep(0.05)
         assert sorted(retried) == list(range(8))
         assert peak == 2, peak
+
+    asyncio.run(main())
+
+
+def test_a_parked_record_the_park_log_lost_is_read_again_from_its_topic(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A hollow entry (its value left in the park log) whose park event retention
+    deleted is filled from the topic it was read from; if that lost it too, it is said
+    as an error, not passed over."""
+    from tidings._parklog import fill
+    from tidings.backends.memory import from_url
+
+    async def main() -> None:
+        transport = from_url(memory_url())
+        await transport.ensure_topic("t", 1)
+        await transport.ensure_topic(park_topic("g"), 1)
+        [pos] = await transport.append([OutRecord("t", b'{"n": 7}', key="k",
+                                                  headers={"h": "v"}, partition=0)])
+        kept = Parked(entry_id(Record("t", 0, pos.offset, "k", b"", {}, 0.0)),
+                      Record("t", 0, pos.offset, "k", b"", {}, 0.0), 2, 0.0,
+                      at=3, hollow=True)
+        gone = Parked("t/0/99", Record("t", 0, 99, "k", b"", {}, 0.0), 2, 0.0,
+                      at=4, hollow=True)
+        with caplog.at_level("WARNING", logger="tidings.consumer"):
+            await fill(transport, park_topic("g"), [kept, gone])
+        assert not kept.hollow
+        assert (kept.record.value, kept.record.headers["h"]) == (b'{"n": 7}', "v")
+        assert gone.hollow and gone.record.value == b""
+        assert any(r.levelname == "ERROR" and "t/0/99" in r.getMessage()
+                   for r in caplog.records)
 
     asyncio.run(main())
