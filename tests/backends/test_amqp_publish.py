@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import random
 import time
@@ -22,6 +23,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from rabbitmq_broker import new_vhost
 from tidings import App
 from tidings._errors import TransportError
 from tidings._records import OutRecord
@@ -107,8 +109,13 @@ def message(queue: str, body: bytes, exchange: str = "") -> Message:
     Basic.Properties(headers={"s": "x"}, delivery_mode=2, app_id=""),
 ])
 def test_the_content_header_is_byte_for_byte_pamqps(props: Basic.Properties) -> None:
+    with_id = copy.copy(props)
+    with_id.message_id = props.message_id or "0123456789ab-42"
     for size in (0, 200, 2**40):
         assert content_header(size, props) == ContentHeader(0, size, props).marshal()
+        # The publisher's own message id, for a return to find its caller.
+        assert (content_header(size, props, "0123456789ab-42")
+                == ContentHeader(0, size, with_id).marshal())
 
 
 # -- tags, confirmations, order -----------------------------------------------------
@@ -170,6 +177,54 @@ def test_a_nack_is_an_error_to_its_caller_only(amqp_url: str) -> None:
             assert results[1] is None
             assert await n.bodies(full) == [b"1"]
             assert await n.bodies(other) == [b"3"]
+
+    run(main)
+
+
+def test_a_message_no_queue_takes_is_an_error_to_its_caller_only(amqp_url: str) -> None:
+    """Published to a queue that does not exist (a stream deleted by hand): RabbitMQ
+    confirms it and drops it unless it is mandatory; it is, so it comes back and fails
+    its caller, while the other callers of the batch are confirmed. Nothing is left in
+    the channel's message-id map once the callers are settled."""
+    async def main() -> None:
+        async with node(amqp_url) as n:
+            there = await n.queue()
+            gone = f"pub-missing-{uuid.uuid4().hex[:8]}"
+            results = await asyncio.gather(
+                n.publisher.publish([message(there, b"1")]),
+                n.publisher.publish([message(there, b"2"), message(gone, b"lost")]),
+                n.publisher.publish([message(there, b"3")]),
+                return_exceptions=True)
+            assert results[0] is None and results[2] is None
+            assert isinstance(results[1], aiormq.exceptions.PublishError)
+            assert await n.bodies(there) == [b"1", b"2", b"3"]
+            await n.publisher.publish([message(there, b"4")])  # the channel goes on
+            assert await n.bodies(there) == [b"4"]
+            assert not any(ch.message_id_delivery_tag for ch in n.channels)
+
+    run(main)
+
+
+def test_an_append_to_a_deleted_stream_is_an_error_not_a_silent_loss(amqp_url: str) -> None:
+    """Someone deletes a partition's stream: an append to it raises, naming the stream,
+    and the topic's other partitions go on."""
+    async def main() -> None:
+        url = await asyncio.to_thread(new_vhost, amqp_url, f"gone-{uuid.uuid4().hex[:8]}")
+        transport = from_url(url)
+        await transport.start()
+        try:
+            topic = f"t-{uuid.uuid4().hex[:8]}"
+            await transport.ensure_topic(topic, 2)
+            admin = await aiormq.connect(url)
+            channel = await admin.channel()
+            await channel.queue_delete(f"{topic}.0")
+            await admin.close()
+            with pytest.raises(TransportError, match=rf"'{topic}\.0' \(was its stream deleted"):
+                await transport.append([OutRecord(topic, b"x", partition=0)])
+            await transport.append([OutRecord(topic, b"y", partition=1)])
+            assert [r.value for r in await transport.read(topic, 1, 0, 10)] == [b"y"]
+        finally:
+            await transport.close()
 
     run(main)
 

@@ -21,6 +21,11 @@ the tested range and ``tests/backends/test_amqp_publish.py`` tests each of them:
   ``set_exception`` with a ``DeliveryError``. A caller's batch stands there itself.
 - ``channel.create_future()``: a future the channel fails with its close reason when it
   closes, which fails every message of a batch not confirmed yet: never a silent loss.
+- ``channel.message_id_delivery_tag``: every message is ``mandatory`` and has a message
+  id (one of the publisher's own unless it brought one), registered there with its
+  delivery tag; a message no queue takes (its stream deleted) comes back as a
+  ``basic.return``, which aiormq finds by that id and fails as a ``PublishError`` (before
+  the ack the broker sends for it anyway): never confirmed and dropped.
 - the channel's close event (set once a close is sent or received) and
   ``connection.write_queue`` (bounded): both are checked, and the batch enqueued with
   ``put_nowait``, in one step with no ``await`` between. A frame queued behind the
@@ -35,6 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
+import itertools
+import os
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -51,8 +60,8 @@ __all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "BatchPublisher", "Message", "conten
 Message = tuple[str, str, bytes, Basic.Properties]
 OpenChannel = Callable[[], Awaitable[AbstractChannel]]
 # A message marshalled but for the channel number: basic.publish and content header
-# payloads, and the body.
-_Marshalled = tuple[bytes, bytes, bytes]
+# payloads, the body, and its message id.
+_Marshalled = tuple[bytes, bytes, bytes, str]
 
 BATCH_MESSAGES = 1000
 BATCH_BYTES = 1 << 20
@@ -63,6 +72,7 @@ _LONG = struct.Struct(">I")
 _END = b"\xce"
 _METHOD, _HEADER_FRAME, _BODY = 1, 2, 3
 _HEADERS_AND_DELIVERY_MODE = 0x2000 | 0x1000  # property flags
+_MESSAGE_ID = 0x0080
 _OCTETS = [bytes((i,)) for i in range(256)]
 _KEYS: dict[str, bytes] = {}  # a header name, encoded as a table key and a string tag
 
@@ -112,12 +122,15 @@ class BatchPublisher:
         self._waiting: list[_Call] = []
         self._writer: asyncio.Task[None] | None = None
         self._methods: dict[tuple[str, str], bytes] = {}
+        self._prefix = os.urandom(6).hex() + "-"  # message ids: unique per publisher
+        self._ids = itertools.count()
 
     async def publish(self, messages: Sequence[Message]) -> None:
         """Publish ``messages`` (in order) and return once the broker confirmed them all.
 
-        Raises the driver's error if the broker refused one (a nack), if the channel
-        closed before all were confirmed, or if no channel could be opened; pamqp's
+        Raises the driver's error if the broker refused one (a nack), returned one (no
+        queue took it: ``PublishError``), if the channel closed before all were
+        confirmed, or if no channel could be opened; pamqp's
         ``ValueError``/``TypeError`` for a message it cannot encode (nothing is sent)."""
         if not messages:
             return
@@ -134,10 +147,12 @@ class BatchPublisher:
         if method is None:
             if len(self._methods) > 10_000:
                 self._methods.clear()
-            publish = Basic.Publish(exchange=exchange, routing_key=routing_key)
+            publish = Basic.Publish(exchange=exchange, routing_key=routing_key,
+                                    mandatory=True)
             method = self._methods[exchange, routing_key] = \
                 _LONG.pack(publish.index) + publish.marshal()
-        return method, content_header(len(body), props), body
+        message_id = props.message_id or f"{self._prefix}{next(self._ids)}"
+        return method, content_header(len(body), props, message_id), body, message_id
 
     async def _write(self) -> None:
         try:
@@ -214,18 +229,29 @@ class BatchPublisher:
 
 def _enqueue(channel: Channel, batch: list[tuple[_Call, _Marshalled]], payload: bytes,
              drained: asyncio.Future[Any]) -> None:
-    """Register each delivery tag's caller and queue the frames, in one step."""
+    """Register each delivery tag's caller and each message id's delivery tag (for a
+    return), and queue the frames, in one step."""
     tag = channel.delivery_tag
     confirmations: dict[int, Any] = channel.confirmations
+    tags: dict[str, int] = channel.message_id_delivery_tag
     calls: dict[int, _Call] = {}
-    for call, _ in batch:
+    for call, message in batch:
         tag += 1
         confirmations[tag] = call
-        calls[id(call)] = call
+        tags[message[3]] = tag
+        if id(call) not in calls:
+            calls[id(call)] = call
+            call.future.add_done_callback(functools.partial(_forget, tags, call))
     channel.delivery_tag = tag
     channel.write_queue.put_nowait(
         ChannelFrame(payload=payload, should_close=False, drain_future=drained))
     _watch(channel, list(calls.values()))
+
+
+def _forget(tags: dict[str, int], call: _Call, _: asyncio.Future[None]) -> None:
+    """``call`` is settled: no return concerns its messages any more."""
+    for message in call.messages:
+        tags.pop(message[3], None)
 
 
 def _watch(channel: Channel, calls: list[_Call]) -> None:
@@ -254,7 +280,7 @@ def _frames(number: int, max_body: int, batch: list[tuple[_Call, _Marshalled]]) 
     """The frames of ``batch`` on channel ``number``."""
     pack = _FRAME.pack
     parts: list[bytes] = []
-    for _, (method, header, body) in batch:
+    for _, (method, header, body, _) in batch:
         parts += (pack(_METHOD, number, len(method)), method, _END,
                   pack(_HEADER_FRAME, number, len(header)), header, _END)
         if len(body) <= max_body:
@@ -267,15 +293,26 @@ def _frames(number: int, max_body: int, batch: list[tuple[_Call, _Marshalled]]) 
     return b"".join(parts)
 
 
-def content_header(body_size: int, props: Basic.Properties) -> bytes:
-    """The payload of the content header frame for ``props``: packed directly for string
-    headers and a delivery mode, else by pamqp (the same bytes either way)."""
+def content_header(body_size: int, props: Basic.Properties,
+                   message_id: str | None = None) -> bytes:
+    """The payload of the content header frame for ``props`` (with ``message_id`` if it
+    has none): packed directly for string headers, a delivery mode and a short message
+    id, else by pamqp (the same bytes either way)."""
     headers, mode = props.headers, props.delivery_mode
     if headers and mode is not None and _only_headers_and_mode(props):
         table = _string_table(headers)
         if table is not None:
-            return b"".join((_HEADER.pack(60, body_size, _HEADERS_AND_DELIVERY_MODE),
-                             _LONG.pack(len(table)), table, _OCTETS[mode]))
+            if message_id is None:
+                return b"".join((_HEADER.pack(60, body_size, _HEADERS_AND_DELIVERY_MODE),
+                                 _LONG.pack(len(table)), table, _OCTETS[mode]))
+            mid = message_id.encode()
+            if len(mid) < 256:
+                return b"".join((
+                    _HEADER.pack(60, body_size, _HEADERS_AND_DELIVERY_MODE | _MESSAGE_ID),
+                    _LONG.pack(len(table)), table, _OCTETS[mode], _OCTETS[len(mid)], mid))
+    if message_id is not None and props.message_id is None:
+        props = copy.copy(props)
+        props.message_id = message_id
     return ContentHeader(0, body_size, props).marshal()
 
 

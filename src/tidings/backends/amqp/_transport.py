@@ -151,6 +151,13 @@ class AmqpTransport(Transport):
         with driver_errors(what):
             try:
                 await self._publisher.publish(messages)
+            except aiormq.exceptions.PublishError as exc:
+                returned = exc.frame
+                where = getattr(returned, "routing_key", "?")
+                raise TransportError(
+                    f"{what}: no queue took a message routed to {where!r} (was its stream "
+                    f"deleted?): RabbitMQ returned it ({getattr(returned, 'reply_text', '')})"
+                ) from exc
             except aiormq.exceptions.DeliveryError as exc:
                 raise TransportError(f"{what}: RabbitMQ refused a message ({exc.frame})") from exc
             except aiormq.exceptions.ChannelInvalidStateError as exc:
