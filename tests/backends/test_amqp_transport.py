@@ -380,3 +380,41 @@ def test_the_delay_forwarder_starts_again_when_the_broker_cancels_it(
     with caplog.at_level(logging.WARNING, "tidings.amqp"):
         asyncio.run(main())
     assert any("starting it again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_due_record_whose_stream_was_deleted_waits_for_it_paced(
+        amqp_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its partition's stream deleted by hand, a delayed record cannot be forwarded when
+    due: the broker returns it (it is not confirmed and dropped), and it goes back to the
+    due queue, tried again every RETRY_FORWARD seconds rather than at once. Once the
+    stream is there again, it is delivered."""
+    monkeypatch.setattr("tidings.backends.amqp._delay.RETRY_FORWARD", 0.5)
+    topic = f"later-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        url = await _vhost(amqp_url, f"gone-{uuid.uuid4().hex[:8]}")
+        transport = from_url(url)
+        await transport.start()
+        try:
+            await transport.ensure_topic(topic, 1)
+            admin = await aiormq.connect(url)
+            channel = await admin.channel()
+            await channel.queue_delete(f"{topic}.0")
+            await transport.append([OutRecord(topic, b"due", deliver_at=time.time() + 0.2)])
+            await _until(lambda: any("could not forward" in r.getMessage()
+                                     for r in caplog.records))
+            await asyncio.sleep(2.0)
+            tries = [r for r in caplog.records if "could not forward" in r.getMessage()]
+            assert 2 <= len(tries) <= 7, len(tries)  # paced: ~5 in 2 s, not thousands
+            assert "was its stream deleted" in str(tries[0].exc_info[1])
+            await channel.queue_declare(f"{topic}.0", durable=True,
+                                        arguments={"x-queue-type": "stream"})
+            await admin.close()
+            records = await _delivered(transport, topic)
+            assert [r.value for r in records] == [b"due"]
+        finally:
+            await transport.close()
+
+    with caplog.at_level(logging.WARNING, "tidings.amqp"):
+        asyncio.run(main())

@@ -30,8 +30,8 @@ from pamqp.common import FieldValue
 
 from ._translate import driver_errors
 
-__all__ = ["BUCKET", "DUE", "EXCHANGE", "TARGET", "WATCH_EVERY", "DelayBuckets", "DueForwarder",
-           "bucket_ms"]
+__all__ = ["BUCKET", "DUE", "EXCHANGE", "RETRY_FORWARD", "TARGET", "WATCH_EVERY", "DelayBuckets",
+           "DueForwarder", "bucket_ms"]
 
 EXCHANGE = "tidings.delay"
 # Not x-...: a headers exchange ignores binding arguments that start with "x-".
@@ -41,6 +41,8 @@ DUE = f"{EXCHANGE}.due"
 _REDECLARE = 600.0
 #: Seconds between checks that the forwarder still consumes.
 WATCH_EVERY = 5.0
+#: Seconds before a due message that could not be forwarded goes back to the queue.
+RETRY_FORWARD = 1.0
 
 log = logging.getLogger("tidings.amqp")
 
@@ -167,7 +169,11 @@ class DueForwarder:
             if channel is not None:
                 await channel.basic_ack(message.delivery_tag or 0)
         except Exception:  # not acked: the broker redelivers it to a forwarder
-            log.warning("could not forward a delayed message to %r", target, exc_info=True)
+            log.warning("could not forward a delayed message to %r (tried again in %g s)",
+                        target, RETRY_FORWARD, exc_info=True)
+            # Not at once: a stream that stays missing (deleted by hand) or full would
+            # make the broker and this forwarder pass the message back and forth.
+            await asyncio.sleep(RETRY_FORWARD)
             if channel is not None:
                 with contextlib.suppress(Exception):
                     await channel.basic_nack(message.delivery_tag or 0, requeue=True)
