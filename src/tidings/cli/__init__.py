@@ -30,7 +30,8 @@ __all__ = ["main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--broker", envvar="TIDINGS_BROKER", default=DEFAULT_BROKER, show_default=True,
-              help="Broker URL: sqlite:///path, memory://, kafka://host:port.")
+              help="Broker URL: sqlite:///path, kafka://host:port, amqp://host:port, "
+                   "mqtt://host:port, memory:// (also $TIDINGS_BROKER).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.version_option(package_name="tidings")
 @click.pass_context
