@@ -72,6 +72,8 @@ def _environment(base: Path, port: int, dist: int, epmd: int, name: str) -> dict
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
         "RABBITMQ_PID_FILE": str(base / "node.pid"), "ERL_EPMD_ADDRESS": "127.0.0.1",
         "ERL_EPMD_PORT": str(epmd), "RABBITMQ_USE_LONGNAME": "false",
+        # With its data, not in the working directory (the checkout) of the tests.
+        "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),
     })
     return env
 
@@ -91,11 +93,14 @@ def _epmd_pids(epmd: int) -> list[int]:
 
 
 def _log_tail(base: Path, limit: int = 3000) -> str:
-    """The end of a node's logs (its stdout and its log directory), for a start failure."""
+    """The end of a node's logs (its stdout and its log directory) and the head of its
+    crash dump (the slogan says why the VM stopped), for a start failure."""
     parts = []
     for log in [base / "stdout.log", *sorted((base / "log").glob("*.log"))]:
         with contextlib.suppress(OSError):
             parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-limit:]}")
+    with contextlib.suppress(OSError), open(base / "erl_crash.dump", errors="replace") as dump:
+        parts.append(f"--- erl_crash.dump\n{dump.read(limit)}")
     return "\n".join(parts)
 
 
