@@ -16,11 +16,13 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka_broker import free_port
 
-__all__ = ["MAX_MESSAGE_SIZE", "control_env", "new_vhost", "rabbitmq_binaries", "running_rabbitmq"]
+__all__ = ["MAX_MESSAGE_SIZE", "Node", "control_env", "new_vhost", "rabbitmq_binaries",
+           "running_rabbitmq"]
 
 #: AMQP port -> the environment rabbitmqctl needs to reach that running node.
 _NODES: dict[int, dict[str, str]] = {}
@@ -78,9 +80,9 @@ def _environment(base: Path, port: int, dist: int, epmd: int, name: str) -> dict
     return env
 
 
-def _epmd_pids(epmd: int) -> list[int]:
-    """The epmd daemons serving port ``epmd`` (started by our node; found by its argv)."""
-    out = []
+def _kill_epmd(epmd: int) -> None:
+    """SIGKILL the epmd daemons serving port ``epmd`` (started by our nodes; found by
+    their environment)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -88,8 +90,7 @@ def _epmd_pids(epmd: int) -> list[int]:
             environ = (proc / "environ").read_bytes().split(b"\0")
             cmdline = (proc / "cmdline").read_bytes()
             if b"epmd" in cmdline and f"ERL_EPMD_PORT={epmd}".encode() in environ:
-                out.append(int(proc.name))
-    return out
+                os.kill(int(proc.name), signal.SIGKILL)  # gone meanwhile: an OSError
 
 
 def _log_tail(base: Path, limit: int = 3000) -> str:
@@ -104,38 +105,86 @@ def _log_tail(base: Path, limit: int = 3000) -> str:
     return "\n".join(parts)
 
 
-class _Node:
-    """One started ``rabbitmq-server`` (its process group, epmd and data directory)."""
+@dataclass
+class Node:
+    """One private node; ``kill()`` it (SIGKILL) and ``start()`` it again at will."""
 
-    def __init__(self, binaries: Path) -> None:
-        self.port, dist, self.epmd = free_port(), free_port(), free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="tidings-rabbitmq-"))
-        self.env = _environment(self.base, self.port, dist, self.epmd, f"tidings{self.port}")
-        with open(self.base / "stdout.log", "wb") as log:
+    name: str  # the Erlang node name, e.g. tidings-a12345@localhost
+    port: int
+    env: dict[str, str]
+    base: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:port`` (for a multi-host URL)."""
+        return f"127.0.0.1:{self.port}"
+
+    def ctl(self, *args: str, timeout: float = 90) -> str:
+        """Run ``rabbitmqctl -n <this node> args``; its output."""
+        done = subprocess.run([str(rabbitmq_binaries() / "rabbitmqctl"), "-n", self.name,
+                               *args], env=self.env, check=True, capture_output=True,
+                              timeout=timeout)
+        return done.stdout.decode()
+
+    def start(self) -> None:
+        """Start the node's process (returns at once; ``wait()`` for it to boot)."""
+        with open(self.base / "stdout.log", "ab") as out:
             self.process = subprocess.Popen(
-                [str(binaries / "rabbitmq-server")], env=self.env, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                [str(rabbitmq_binaries() / "rabbitmq-server")], env=self.env, stdout=out,
+                stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def wait_up(self, binaries: Path) -> str | None:
-        """None once the node runs; else why it did not start (its logs' tail)."""
-        done = subprocess.run([str(binaries / "rabbitmqctl"), "--timeout", "60", "wait",
-                               str(self.base / "node.pid")],
-                              env=self.env, capture_output=True, timeout=90)
-        if done.returncode == 0:
-            return None
-        return (f"rabbitmqctl wait exited {done.returncode}: "
-                f"{done.stdout.decode(errors='replace')}{done.stderr.decode(errors='replace')}"
-                f"\n{_log_tail(self.base)}")
+    def wait(self, seconds: int = 90) -> None:
+        """Block until the node has booted (its app running); ``CalledProcessError`` if
+        it does not within ``seconds``."""
+        self.ctl("--timeout", str(seconds), "wait", str(self.base / "node.pid"),
+                 timeout=seconds + 30)
 
-    def stop(self, keep: bool = False) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        for pid in _epmd_pids(self.epmd):
+    def kill(self) -> None:
+        """SIGKILL the node (its whole process group), as a crash would."""
+        process, self.process = self.process, None
+        if process is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if not keep:
-            shutil.rmtree(self.base, ignore_errors=True)
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            (self.base / "node.pid").unlink()
+
+    def stop(self) -> None:
+        """Stop the node as a service manager would (SIGTERM: it shuts down cleanly)."""
+        process, self.process = self.process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            (self.base / "node.pid").unlink()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the node's process runs."""
+        return self.process is not None and self.process.poll() is None
+
+
+def _single_node() -> tuple[Node, int]:
+    """A node of its own (own Erlang cookie and epmd, on free ports), not started yet;
+    its epmd port."""
+    port, dist, epmd = free_port(), free_port(), free_port()
+    base = Path(tempfile.mkdtemp(prefix="tidings-rabbitmq-"))
+    name = f"tidings{port}"
+    return Node(f"{name}@localhost", port, _environment(base, port, dist, epmd, name), base), epmd
+
+
+def _remove(node: Node, epmd: int, keep: bool = False) -> None:
+    """Kill ``node`` and its epmd; delete its data unless ``keep``."""
+    node.kill()
+    _kill_epmd(epmd)
+    if not keep:
+        shutil.rmtree(node.base, ignore_errors=True)
 
 
 #: A node that fails to start is tried again on new ports this many times in all: a port
@@ -149,19 +198,23 @@ def running_rabbitmq() -> Iterator[str]:
     (guest/guest, vhost ``/``). The node, its epmd and its data go when the block exits.
     A node that does not come up is started again on new ports (at most 3 tries); then
     RuntimeError with each try's logs."""
-    binaries = rabbitmq_binaries()
+    rabbitmq_binaries()
     failures = []
     for _ in range(_ATTEMPTS):
-        node = _Node(binaries)
+        node, epmd = _single_node()
+        node.start()
         try:
-            why = node.wait_up(binaries)
+            node.wait(60)
+        except subprocess.CalledProcessError as exc:
+            failures.append(f"rabbitmqctl wait exited {exc.returncode}: "
+                            f"{exc.stdout.decode(errors='replace')}"
+                            f"{exc.stderr.decode(errors='replace')}\n{_log_tail(node.base)}")
+            _remove(node, epmd)
         except BaseException:
-            node.stop()
+            _remove(node, epmd)
             raise
-        if why is None:
+        else:
             break
-        failures.append(why)
-        node.stop()
     else:
         raise RuntimeError("RabbitMQ did not start:\n" + "\n\n".join(failures))
     _NODES[node.port] = node.env
@@ -169,4 +222,4 @@ def running_rabbitmq() -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:{node.port}/"
     finally:
         _NODES.pop(node.port, None)
-        node.stop(keep=bool(os.environ.get("TIDINGS_KEEP_RABBITMQ")))
+        _remove(node, epmd, keep=bool(os.environ.get("TIDINGS_KEEP_RABBITMQ")))
