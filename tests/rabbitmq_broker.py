@@ -21,8 +21,8 @@ from pathlib import Path
 
 from kafka_broker import free_port
 
-__all__ = ["MAX_MESSAGE_SIZE", "Node", "control_env", "new_vhost", "rabbitmq_binaries",
-           "running_rabbitmq"]
+__all__ = ["MAX_MESSAGE_SIZE", "Node", "control_env", "delete_queue", "new_vhost",
+           "rabbitmq_binaries", "running_rabbitmq"]
 
 #: AMQP port -> the environment rabbitmqctl needs to reach that running node.
 _NODES: dict[int, dict[str, str]] = {}
@@ -45,6 +45,18 @@ def new_vhost(url: str, name: str) -> str:
         subprocess.run([ctl, *args], env=env, check=True, capture_output=True, timeout=60)
     return urlsplit(url)._replace(path=f"/{quote(name, safe='')}").geturl()
 
+
+
+async def delete_queue(url: str, name: str) -> None:
+    """Delete the queue or stream ``name`` on the node of ``url``, as an operator would
+    by hand (the broker cancels its consumers)."""
+    import aiormq
+
+    connection = await aiormq.connect(url)
+    try:
+        await (await connection.channel()).queue_delete(name)
+    finally:
+        await connection.close()
 
 _BIN = Path("/usr/lib/rabbitmq/bin")
 #: The test node refuses messages above this (RabbitMQ's default is 128 MiB).

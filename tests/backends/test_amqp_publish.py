@@ -23,7 +23,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from rabbitmq_broker import new_vhost
+from rabbitmq_broker import delete_queue, new_vhost
 from tidings import App
 from tidings._errors import TransportError
 from tidings._records import OutRecord
@@ -215,10 +215,7 @@ def test_an_append_to_a_deleted_stream_is_an_error_not_a_silent_loss(amqp_url: s
         try:
             topic = f"t-{uuid.uuid4().hex[:8]}"
             await transport.ensure_topic(topic, 2)
-            admin = await aiormq.connect(url)
-            channel = await admin.channel()
-            await channel.queue_delete(f"{topic}.0")
-            await admin.close()
+            await delete_queue(url, f"{topic}.0")
             with pytest.raises(TransportError, match=rf"'{topic}\.0' \(was its stream deleted"):
                 await transport.append([OutRecord(topic, b"x", partition=0)])
             await transport.append([OutRecord(topic, b"y", partition=1)])

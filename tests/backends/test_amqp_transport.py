@@ -18,13 +18,20 @@ import aiormq
 import pytest
 
 from kafka_broker import free_port
-from rabbitmq_broker import MAX_MESSAGE_SIZE, control_env, rabbitmq_binaries
+from rabbitmq_broker import (
+    MAX_MESSAGE_SIZE,
+    control_env,
+    delete_queue,
+    new_vhost,
+    rabbitmq_binaries,
+)
 from tidings import App, ConfigurationError
 from tidings._backends import load_transport
 from tidings._errors import BrokerUnavailableError, MessageTooLargeError
 from tidings._records import OutRecord, TopicPartition
 from tidings.backends.amqp import AmqpSettings, AmqpTransport, from_url
 from tidings.backends.amqp._delay import bucket_ms
+from tidings.backends.amqp._streams import declare_stream
 from tidings.backends.amqp._subscription import AmqpSubscription
 from tidings.ports import Capability
 
@@ -40,12 +47,7 @@ def _with(url: str, **changes: str) -> str:
 
 async def _vhost(amqp_url: str, name: str) -> str:
     """A new vhost on the test node (guest may use it); its URL."""
-    ctl = str(rabbitmq_binaries() / "rabbitmqctl")
-    env = {**os.environ, **control_env(amqp_url)}
-    for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
-        await asyncio.to_thread(subprocess.run, [ctl, *args], env=env, check=True,
-                                capture_output=True, timeout=60)
-    return _with(amqp_url, vhost=name)
+    return await asyncio.to_thread(new_vhost, amqp_url, name)
 
 
 async def _delivered(transport: AmqpTransport, topic: str) -> list[Any]:
@@ -356,10 +358,7 @@ def test_the_delay_forwarder_starts_again_when_the_broker_cancels_it(
         try:
             forwarder = transport._forwarder
             assert forwarder is not None and forwarder.consuming
-            admin = await aiormq.connect(url)
-            channel = await admin.channel()
-            await channel.queue_delete("tidings.delay.due")
-            await admin.close()
+            await delete_queue(url, "tidings.delay.due")
             for _ in range(50):
                 if not forwarder.consuming:
                     break
@@ -398,9 +397,7 @@ def test_a_due_record_whose_stream_was_deleted_waits_for_it_paced(
         await transport.start()
         try:
             await transport.ensure_topic(topic, 1)
-            admin = await aiormq.connect(url)
-            channel = await admin.channel()
-            await channel.queue_delete(f"{topic}.0")
+            await delete_queue(url, f"{topic}.0")
             await transport.append([OutRecord(topic, b"due", deliver_at=time.time() + 0.2)])
             await _until(lambda: any("could not forward" in r.getMessage()
                                      for r in caplog.records))
@@ -408,8 +405,8 @@ def test_a_due_record_whose_stream_was_deleted_waits_for_it_paced(
             tries = [r for r in caplog.records if "could not forward" in r.getMessage()]
             assert 2 <= len(tries) <= 7, len(tries)  # paced: ~5 in 2 s, not thousands
             assert "was its stream deleted" in str(tries[0].exc_info[1])
-            await channel.queue_declare(f"{topic}.0", durable=True,
-                                        arguments={"x-queue-type": "stream"})
+            admin = await aiormq.connect(url)
+            await declare_stream(await admin.channel(), f"{topic}.0")  # as tidings does
             await admin.close()
             records = await _delivered(transport, topic)
             assert [r.value for r in records] == [b"due"]
