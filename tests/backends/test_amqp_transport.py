@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiormq
@@ -48,6 +48,19 @@ def _with(url: str, **changes: str) -> str:
 async def _vhost(amqp_url: str, name: str) -> str:
     """A new vhost on the test node (guest may use it); its URL."""
     return await asyncio.to_thread(new_vhost, amqp_url, name)
+
+
+@contextlib.asynccontextmanager
+async def _on_own_vhost(amqp_url: str, prefix: str) -> AsyncIterator[tuple[str, AmqpTransport]]:
+    """A started transport on a new vhost (what it deletes by hand touches no other
+    test); the vhost's URL and the transport, closed after."""
+    url = await _vhost(amqp_url, f"{prefix}-{uuid.uuid4().hex[:8]}")
+    transport = from_url(url)
+    await transport.start()
+    try:
+        yield url, transport
+    finally:
+        await transport.close()
 
 
 async def _delivered(transport: AmqpTransport, topic: str) -> list[Any]:
@@ -352,10 +365,7 @@ def test_the_delay_forwarder_starts_again_when_the_broker_cancels_it(
     topic = f"later-{uuid.uuid4().hex[:8]}"
 
     async def main() -> None:
-        url = await _vhost(amqp_url, f"delay-{uuid.uuid4().hex[:8]}")
-        transport = from_url(url)
-        await transport.start()
-        try:
+        async with _on_own_vhost(amqp_url, "delay") as (url, transport):
             forwarder = transport._forwarder
             assert forwarder is not None and forwarder.consuming
             await delete_queue(url, "tidings.delay.due")
@@ -373,8 +383,6 @@ def test_the_delay_forwarder_starts_again_when_the_broker_cancels_it(
             await transport.append([OutRecord(topic, b"due", deliver_at=time.time() + 0.3)])
             records = await _delivered(transport, topic)
             assert [r.value for r in records] == [b"due"]
-        finally:
-            await transport.close()
 
     with caplog.at_level(logging.WARNING, "tidings.amqp"):
         asyncio.run(main())
@@ -392,10 +400,7 @@ def test_a_due_record_whose_stream_was_deleted_waits_for_it_paced(
     topic = f"later-{uuid.uuid4().hex[:8]}"
 
     async def main() -> None:
-        url = await _vhost(amqp_url, f"gone-{uuid.uuid4().hex[:8]}")
-        transport = from_url(url)
-        await transport.start()
-        try:
+        async with _on_own_vhost(amqp_url, "gone") as (url, transport):
             await transport.ensure_topic(topic, 1)
             await delete_queue(url, f"{topic}.0")
             await transport.append([OutRecord(topic, b"due", deliver_at=time.time() + 0.2)])
@@ -410,8 +415,6 @@ def test_a_due_record_whose_stream_was_deleted_waits_for_it_paced(
             await admin.close()
             records = await _delivered(transport, topic)
             assert [r.value for r in records] == [b"due"]
-        finally:
-            await transport.close()
 
     with caplog.at_level(logging.WARNING, "tidings.amqp"):
         asyncio.run(main())
